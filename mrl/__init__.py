@@ -1,0 +1,3 @@
+"""mrl: Matryoshka sentence embeddings in plain PyTorch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,277 @@
+"""Losses over embeddings: CoSENT, in-batch negatives, and the Matryoshka / 2D wrappers.
+
+Every function here is pure: it takes embeddings and labels and returns tensors. Nothing logs,
+reads a config or touches the model; the encoder runs once per step in `train.py` and its output is
+reused by every dim and every layer below.
+
+Layout (see `mrl.model.Encoder`): a batch of C text columns with B rows each is encoded once to
+(C*B, D) and viewed as a **columns tensor** ``(C, B, D)``: CoSENT uses C = 2 (u, v); in-batch
+negatives use C >= 2 (anchor, positive, hard negatives...). For 2D the encoder also gives every
+layer: ``(L, C, B, D)`` where index ``l - 1`` holds the output of transformer block ``l``.
+
+Base losses share one signature, ``base_loss(columns, labels) -> scalar``, so the wrappers can take
+any of them (bind ``scale``/``symmetric`` with ``functools.partial``). They expect unit vectors:
+the wrappers pass ``prefix(columns, d)``; they re-normalise anyway, which is idempotent and makes
+them safe to call on raw embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BaseLoss = Callable[[Tensor, Tensor | None], Tensor]
+
+# Upstream's default temperature 0.05 for both losses (scale = 1 / temperature).
+DEFAULT_SCALE = 20.0
+
+
+def prefix(emb: Tensor, d: int) -> Tensor:
+    """The Matryoshka prefix of width ``d``: slice the first ``d`` values, then re-normalise.
+
+    emb: (..., D) un-normalised embeddings -> (..., d) unit vectors. Slicing a vector that was
+    normalised at full width would leave prefixes with norm < 1, which silently changes the
+    temperature of every similarity computed from them; hence slice first.
+    """
+    return F.normalize(emb[..., :d], p=2, dim=-1, eps=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Base losses
+# --------------------------------------------------------------------------------------------
+
+
+def cosent_loss(columns: Tensor, scores: Tensor, scale: float = DEFAULT_SCALE) -> Tensor:
+    """CoSENT (Su, 2022): rank the pair cosines in the order of their gold scores.
+
+    columns: (2, B, d) the two sides of B pairs; scores: (B,) real-valued gold similarity.
+    ``L = log(1 + sum_{(i, j): y_i < y_j} exp(s_i - s_j))`` with ``s = scale * cos(u, v)``.
+    Only the order of the scores matters; ties contribute nothing. Returns a scalar.
+    """
+    if columns.shape[0] != 2:
+        raise ValueError(f"cosent_loss needs 2 text columns, got {columns.shape[0]}")
+    u = F.normalize(columns[0], dim=-1, eps=1e-12)
+    v = F.normalize(columns[1], dim=-1, eps=1e-12)
+    s = scale * (u * v).sum(-1).float()  # (B,) similarity logits in fp32 even under autocast
+    diff = s[:, None] - s[None, :]  # (B, B): diff[i, j] = s_i - s_j
+    lower = scores[:, None] < scores[None, :]  # (B, B): y_i < y_j, strict so ties are ignored
+    diff = diff.masked_fill(~lower, float("-inf"))
+    # Prepend a 0 logit for the "1 +" inside the log; logsumexp keeps it stable.
+    logits = torch.cat([diff.new_zeros(1), diff.flatten()])
+    return torch.logsumexp(logits, dim=0)
+
+
+def mnrl_loss(
+    columns: Tensor, labels: Tensor | None = None, scale: float = DEFAULT_SCALE, symmetric: bool = False
+) -> Tensor:
+    """In-batch negatives (MultipleNegativesRanking / InfoNCE with hard negatives).
+
+    columns: (C, B, d), C >= 2: anchors, positives, then C - 2 columns of hard negatives.
+    Anchor i is scored against all C-1 columns laid side by side, ``((C-1)*B,)`` candidates, and
+    its target is candidate i (its own positive): it sees B - 1 other positives and (C-2)*B hard
+    negatives. ``symmetric`` averages with the positive -> anchor direction (positives scored
+    against the B anchors only). ``labels`` is unused; it keeps the base-loss signature.
+    Returns the mean cross-entropy, a scalar.
+    """
+    n_cols, batch = columns.shape[0], columns.shape[1]
+    if n_cols < 2:
+        raise ValueError(f"mnrl_loss needs at least 2 text columns (anchor, positive), got {n_cols}")
+    unit = F.normalize(columns, dim=-1, eps=1e-12)
+    anchors = unit[0]  # (B, d)
+    candidates = unit[1:].reshape((n_cols - 1) * batch, -1)  # (C-1)*B, d): positives first
+    logits = scale * (anchors @ candidates.T).float()  # (B, (C-1)*B)
+    target = torch.arange(batch, device=columns.device)
+    loss = F.cross_entropy(logits, target)
+    if symmetric:
+        backward_logits = scale * (unit[1] @ anchors.T).float()  # (B, B): positive i vs anchors
+        loss = (loss + F.cross_entropy(backward_logits, target)) / 2
+    return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Matryoshka: the same base loss at nested prefixes of one embedding
+# --------------------------------------------------------------------------------------------
+
+
+def check_dims(dims: Sequence[int], model_dim: int) -> None:
+    """Dims must be positive, unique and at most the model dim (loud, before any compute)."""
+    if len(dims) == 0:
+        raise ValueError("dims is empty")
+    bad = [d for d in dims if int(d) != d or d <= 0 or d > model_dim]
+    if bad:
+        raise ValueError(f"dims must be integers in 1..{model_dim} (the model dim); got {bad}")
+    if len(set(dims)) != len(dims):
+        raise ValueError(f"dims must be unique; got {list(dims)}")
+
+
+def sample_subset(n: int, k: int | None, generator: torch.Generator | None) -> list[int]:
+    """Indices of ``k`` of ``n`` items drawn without replacement, in their original order
+    (all of them when ``k`` is None or >= n). Uses ``generator`` so runs replay on resume."""
+    if k is None or k >= n:
+        return list(range(n))
+    return sorted(torch.randperm(n, generator=generator)[:k].tolist())
+
+
+def matryoshka_loss(
+    base_loss: BaseLoss,
+    columns: Tensor,
+    labels: Tensor | None,
+    dims: Sequence[int],
+    weights: Sequence[float] | None = None,
+    n_dims_per_step: int | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Nested-prefix loss (Kusupati et al., 2022): ``sum_k w_k * base_loss(prefix(E, d_k))``.
+
+    columns: (C, B, D) un-normalised embeddings from ONE encoder pass; every dim reuses it.
+    A weighted **sum** over dims, not a mean: with 5 dims at weight 1 the gradient is ~5x that of
+    the plain loss, which is the convention of the Matryoshka paper and of upstream tools.
+    ``n_dims_per_step``: sample that many dims each step (weights of the sampled dims are kept).
+    Returns ``(total, {"d{dim}": unweighted term})`` for the dims used this step.
+    """
+    weights = [1.0] * len(dims) if weights is None else list(weights)
+    if len(weights) != len(dims):
+        raise ValueError(f"{len(weights)} dim weights for {len(dims)} dims")
+    terms: dict[str, Tensor] = {}
+    total = columns.new_zeros((), dtype=torch.float32)
+    for k in sample_subset(len(dims), n_dims_per_step, generator):
+        term = base_loss(prefix(columns, dims[k]), labels)
+        terms[f"d{dims[k]}"] = term
+        total = total + weights[k] * term
+    return total, terms
+
+
+# --------------------------------------------------------------------------------------------
+# 2D: layers x dims
+# --------------------------------------------------------------------------------------------
+
+
+def layer_kl(final: Tensor, layer: Tensor, temperature: float, detach_target: bool = True) -> Tensor:
+    """``T * KL(softmax(final / T) || softmax(layer / T))`` over the embedding values, batch mean.
+
+    final, layer: (..., d) embeddings (all leading axes are treated as the batch). Pulls the
+    distribution of a shallow layer's values toward the final layer's (2DMSE). With
+    ``detach_target`` the final layer is a fixed target; upstream did not detach, which lets
+    the KL term also drag the final layer toward the shallow one.
+    """
+    if detach_target:
+        final = final.detach()
+    d = final.shape[-1]
+    log_q = F.log_softmax(layer.reshape(-1, d).float() / temperature, dim=-1)
+    log_p = F.log_softmax(final.reshape(-1, d).float() / temperature, dim=-1)
+    # kl_div(input=log q, target=log p, log_target) = sum p (log p - log q) = KL(p || q)
+    return temperature * F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+
+
+DEPTH_WEIGHTINGS = ("inverse", "linear")
+
+
+def depth_weight(layer: int, num_layers: int, weighting: str) -> float:
+    """Weight of the loss at block ``layer`` (1-based) of ``num_layers``.
+
+    "inverse" is upstream's ``1 / (1 + layer)``: it gives the shallowest block the largest
+    weight (a documented defect). "linear" (our default) is ``layer / num_layers``: deeper blocks,
+    which are asked to be nearly as good as the final one, count more.
+    """
+    if weighting == "inverse":
+        return 1.0 / (1 + layer)
+    if weighting == "linear":
+        return layer / num_layers
+    raise ValueError(f"depth weighting must be one of {DEPTH_WEIGHTINGS}, got {weighting!r}")
+
+
+def layer_dropping_loss(
+    base_loss: BaseLoss,
+    layer_columns: Tensor,
+    labels: Tensor | None,
+    dims: Sequence[int],
+    weights: Sequence[float] | None = None,
+    n_dims_per_step: int | None = None,
+    n_layers_per_step: int = 1,
+    last_layer_weight: float = 1.0,
+    prior_layers_weight: float = 1.0,
+    kl_weight: float = 1.0,
+    kl_temperature: float = 0.3,
+    depth_weighting: str = "linear",
+    detach_kl_target: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """2D Matryoshka by random layer dropping (2DMSE v1, Li et al., 2024).
+
+    layer_columns: (L, C, B, D) pooled embeddings of every block from one forward pass.
+    Each step: ``last_layer_weight * M(final)`` plus, for ``n_layers_per_step`` blocks ``l``
+    drawn uniformly from 1..L-1, ``prior_layers_weight * depth_weight(l) * M(layer l)`` and
+    ``kl_weight * layer_kl(final, layer l)``, where ``M`` is the Matryoshka loss over ``dims``.
+    The two upstream defects are switches: ``depth_weighting="inverse"`` and
+    ``detach_kl_target=False`` reproduce upstream exactly. ``n_layers_per_step=-1`` uses every
+    earlier block. Returns ``(total, terms)`` with the final layer's ``"d{dim}"`` terms, each sampled
+    layer's ``"l{l}"`` Matryoshka term (unweighted) and ``"kl"`` (sum over sampled layers).
+    """
+    num_layers = layer_columns.shape[0]
+    final = layer_columns[-1]  # (C, B, D)
+    total, terms = matryoshka_loss(base_loss, final, labels, dims, weights, n_dims_per_step, generator)
+    total = last_layer_weight * total
+    k = None if n_layers_per_step < 0 else n_layers_per_step
+    kl_total = total.new_zeros(())
+    for index in sample_subset(num_layers - 1, k, generator):
+        layer = index + 1  # 1-based block number
+        emb = layer_columns[index]
+        layer_loss, _ = matryoshka_loss(base_loss, emb, labels, dims, weights, n_dims_per_step, generator)
+        terms[f"l{layer}"] = layer_loss
+        total = total + prior_layers_weight * depth_weight(layer, num_layers, depth_weighting) * layer_loss
+        if kl_weight > 0:
+            kl_total = kl_total + layer_kl(final, emb, kl_temperature, detach_kl_target)
+    if kl_weight > 0 and num_layers > 1:
+        terms["kl"] = kl_total
+        total = total + kl_weight * kl_total
+    return total, terms
+
+
+def fixed_pairs_loss(
+    base_loss: BaseLoss,
+    layer_columns: Tensor,
+    labels: Tensor | None,
+    pairs: Sequence[tuple[int, int]],
+    dims: Sequence[int] = (),
+    weights: Sequence[float] | None = None,
+    kl_weight: float = 1.0,
+    kl_temperature: float = 0.3,
+    detach_kl_target: bool = True,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """2D Matryoshka with a fixed (layer, dim) schedule (Starbucks, Zhuang et al., 2024).
+
+    layer_columns: (L, C, B, D). Every step sums ``base_loss(prefix(layer l, d))`` over the fixed
+    ``pairs`` (1-based layers) and, when ``dims`` is given, over the final layer at each of ``dims``
+    (the plain Matryoshka loss; a pair that is already in that set is counted once).
+    For each pair below the final layer, ``kl_weight * layer_kl`` aligns its ``d``-prefix with
+    the first ``d`` values of the final layer. ``weights`` (one per pair) default to 1.
+    Returns ``(total, terms)`` with keys ``"l{l}_d{d}"`` (unweighted) and ``"kl"``.
+    """
+    num_layers = layer_columns.shape[0]
+    pairs = [(int(layer), int(d)) for layer, d in pairs]
+    weights = [1.0] * len(pairs) if weights is None else list(weights)
+    if len(weights) != len(pairs):
+        raise ValueError(f"{len(weights)} pair weights for {len(pairs)} (layer, dim) pairs")
+    schedule = dict(zip(pairs, weights))
+    for d in dims:
+        schedule.setdefault((num_layers, int(d)), 1.0)
+    final = layer_columns[-1]
+    total = layer_columns.new_zeros((), dtype=torch.float32)
+    kl_total = total.new_zeros(())
+    terms: dict[str, Tensor] = {}
+    for (layer, d), weight in schedule.items():
+        if not 1 <= layer <= num_layers:
+            raise ValueError(f"layer {layer} of pair ({layer}, {d}) is outside 1..{num_layers}")
+        emb = layer_columns[layer - 1]
+        term = base_loss(prefix(emb, d), labels)
+        terms[f"l{layer}_d{d}"] = term
+        total = total + weight * term
+        if kl_weight > 0 and layer < num_layers:
+            kl_total = kl_total + layer_kl(final[..., :d], emb[..., :d], kl_temperature, detach_kl_target)
+    if kl_weight > 0 and any(layer < num_layers for layer, _ in schedule):
+        terms["kl"] = kl_total
+        total = total + kl_weight * kl_total
+    return total, terms
