@@ -128,7 +128,9 @@ class Encoder(nn.Module):
         )
         self.max_seq_length = int(max_seq_length or st_config.get("max_seq_length") or min(model_limit, 512))
         # Some sentence-transformers models lower-case text before a cased tokenizer sees it.
-        self.do_lower_case = bool(do_lower_case if do_lower_case is not None else st_config.get("do_lower_case"))
+        self.do_lower_case = bool(
+            do_lower_case if do_lower_case is not None else st_config.get("do_lower_case")
+        )
         if self.tokenizer.pad_token is None:  # decoder-style tokenizers (last-token pooling)
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -240,11 +242,25 @@ class Encoder(nn.Module):
             "include_prompt": True,
         }
         st_config = {"max_seq_length": self.max_seq_length, "do_lower_case": self.do_lower_case}
-        versions = {"mrl": mrl.__version__, "transformers": transformers.__version__, "pytorch": torch.__version__}
-        st_meta = {"__version__": versions, "prompts": {}, "default_prompt_name": None,
-                   "similarity_fn_name": "cosine"}
-        ours = {**self.metadata, **(metadata or {}), "pooling": self.pooling,
-                "max_seq_length": self.max_seq_length, "dim": self.dim, "num_layers": self.num_layers}
+        versions = {
+            "mrl": mrl.__version__,
+            "transformers": transformers.__version__,
+            "pytorch": torch.__version__,
+        }
+        st_meta = {
+            "__version__": versions,
+            "prompts": {},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        }
+        ours = {
+            **self.metadata,
+            **(metadata or {}),
+            "pooling": self.pooling,
+            "max_seq_length": self.max_seq_length,
+            "dim": self.dim,
+            "num_layers": self.num_layers,
+        }
         (path / "1_Pooling").mkdir(exist_ok=True)
         for name, content in [
             ("modules.json", modules),
