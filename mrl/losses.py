@@ -25,6 +25,12 @@ from torch import Tensor
 
 BaseLoss = Callable[[Tensor, Tensor | None], Tensor]
 
+
+def _at_least_fp32(x: Tensor) -> Tensor:
+    """Similarity logits in fp32 even under fp16/bf16 autocast; float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 # Upstream's default temperature 0.05 for both losses (scale = 1 / temperature).
 DEFAULT_SCALE = 20.0
 
@@ -55,7 +61,7 @@ def cosent_loss(columns: Tensor, scores: Tensor, scale: float = DEFAULT_SCALE) -
         raise ValueError(f"cosent_loss needs 2 text columns, got {columns.shape[0]}")
     u = F.normalize(columns[0], dim=-1, eps=1e-12)
     v = F.normalize(columns[1], dim=-1, eps=1e-12)
-    s = scale * (u * v).sum(-1).float()  # (B,) similarity logits in fp32 even under autocast
+    s = scale * _at_least_fp32((u * v).sum(-1))  # (B,) similarity logits in fp32 even under autocast
     diff = s[:, None] - s[None, :]  # (B, B): diff[i, j] = s_i - s_j
     lower = scores[:, None] < scores[None, :]  # (B, B): y_i < y_j, strict so ties are ignored
     diff = diff.masked_fill(~lower, float("-inf"))
@@ -82,11 +88,11 @@ def mnrl_loss(
     unit = F.normalize(columns, dim=-1, eps=1e-12)
     anchors = unit[0]  # (B, d)
     candidates = unit[1:].reshape((n_cols - 1) * batch, -1)  # (C-1)*B, d): positives first
-    logits = scale * (anchors @ candidates.T).float()  # (B, (C-1)*B)
+    logits = scale * _at_least_fp32(anchors @ candidates.T)  # (B, (C-1)*B)
     target = torch.arange(batch, device=columns.device)
     loss = F.cross_entropy(logits, target)
     if symmetric:
-        backward_logits = scale * (unit[1] @ anchors.T).float()  # (B, B): positive i vs anchors
+        backward_logits = scale * _at_least_fp32(unit[1] @ anchors.T)  # (B, B): positive i vs anchors
         loss = (loss + F.cross_entropy(backward_logits, target)) / 2
     return loss
 
@@ -136,7 +142,7 @@ def matryoshka_loss(
     if len(weights) != len(dims):
         raise ValueError(f"{len(weights)} dim weights for {len(dims)} dims")
     terms: dict[str, Tensor] = {}
-    total = columns.new_zeros((), dtype=torch.float32)
+    total = columns.new_zeros((), dtype=torch.promote_types(columns.dtype, torch.float32))
     for k in sample_subset(len(dims), n_dims_per_step, generator):
         term = base_loss(prefix(columns, dims[k]), labels)
         terms[f"d{dims[k]}"] = term
@@ -160,8 +166,8 @@ def layer_kl(final: Tensor, layer: Tensor, temperature: float, detach_target: bo
     if detach_target:
         final = final.detach()
     d = final.shape[-1]
-    log_q = F.log_softmax(layer.reshape(-1, d).float() / temperature, dim=-1)
-    log_p = F.log_softmax(final.reshape(-1, d).float() / temperature, dim=-1)
+    log_q = F.log_softmax(_at_least_fp32(layer.reshape(-1, d)) / temperature, dim=-1)
+    log_p = F.log_softmax(_at_least_fp32(final.reshape(-1, d)) / temperature, dim=-1)
     # kl_div(input=log q, target=log p, log_target) = sum p (log p - log q) = KL(p || q)
     return temperature * F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
@@ -210,6 +216,8 @@ def layer_dropping_loss(
     earlier block. Returns ``(total, terms)`` with the final layer's ``"d{dim}"`` terms, each sampled
     layer's ``"l{l}"`` Matryoshka term (unweighted) and ``"kl"`` (sum over sampled layers).
     """
+    if depth_weighting not in DEPTH_WEIGHTINGS:
+        raise ValueError(f"depth weighting must be one of {DEPTH_WEIGHTINGS}, got {depth_weighting!r}")
     num_layers = layer_columns.shape[0]
     final = layer_columns[-1]  # (C, B, D)
     total, terms = matryoshka_loss(base_loss, final, labels, dims, weights, n_dims_per_step, generator)
@@ -255,11 +263,13 @@ def fixed_pairs_loss(
     weights = [1.0] * len(pairs) if weights is None else list(weights)
     if len(weights) != len(pairs):
         raise ValueError(f"{len(weights)} pair weights for {len(pairs)} (layer, dim) pairs")
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"(layer, dim) pairs must be unique, got {pairs}")
     schedule = dict(zip(pairs, weights))
     for d in dims:
         schedule.setdefault((num_layers, int(d)), 1.0)
     final = layer_columns[-1]
-    total = layer_columns.new_zeros((), dtype=torch.float32)
+    total = layer_columns.new_zeros((), dtype=torch.promote_types(layer_columns.dtype, torch.float32))
     kl_total = total.new_zeros(())
     terms: dict[str, Tensor] = {}
     for (layer, d), weight in schedule.items():

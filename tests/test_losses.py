@@ -1,0 +1,462 @@
+"""Tests of mrl.losses against independent, hand-written references (reference.md, the docstrings).
+
+The references below use python floats and explicit loops; they never call the helpers of
+mrl.losses. Embeddings are float64; comparisons use a float32-sized tolerance because the
+implementation computes its logits in fp32 (see `test_float64_inputs_keep_float64`).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+
+from mrl.losses import (
+    check_dims,
+    cosent_loss,
+    fixed_pairs_loss,
+    layer_dropping_loss,
+    layer_kl,
+    matryoshka_loss,
+    mnrl_loss,
+    prefix,
+)
+
+TOL = {"rel": 1e-5, "abs": 1e-6}
+
+
+# --------------------------------------------------------------------------------------------
+# Independent references (python floats, explicit loops)
+# --------------------------------------------------------------------------------------------
+
+
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Seeded float64 normal samples."""
+    return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def unit_by_hand(x: torch.Tensor) -> torch.Tensor:
+    """x / ||x|| over the last axis, written out."""
+    return x / torch.sqrt((x * x).sum(dim=-1, keepdim=True))
+
+
+def cos_by_hand(u: torch.Tensor, v: torch.Tensor) -> float:
+    """Cosine of two 1-D vectors as a python float."""
+    u, v = u.tolist(), v.tolist()
+    dot = sum(a * b for a, b in zip(u, v))
+    return dot / (math.sqrt(sum(a * a for a in u)) * math.sqrt(sum(b * b for b in v)))
+
+
+def logsumexp_by_hand(values: list[float]) -> float:
+    m = max(values)
+    return m + math.log(sum(math.exp(v - m) for v in values))
+
+
+def ce_by_hand(logits: list[float], target: int) -> float:
+    """-log softmax(logits)[target]."""
+    return logsumexp_by_hand(logits) - logits[target]
+
+
+def cosent_by_hand(columns: torch.Tensor, scores, scale: float = 20.0) -> float:
+    """log(1 + sum over ordered pairs with y_i < y_j of exp(s_i - s_j))."""
+    batch = columns.shape[1]
+    y = [float(t) for t in scores]
+    s = [scale * cos_by_hand(columns[0, i], columns[1, i]) for i in range(batch)]
+    acc = 0.0
+    for i in range(batch):
+        for j in range(batch):
+            if y[i] < y[j]:
+                acc += math.exp(s[i] - s[j])
+    return math.log1p(acc)
+
+
+def mnrl_by_hand(columns: torch.Tensor, labels=None, scale: float = 20.0, symmetric: bool = False) -> float:
+    """Mean CE of each anchor over [positives..., hard-neg column 1..., column 2...], target i."""
+    n_cols, batch = columns.shape[0], columns.shape[1]
+    candidates = [columns[c, j] for c in range(1, n_cols) for j in range(batch)]
+    forward = 0.0
+    for i in range(batch):
+        logits = [scale * cos_by_hand(columns[0, i], cand) for cand in candidates]
+        forward += ce_by_hand(logits, i) / batch
+    if not symmetric:
+        return forward
+    backward = 0.0
+    for i in range(batch):
+        logits = [scale * cos_by_hand(columns[1, i], columns[0, j]) for j in range(batch)]
+        backward += ce_by_hand(logits, i) / batch
+    return (forward + backward) / 2
+
+
+def matryoshka_by_hand(base_by_hand, columns: torch.Tensor, labels, dims, weights=None) -> float:
+    """sum_k w_k * base(x[..., :d_k] / ||x[..., :d_k]||)."""
+    weights = [1.0] * len(dims) if weights is None else weights
+    return sum(w * base_by_hand(unit_by_hand(columns[..., :d]), labels) for d, w in zip(dims, weights))
+
+
+def kl_by_hand(final: torch.Tensor, layer: torch.Tensor, temperature: float) -> float:
+    """T * mean over rows of sum_k p_k (log p_k - log q_k), p = softmax(final/T), q = softmax(layer/T)."""
+    rows_p = final.reshape(-1, final.shape[-1]).tolist()
+    rows_q = layer.reshape(-1, layer.shape[-1]).tolist()
+    acc = 0.0
+    for fp, fq in zip(rows_p, rows_q):
+        log_zp = logsumexp_by_hand([v / temperature for v in fp])
+        log_zq = logsumexp_by_hand([v / temperature for v in fq])
+        for a, b in zip(fp, fq):
+            log_p, log_q = a / temperature - log_zp, b / temperature - log_zq
+            acc += math.exp(log_p) * (log_p - log_q)
+    return temperature * acc / len(rows_p)
+
+
+# --------------------------------------------------------------------------------------------
+# CoSENT
+# --------------------------------------------------------------------------------------------
+
+
+def test_cosent_matches_double_loop_with_ties():
+    """cosent_loss == brute-force double loop over y_i < y_j (scores contain ties)."""
+    columns = randn(2, 7, 5, seed=1)
+    scores = torch.tensor([0.0, 2.5, 1.0, 2.5, 0.0, 4.0, 1.0], dtype=torch.float64)
+    assert float(cosent_loss(columns, scores)) == pytest.approx(cosent_by_hand(columns, scores), **TOL)
+    assert float(cosent_loss(columns, scores, scale=7.0)) == pytest.approx(
+        cosent_by_hand(columns, scores, scale=7.0), **TOL
+    )
+
+
+def test_cosent_all_ties_is_zero():
+    """All scores equal: no pair counts, so the loss is log(1) = 0 by hand."""
+    columns = randn(2, 5, 4, seed=2)
+    assert float(cosent_loss(columns, torch.full((5,), 3.0, dtype=torch.float64))) == 0.0
+
+
+def test_cosent_closed_form_two_pairs():
+    """Two pairs with known cosines: loss = log(1 + exp(20 * (c1 - c2))) by hand."""
+    u = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    v = torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)  # c1 = 1/sqrt(2), c2 = 0
+    scores = torch.tensor([0.0, 1.0], dtype=torch.float64)  # y1 < y2
+    expected = math.log(1 + math.exp(20 * (1 / math.sqrt(2) - 0.0)))
+    assert float(cosent_loss(torch.stack([u, v]), scores)) == pytest.approx(expected, **TOL)
+    # reversed order: the well-ranked case, log(1 + exp(20 * (c2 - c1)))
+    expected_rev = math.log(1 + math.exp(20 * (0.0 - 1 / math.sqrt(2))))
+    assert float(cosent_loss(torch.stack([u, v]), scores.flip(0))) == pytest.approx(expected_rev, **TOL)
+
+
+@pytest.mark.parametrize("transform", [lambda y: 3 * y + 1, torch.exp, lambda y: y**3, torch.atan])
+def test_cosent_invariant_to_monotone_score_transforms(transform):
+    """Only label order matters: a strictly increasing transform of y leaves the loss unchanged."""
+    columns = randn(2, 6, 4, seed=3)
+    scores = torch.tensor([0.2, -1.0, 0.7, 0.2, 2.0, -0.3], dtype=torch.float64)
+    assert torch.equal(cosent_loss(columns, scores), cosent_loss(columns, transform(scores)))
+    assert not torch.equal(cosent_loss(columns, scores), cosent_loss(columns, -scores))
+
+
+def test_cosent_gradcheck():
+    """autograd.gradcheck (finite differences) of cosent_loss on small float64 inputs."""
+    columns = randn(2, 4, 3, seed=4).requires_grad_(True)
+    scores = torch.tensor([0.0, 1.0, 1.0, 2.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: cosent_loss(x, scores, scale=2.0), (columns,))
+
+
+def test_cosent_rejects_wrong_column_count():
+    """CoSENT needs exactly 2 columns (u, v)."""
+    with pytest.raises(ValueError):
+        cosent_loss(randn(3, 4, 5), torch.zeros(4, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# In-batch negatives (MNRL)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_hard_negative_columns", [0, 1, 2])
+def test_mnrl_matches_brute_force(n_hard_negative_columns):
+    """mnrl_loss == per-anchor -log softmax over [positives, hard-neg columns...] by hand."""
+    columns = randn(2 + n_hard_negative_columns, 5, 6, seed=5)
+    assert float(mnrl_loss(columns)) == pytest.approx(mnrl_by_hand(columns), **TOL)
+
+
+@pytest.mark.parametrize("n_hard_negative_columns", [0, 1, 2])
+def test_mnrl_symmetric_matches_brute_force(n_hard_negative_columns):
+    """Symmetric mnrl == average of the forward term and positive-i-vs-anchors CE by hand."""
+    columns = randn(2 + n_hard_negative_columns, 5, 6, seed=6)
+    expected = mnrl_by_hand(columns, symmetric=True)
+    assert float(mnrl_loss(columns, symmetric=True)) == pytest.approx(expected, **TOL)
+
+
+def test_mnrl_scale_is_respected():
+    """The scale argument multiplies the cosines (brute force at scale 5 vs 20)."""
+    columns = randn(3, 4, 6, seed=7)
+    assert float(mnrl_loss(columns, scale=5.0)) == pytest.approx(mnrl_by_hand(columns, scale=5.0), **TOL)
+    assert float(mnrl_loss(columns, scale=5.0)) != pytest.approx(float(mnrl_loss(columns)), **TOL)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_mnrl_gradcheck(symmetric):
+    """autograd.gradcheck (finite differences) of mnrl_loss on small float64 inputs."""
+    columns = randn(3, 3, 4, seed=8).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: mnrl_loss(x, scale=2.0, symmetric=symmetric), (columns,))
+
+
+def test_mnrl_hard_negative_layout():
+    """Hard negatives are shared by all anchors (row order irrelevant); positives are per row."""
+    columns = randn(4, 6, 5, seed=9)
+    perm = torch.tensor([3, 0, 5, 1, 2, 4])
+    shuffled_negatives = columns.clone()
+    shuffled_negatives[2] = columns[2, perm]
+    shuffled_negatives[3] = columns[3, perm.flip(0)]
+    base = float(mnrl_loss(columns))
+    assert float(mnrl_loss(shuffled_negatives)) == pytest.approx(base, **TOL)
+    shuffled_positives = columns.clone()
+    shuffled_positives[1] = columns[1, perm]
+    assert float(mnrl_loss(shuffled_positives)) != pytest.approx(base, **TOL)
+
+
+def test_mnrl_rejects_single_column():
+    """In-batch negatives need an anchor and a positive column."""
+    with pytest.raises(ValueError):
+        mnrl_loss(randn(1, 4, 5))
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda x: cosent_loss(x[:2], torch.arange(x.shape[1], dtype=torch.float64)),
+        lambda x: mnrl_loss(x),
+        lambda x: layer_kl(x[0], x[1], 0.3),
+    ],
+    ids=["cosent", "mnrl", "layer_kl"],
+)
+def test_float64_inputs_keep_float64(loss):
+    """A float64 embedding must not be silently down-cast: the loss comes back in float64."""
+    assert loss(randn(3, 4, 5, seed=10)).dtype == torch.float64
+
+
+# --------------------------------------------------------------------------------------------
+# prefix
+# --------------------------------------------------------------------------------------------
+
+
+def test_prefix_slices_then_normalises():
+    """prefix(x, d) == x[:d] / ||x[:d]|| (by hand), unit norm at every d including D."""
+    x = randn(3, 4, 8, seed=11) * 5
+    for d in range(1, 9):
+        got = prefix(x, d)
+        assert got.shape == (3, 4, d)
+        torch.testing.assert_close(got, unit_by_hand(x[..., :d]))
+        torch.testing.assert_close(torch.sqrt((got * got).sum(-1)), torch.ones(3, 4, dtype=torch.float64))
+
+
+def test_prefix_differs_from_normalise_then_slice():
+    """Normalising the full vector first leaves prefixes with norm < 1: not what prefix returns."""
+    x = randn(4, 8, seed=12)
+    wrong = unit_by_hand(x)[..., :3]
+    assert not torch.allclose(prefix(x, 3), wrong)
+    assert bool((torch.sqrt((wrong * wrong).sum(-1)) < 1).all())
+
+
+# --------------------------------------------------------------------------------------------
+# Matryoshka
+# --------------------------------------------------------------------------------------------
+
+DIMS = [2, 4, 8]
+
+
+def test_matryoshka_is_weighted_sum_over_dims_cosent():
+    """matryoshka_loss == sum_k w_k * cosent(x[..., :d]/||x[..., :d]||) by hand, custom weights."""
+    columns = randn(2, 6, 8, seed=13) * 3
+    scores = torch.tensor([0.1, 0.5, 0.5, 0.9, 0.0, 0.3], dtype=torch.float64)
+    weights = [0.5, 2.0, 1.5]
+    total, terms = matryoshka_loss(cosent_loss, columns, scores, DIMS, weights)
+    expected = matryoshka_by_hand(cosent_by_hand, columns, scores, DIMS, weights)
+    assert float(total) == pytest.approx(expected, **TOL)
+    assert set(terms) == {"d2", "d4", "d8"}
+    for d in DIMS:  # unweighted terms
+        expected_d = cosent_by_hand(unit_by_hand(columns[..., :d]), scores)
+        assert float(terms[f"d{d}"]) == pytest.approx(expected_d, **TOL)
+
+
+def test_matryoshka_is_sum_not_mean_mnrl():
+    """Default weights are 1 (a sum): symmetric mnrl over dims by hand, with scale bound by partial."""
+    columns = randn(3, 5, 8, seed=14)
+    base = partial(mnrl_loss, scale=10.0, symmetric=True)
+    ref = partial(mnrl_by_hand, scale=10.0, symmetric=True)
+    total, _ = matryoshka_loss(base, columns, None, DIMS)
+    assert float(total) == pytest.approx(matryoshka_by_hand(ref, columns, None, DIMS), **TOL)
+
+
+def test_matryoshka_n_dims_per_step_samples_k_deterministically():
+    """n_dims_per_step=k uses exactly k dims; same seed -> same dims; total = weighted sum of them."""
+    columns = randn(3, 4, 16, seed=15)
+    dims, weights = [2, 4, 8, 16], [1.0, 2.0, 3.0, 4.0]
+    seen = set()
+    for seed in range(20):
+        runs = [
+            matryoshka_loss(mnrl_loss, columns, None, dims, weights, 2, torch.Generator().manual_seed(seed))
+            for _ in range(2)
+        ]
+        (total, terms), (total_again, terms_again) = runs
+        assert len(terms) == 2 and set(terms) <= {f"d{d}" for d in dims}
+        assert list(terms) == list(terms_again) and torch.equal(total, total_again)
+        by_key = dict(zip((f"d{d}" for d in dims), weights))
+        assert float(total) == pytest.approx(sum(by_key[k] * float(t) for k, t in terms.items()), **TOL)
+        seen.add(tuple(terms))
+    assert len(seen) > 1  # really sampled, not always the same pair
+
+
+def test_matryoshka_term_has_no_gradient_beyond_its_dim():
+    """The dim-d term is a function of x[..., :d] only: autograd gives exactly 0 beyond d."""
+    columns = randn(3, 4, 8, seed=16).requires_grad_(True)
+    _, terms = matryoshka_loss(mnrl_loss, columns, None, DIMS)
+    for d in DIMS:
+        (grad,) = torch.autograd.grad(terms[f"d{d}"], columns, retain_graph=True)
+        assert bool((grad[..., d:] == 0).all())
+        assert bool((grad[..., :d] != 0).any())
+
+
+def test_matryoshka_weights_length_mismatch_raises():
+    """One weight per dim; a wrong count is a ValueError."""
+    with pytest.raises(ValueError):
+        matryoshka_loss(mnrl_loss, randn(2, 3, 8), None, DIMS, weights=[1.0, 1.0])
+
+
+@pytest.mark.parametrize("dims", [[0, 4], [-2, 4], [4, 4, 8], [4, 9], []])
+def test_check_dims_rejects_bad_dims(dims):
+    """Dims must be positive, unique and <= the model dim (8 here)."""
+    with pytest.raises(ValueError):
+        check_dims(dims, 8)
+
+
+def test_check_dims_accepts_valid_dims():
+    """Positive, unique dims up to the model dim pass silently."""
+    check_dims([1, 4, 8], 8)
+
+
+# --------------------------------------------------------------------------------------------
+# Layer KL
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0])
+def test_layer_kl_matches_hand_kl(temperature):
+    """layer_kl == T * mean over rows of sum p (log p - log q), softmaxes written by hand."""
+    final, layer = randn(2, 4, 6, seed=17), randn(2, 4, 6, seed=18)
+    got = float(layer_kl(final, layer, temperature))
+    assert got == pytest.approx(kl_by_hand(final, layer, temperature), **TOL)
+    assert float(layer_kl(final, final, temperature)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_layer_kl_detach_target():
+    """detach_target=True: no gradient reaches `final`; False: it does."""
+    for detach, expect_grad in [(True, False), (False, True)]:
+        final = randn(4, 6, seed=19).requires_grad_(True)
+        layer = randn(4, 6, seed=20).requires_grad_(True)
+        layer_kl(final, layer, 0.3, detach_target=detach).backward()
+        final_has_grad = final.grad is not None and bool((final.grad != 0).any())
+        assert final_has_grad == expect_grad
+        assert bool((layer.grad != 0).any())
+
+
+# --------------------------------------------------------------------------------------------
+# 2D: random layer dropping
+# --------------------------------------------------------------------------------------------
+
+SCORES = torch.tensor([0.0, 1.0, 0.5, 1.0, 2.0], dtype=torch.float64)
+
+
+def layer_dropping_by_hand(layers, labels, dims, weights, last, prior, kl_weight, temperature, weighting):
+    """last * M(final) + sum_l prior * w(l) * M(layer l) + kl_weight * sum_l KL(final, layer l)."""
+    num_layers = layers.shape[0]
+    total = last * matryoshka_by_hand(cosent_by_hand, layers[-1], labels, dims, weights)
+    for layer in range(1, num_layers):
+        w = layer / num_layers if weighting == "linear" else 1 / (1 + layer)
+        total += prior * w * matryoshka_by_hand(cosent_by_hand, layers[layer - 1], labels, dims, weights)
+        total += kl_weight * kl_by_hand(layers[-1], layers[layer - 1], temperature)
+    return total
+
+
+@pytest.mark.parametrize("weighting", ["linear", "inverse"])
+def test_layer_dropping_all_layers_matches_hand_total(weighting):
+    """n_layers_per_step=-1: total == the hand-built sum over every earlier layer (both weightings)."""
+    layers = randn(4, 2, 5, 8, seed=21) * 2
+    kwargs = dict(last_layer_weight=1.5, prior_layers_weight=0.7, kl_weight=0.4, kl_temperature=0.5)
+    total, terms = layer_dropping_loss(
+        cosent_loss, layers, SCORES, DIMS, [1.0, 0.5, 2.0], n_layers_per_step=-1,
+        depth_weighting=weighting, **kwargs,
+    )  # fmt: skip
+    expected = layer_dropping_by_hand(layers, SCORES, DIMS, [1.0, 0.5, 2.0], 1.5, 0.7, 0.4, 0.5, weighting)
+    assert float(total) == pytest.approx(expected, **TOL)
+    assert set(terms) == {"d2", "d4", "d8", "l1", "l2", "l3", "kl"}
+    kl_sum = sum(kl_by_hand(layers[-1], layers[i], 0.5) for i in range(3))
+    assert float(terms["kl"]) == pytest.approx(kl_sum, **TOL)
+
+
+def test_layer_dropping_samples_one_earlier_layer():
+    """n_layers_per_step=1: exactly one "l{l}" key with l in 1..L-1, all of them reached over seeds."""
+    layers = randn(5, 2, 5, 8, seed=22)
+    seen = set()
+    for seed in range(40):
+        gen = torch.Generator().manual_seed(seed)
+        total, terms = layer_dropping_loss(cosent_loss, layers, SCORES, DIMS, generator=gen)
+        layer_keys = [k for k in terms if k.startswith("l")]
+        assert len(layer_keys) == 1
+        layer = int(layer_keys[0][1:])
+        assert 1 <= layer <= 4
+        assert set(terms) == {"d2", "d4", "d8", f"l{layer}", "kl"}
+        m_layer = matryoshka_by_hand(cosent_by_hand, layers[layer - 1], SCORES, DIMS)
+        expected = matryoshka_by_hand(cosent_by_hand, layers[-1], SCORES, DIMS)
+        expected += layer / 5 * m_layer + kl_by_hand(layers[-1], layers[layer - 1], 0.3)
+        assert float(total) == pytest.approx(expected, **TOL)
+        assert float(terms[f"l{layer}"]) == pytest.approx(m_layer, **TOL)  # unweighted
+        seen.add(layer)
+    assert seen == {1, 2, 3, 4}
+
+
+def test_layer_dropping_without_kl_has_no_kl_key():
+    """kl_weight=0: no "kl" term, total = M(final) + sum_l w(l) M(layer l) by hand."""
+    layers = randn(3, 2, 5, 8, seed=23)
+    total, terms = layer_dropping_loss(cosent_loss, layers, SCORES, DIMS, n_layers_per_step=-1, kl_weight=0)
+    assert "kl" not in terms
+    expected = layer_dropping_by_hand(layers, SCORES, DIMS, None, 1.0, 1.0, 0.0, 0.3, "linear")
+    assert float(total) == pytest.approx(expected, **TOL)
+
+
+# --------------------------------------------------------------------------------------------
+# 2D: fixed (layer, dim) pairs
+# --------------------------------------------------------------------------------------------
+
+
+def test_fixed_pairs_matches_hand_total():
+    """Sum over pairs + final-layer dims (overlap once) + KL on the first d values below layer L."""
+    layers = randn(3, 3, 4, 8, seed=24) * 2
+    pairs, weights = [(1, 2), (2, 4), (3, 8)], [0.5, 2.0, 1.5]
+    total, terms = fixed_pairs_loss(mnrl_loss, layers, None, pairs, dims=[4, 8], weights=weights,
+                                    kl_weight=0.25, kl_temperature=0.5)  # fmt: skip
+
+    def term(layer, d):
+        return mnrl_by_hand(unit_by_hand(layers[layer - 1, ..., :d]))
+
+    kl = kl_by_hand(layers[-1, ..., :2], layers[0, ..., :2], 0.5)
+    kl += kl_by_hand(layers[-1, ..., :4], layers[1, ..., :4], 0.5)
+    # (3, 8) is both a pair (weight 1.5) and a final-layer dim: counted once; (3, 4) comes from dims
+    expected = 0.5 * term(1, 2) + 2.0 * term(2, 4) + 1.5 * term(3, 8) + 1.0 * term(3, 4) + 0.25 * kl
+    assert float(total) == pytest.approx(expected, **TOL)
+    assert set(terms) == {"l1_d2", "l2_d4", "l3_d8", "l3_d4", "kl"}
+    assert float(terms["l2_d4"]) == pytest.approx(term(2, 4), **TOL)
+    assert float(terms["kl"]) == pytest.approx(kl, **TOL)
+
+
+def test_fixed_pairs_final_layer_only_has_no_kl():
+    """Pairs all at the final layer: a plain weighted sum, no "kl" key."""
+    layers = randn(2, 2, 5, 8, seed=25)
+    total, terms = fixed_pairs_loss(cosent_loss, layers, SCORES, [(2, 4), (2, 8)])
+    assert "kl" not in terms
+    expected = matryoshka_by_hand(cosent_by_hand, layers[-1], SCORES, [4, 8])
+    assert float(total) == pytest.approx(expected, **TOL)
+
+
+@pytest.mark.parametrize("bad_layer", [0, -1, 4])
+def test_fixed_pairs_rejects_layer_outside_range(bad_layer):
+    """Layers are 1-based, 1..L (L = 3 here); anything else is a ValueError."""
+    with pytest.raises(ValueError):
+        fixed_pairs_loss(mnrl_loss, randn(3, 2, 4, 8), None, [(1, 2), (bad_layer, 4)])
