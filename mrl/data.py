@@ -1,0 +1,453 @@
+"""Training data: local CSV/TSV/JSONL readers, column mapping, a tokenising collator, batch samplers.
+
+Every file is a table with a header (JSONL: one object per line). It is mapped to one of the three
+shapes the losses train on:
+
+    (text, text, score)              CoSENT on scored pairs         stsb/en-train.csv
+    (text, text)                     in-batch negatives on pairs    nli/snli-dev.csv, where label=entailment
+    (anchor, positive, negative...)  in-batch plus hard negatives   nli/allnli-triplets.csv
+
+    from torch.utils.data import DataLoader
+    from mrl.data import BatchSampler, TokenizingCollator, load_examples
+
+    ex = load_examples("../shared/data/nli/snli-dev.csv", where={"label": "entailment"})
+    sampler = BatchSampler(ex, batch_size=64, seed=0, avoid_duplicates=True)
+    loader = DataLoader(ex, batch_sampler=sampler, collate_fn=TokenizingCollator(encoder.tokenize))
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        for batch in loader:  # batch["features"] holds C*B texts, column-major
+            ...
+
+Bad data fails at load time, not mid-run, with a one-line DataError that starts with
+"file:line:" (the header is line 1; for JSONL the line of the record).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import difflib
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+Row = tuple[int, dict[str, str]]  # (line number in the file, column name -> value)
+
+# Suffix -> field delimiter; None means JSON lines.
+_FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
+
+# Layouts tried in order when text_columns is None: (required columns, append negative* columns).
+# A triplet file may carry several hard negatives: negative, negative_1, negative_2, ...
+_LAYOUTS = [
+    (("sentence1", "sentence2"), False),
+    (("anchor", "positive"), True),
+    (("premise", "hypothesis"), False),
+    (("query", "positive"), True),
+    (("text1", "text2"), False),
+]
+
+
+class DataError(ValueError):
+    """Bad input data; the message is one line that starts with ``source:line:`` (or ``source:``)."""
+
+
+@dataclass
+class Examples:
+    """C parallel text columns of N rows each, plus an optional score per row."""
+
+    columns: list[list[str]]  # C lists of N texts
+    scores: list[float] | None  # N scores, or None for unscored pairs / tuples
+    source: str
+    column_names: list[str]  # the C names the columns were read from
+
+    def __post_init__(self):
+        lengths = {len(col) for col in self.columns}
+        if self.scores is not None:
+            lengths.add(len(self.scores))
+        if len(lengths) > 1:
+            raise ValueError(f"{self.source}: columns and scores differ in length: {sorted(lengths)}")
+
+    def __len__(self) -> int:
+        return len(self.columns[0]) if self.columns else 0
+
+    @property
+    def n_columns(self) -> int:
+        return len(self.columns)
+
+    def __getitem__(self, i: int) -> tuple[tuple[str, ...], float | None]:
+        return tuple(col[i] for col in self.columns), None if self.scores is None else self.scores[i]
+
+
+# ----------------------------------------------------------------------------- reading files
+
+
+def read_rows(path: str | Path) -> tuple[list[str], list[Row]]:
+    """Read a CSV (``.csv``), TSV (``.tsv``) or JSON-lines (``.jsonl``/``.json``) file with a header.
+
+    Returns ``(header, rows)`` where each row is ``(line, {column: value})``. Text must be UTF-8
+    (a BOM is allowed). Blank lines are skipped. A JSONL header is the union of the records' keys,
+    and a record may lack some of them.
+    """
+    path = Path(path)
+    source = str(path)
+    if path.suffix.lower() not in _FORMATS:
+        raise DataError(f"{source}: unknown file type {path.suffix!r}; expected .csv, .tsv, .jsonl or .json")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{source}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{source}: cannot read ({e.strerror})") from None
+    text = _decode(raw, source)
+    if not text.strip():
+        raise DataError(f"{source}: empty file (expected a header line)")
+    delimiter = _FORMATS[path.suffix.lower()]
+    if delimiter is None:
+        return _read_jsonl(text, source)
+    return _read_delimited(text, source, delimiter)
+
+
+def _decode(raw: bytes, source: str) -> str:
+    # Strip the BOM ourselves so byte offsets in the error below are offsets into the file.
+    body = raw[len(codecs.BOM_UTF8) :] if raw.startswith(codecs.BOM_UTF8) else raw
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = e.start + len(raw) - len(body)
+        line = raw[:offset].count(b"\n") + 1
+        where = f"{source}:{line}: not UTF-8 (byte 0x{raw[offset]:02x} at offset {offset})"
+        raise DataError(f"{where}; re-save the file as UTF-8") from None
+
+
+def _read_delimited(text: str, source: str, delimiter: str) -> tuple[list[str], list[Row]]:
+    # TSV files in the wild (STS-B, BEIR qrels) hold literal unbalanced quotes, so quotes are only
+    # special in CSV. newline="" lets csv see quoted newlines and keeps line_num physical.
+    quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    header: list[str] | None = None
+    rows: list[Row] = []
+    end = 0  # last physical line consumed; a record starts on the next one
+    while True:
+        start = end + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise DataError(f"{source}:{reader.line_num}: {e}") from None
+        end = reader.line_num
+        if not any(f.strip() for f in fields):
+            continue
+        if header is None:
+            header = _check_header([f.strip() for f in fields], source, start)
+        elif len(fields) != len(header):
+            n, m = len(fields), len(header)
+            if n < m:
+                hint = "no value for " + ", ".join(repr(c) for c in header[n:])
+            else:
+                hint = f"{n - m} extra after column {header[-1]!r} (an unquoted delimiter inside a text?)"
+            columns = ", ".join(header)
+            raise DataError(f"{source}:{start}: {n} fields but the header has {m} ({columns}); {hint}")
+        else:
+            rows.append((start, dict(zip(header, fields))))
+    if not rows:
+        raise DataError(f"{source}: no rows after the header")
+    return header, rows
+
+
+def _check_header(names: list[str], source: str, line: int) -> list[str]:
+    for i, name in enumerate(names):
+        if not name:
+            raise DataError(f"{source}:{line}: header field {i + 1} has no name")
+        if name in names[:i]:
+            raise DataError(f"{source}:{line}: column {name!r} appears twice in the header")
+    return names
+
+
+def _read_jsonl(text: str, source: str) -> tuple[list[str], list[Row]]:
+    header: dict[str, None] = {}  # an ordered set: keys in order of first appearance
+    rows: list[Row] = []
+    # Split on "\n" only: a JSON string cannot hold a raw newline, and a trailing "\r" is whitespace.
+    for line, chunk in enumerate(text.split("\n"), start=1):
+        if not chunk.strip():
+            continue
+        try:
+            record = json.loads(chunk)
+        except json.JSONDecodeError as e:
+            message = f"{source}:{line}: not valid JSON ({e.msg}); expected one object per line"
+            raise DataError(message) from None
+        if not isinstance(record, dict):
+            raise DataError(f"{source}:{line}: expected a JSON object per line, got {type(record).__name__}")
+        header.update(dict.fromkeys(record))
+        rows.append((line, {key: _as_text(value) for key, value in record.items()}))
+    return list(header), rows
+
+
+def _as_text(value) -> str:
+    """A JSON / hub value as the string a CSV cell would hold (None -> '', so it reads as empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+# ----------------------------------------------------------------------------- mapping to examples
+
+
+def load_examples(
+    path: str | Path,
+    text_columns: Sequence[str] | None = None,
+    score_column: str | None = None,
+    where: dict[str, str] | None = None,
+) -> Examples:
+    """Read a local file and map it to Examples.
+
+    text_columns: names of the text columns, in order. None picks the first known layout in the
+        header: (sentence1, sentence2), (anchor, positive, negative...), (premise, hypothesis),
+        (query, positive, negative...), (text1, text2); "negative..." is every column whose name
+        starts with "negative", in file order.
+    score_column: the float score per row. None uses a column named "score" if there is one.
+    where: keep only rows whose columns equal these values (case-insensitive), e.g.
+        {"label": "entailment"}. Rows are filtered before they are checked.
+    """
+    header, rows = read_rows(path)
+    return _to_examples(header, rows, str(path), text_columns, score_column, where)
+
+
+def load_hub_examples(
+    name: str,
+    subset: str | None = None,
+    split: str = "train",
+    text_columns: Sequence[str] | None = None,
+    score_column: str | None = None,
+    where: dict[str, str] | None = None,
+) -> Examples:
+    """Like load_examples, for a Hugging Face hub dataset (e.g. "sentence-transformers/stsb").
+
+    Needs the optional ``datasets`` package. Line numbers in errors are 0-based dataset indices.
+    """
+    try:
+        import datasets
+    except ImportError:
+        message = "hub datasets need the optional `datasets` package: pip install -e '.[hub]'"
+        raise ImportError(message) from None
+    ds = datasets.load_dataset(name, subset, split=split)
+    source = f"{name}{'/' + subset if subset else ''}[{split}]"
+    rows = [(i, {key: _as_text(value) for key, value in record.items()}) for i, record in enumerate(ds)]
+    if not rows:
+        raise DataError(f"{source}: no rows")
+    return _to_examples(list(ds.column_names), rows, source, text_columns, score_column, where)
+
+
+def parse_where(spec: str) -> dict[str, str]:
+    """Parse a CLI filter: "label=entailment" or "label=entailment,lang=en" -> dict."""
+    where: dict[str, str] = {}
+    for part in spec.split(","):
+        column, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or not column or not value or column in where:
+            raise ValueError(f"bad where spec {spec!r}: expected column=value[,column=value...]")
+        where[column] = value
+    return where
+
+
+def _to_examples(header, rows, source, text_columns, score_column, where) -> Examples:
+    if isinstance(text_columns, str):
+        text_columns = [text_columns]
+    names = _detect_layout(header, source) if text_columns is None else list(text_columns)
+    if not names:
+        raise ValueError(f"{source}: text_columns is empty")
+    if score_column is None and "score" in header:
+        score_column = "score"
+    for column in [*names, *([score_column] if score_column else []), *(where or {})]:
+        _require_column(column, header, source)
+    if where:
+        rows = _filter(rows, where, source)
+
+    columns: list[list[str]] = [[] for _ in names]
+    scores: list[float] | None = [] if score_column else None
+    for line, row in rows:
+        for name, column in zip(names, columns):
+            text = row.get(name)
+            if text is None:  # only JSONL / hub records can lack a key
+                raise DataError(f"{source}:{line}: no field {name!r} in this record")
+            # An empty text still encodes (to the special tokens only) and silently poisons the loss.
+            if not text.strip():
+                raise DataError(f"{source}:{line}: column {name!r} is empty")
+            column.append(text)
+        if scores is not None:
+            scores.append(_parse_score(row.get(score_column, ""), source, line, score_column))
+    return Examples(columns, scores, source, names)
+
+
+def _detect_layout(header: list[str], source: str) -> list[str]:
+    for required, with_negatives in _LAYOUTS:
+        if all(column in header for column in required):
+            negatives = [c for c in header if c.startswith("negative")] if with_negatives else []
+            return [*required, *negatives]
+    known = " | ".join(",".join(cols) + (",negative..." if neg else "") for cols, neg in _LAYOUTS)
+    raise DataError(
+        f"{source}:1: no known column layout in the header ({', '.join(header)}); "
+        f"known: {known}; name them with text_columns"
+    )
+
+
+def _require_column(name: str, header: list[str], source: str) -> None:
+    if name in header:
+        return
+    close = [c for c in header if c.lower() == name.lower()] or difflib.get_close_matches(name, header, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise DataError(f"{source}:1: no column {name!r}; the file has {', '.join(header)}{hint}")
+
+
+def _filter(rows: list[Row], where: dict[str, str], source: str) -> list[Row]:
+    wanted = {column: str(value).strip().lower() for column, value in where.items()}
+    kept = [
+        (line, row)
+        for line, row in rows
+        if all(row.get(column, "").strip().lower() == value for column, value in wanted.items())
+    ]
+    if not kept:
+        # Show what the column does hold: usually a typo or a different label scheme (0/1/2).
+        seen = []
+        for column in wanted:
+            values = sorted({row.get(column, "").strip() for _, row in rows})
+            more = ", ..." if len(values) > 8 else ""
+            seen.append(f"{column!r} has {', '.join(values[:8])}{more}")
+        spec = ",".join(f"{c}={v}" for c, v in where.items())
+        raise DataError(f"{source}: where {spec} keeps none of the {len(rows)} rows ({'; '.join(seen)})")
+    return kept
+
+
+def _parse_score(value: str, source: str, line: int, column: str) -> float:
+    try:
+        score = float(value)
+    except ValueError:
+        raise DataError(f"{source}:{line}: column {column!r}: {value!r} is not a number") from None
+    if not math.isfinite(score):
+        raise DataError(f"{source}:{line}: column {column!r}: {value!r} is not a finite number")
+    return score
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+class TokenizingCollator:
+    """Turn a list of ``ex[i]`` items into one tokenised batch.
+
+    ``tokenize(list[str]) -> dict[str, Tensor]`` is called once per batch, on the texts in
+    column-major order (all of column 0, then all of column 1, ...), so one encoder pass gives
+    (C*B, D) that views as the (C, B, D) columns tensor the losses take.
+    """
+
+    def __init__(self, tokenize: Callable[[list[str]], dict[str, torch.Tensor]]):
+        self.tokenize = tokenize
+
+    def __call__(self, items: list[tuple[tuple[str, ...], float | None]]) -> dict:
+        if not items:
+            raise ValueError("empty batch")
+        n_columns = len(items[0][0])
+        if any(len(texts) != n_columns for texts, _ in items):
+            raise ValueError(f"items in a batch differ in their number of columns (first has {n_columns})")
+        flat = [texts[c] for c in range(n_columns) for texts, _ in items]  # (C*B,) column-major
+        scores = [score for _, score in items]
+        if all(score is None for score in scores):
+            labels = None
+        elif any(score is None for score in scores):
+            raise ValueError("some items in the batch have a score and some do not")
+        else:
+            labels = torch.tensor(scores, dtype=torch.float32)  # (B,)
+        return {
+            "features": self.tokenize(flat),
+            "n_columns": n_columns,
+            "labels": labels,
+            "texts": [texts[0] for texts, _ in items],
+        }
+
+
+class BatchSampler:
+    """Shuffled batches of indices, deterministic in (seed, epoch); usable as a DataLoader batch_sampler.
+
+    avoid_duplicates: no two examples in a batch share a text in any column. With in-batch
+    negatives a repeated text is a false negative (AllNLI repeats each premise several times).
+    Batches are filled greedily in shuffled order; an example that clashes with the batch being
+    built is deferred to a later one, so nothing is lost but the tail that cannot fill a batch
+    without a clash (dropped with drop_last, else emitted as smaller batches).
+    """
+
+    def __init__(
+        self, examples, batch_size: int, seed: int = 0, drop_last: bool = True, avoid_duplicates: bool = False
+    ):
+        self.n = len(examples)
+        self.source = getattr(examples, "source", "the data")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if self.n == 0:
+            raise ValueError(f"{self.source}: no examples to batch")
+        if drop_last and batch_size > self.n:
+            raise ValueError(
+                f"batch_size {batch_size} is larger than the {self.n} examples of {self.source}: "
+                "drop_last would leave no batches (lower batch_size or set drop_last=False)"
+            )
+        self.batch_size = batch_size
+        self.seed = seed
+        self.drop_last = drop_last
+        self.avoid_duplicates = avoid_duplicates
+        self.epoch = 0
+        # The texts of each example, only needed for the clash test.
+        self._texts = [frozenset(examples[i][0]) for i in range(self.n)] if avoid_duplicates else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch that ``iter()`` and ``len()`` use (call before each epoch)."""
+        self.epoch = epoch
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        # One 32-bit seed per (seed, epoch): the CPU generator keeps only the low 32 bits, and
+        # seed + epoch would make seed 1 / epoch 0 replay seed 0 / epoch 1. An odd multiplier is a
+        # bijection mod 2**32, so seeds 0..999 stay apart for the first 1.9M epochs.
+        generator = torch.Generator().manual_seed((self.seed * 0x9E3779B1 + epoch) % 2**32)
+        order = torch.randperm(self.n, generator=generator).tolist()
+        if not self.avoid_duplicates:
+            batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+            if self.drop_last and len(batches[-1]) < self.batch_size:
+                batches.pop()
+            return batches
+
+        remaining = dict.fromkeys(order)  # an ordered set; deferred examples stay at the front
+        batches = []
+        while remaining:
+            batch, seen = [], set()
+            for i in remaining:
+                if seen.isdisjoint(self._texts[i]):
+                    batch.append(i)
+                    seen.update(self._texts[i])
+                    if len(batch) == self.batch_size:
+                        break
+            for i in batch:
+                del remaining[i]
+            if len(batch) < self.batch_size and self.drop_last:
+                break  # a greedy pass over everything left could not fill a batch
+            batches.append(batch)
+        if not batches:
+            raise ValueError(
+                f"{self.source}: no batch of {self.batch_size} examples without a repeated text; "
+                "lower batch_size or set avoid_duplicates=False"
+            )
+        return batches
+
+    def __iter__(self):
+        return iter(self.batches(self.epoch))
+
+    def __len__(self) -> int:
+        if self.avoid_duplicates and not self.drop_last:
+            # Clashing leftovers may need extra small batches: count them (builds the epoch once).
+            return len(self.batches(self.epoch))
+        # Exact without avoid_duplicates; with it (and drop_last) an upper bound.
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
