@@ -451,3 +451,34 @@ class BatchSampler:
             return len(self.batches(self.epoch))
         # Exact without avoid_duplicates; with it (and drop_last) an upper bound.
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+
+# ----------------------------------------------------------------------------- one spec for both
+
+
+def load_source(
+    spec: str,
+    split: str = "train",
+    subset: str | None = None,
+    text_columns: Sequence[str] | None = None,
+    score_column: str | None = None,
+    where: dict[str, str] | None = None,
+) -> Examples:
+    """A local file or a hub dataset, as named on the command line.
+
+    spec: a path with a known suffix (.csv/.tsv/.jsonl/.json) or an existing file is read from
+    disk; anything else is a hub dataset id, optionally ``ID@split`` (overrides ``split``),
+    e.g. ``sentence-transformers/stsb@validation``.
+    """
+    if Path(spec).suffix.lower() in _FORMATS or Path(spec).is_file():
+        return load_examples(spec, text_columns, score_column, where)
+    name, _, split_override = spec.partition("@")
+    return load_hub_examples(name, subset, split_override or split, text_columns, score_column, where)
+
+
+def source_name(spec: str) -> str:
+    """A short name for logs and TensorBoard tags: the file stem, or ``dataset-split`` for hub ids."""
+    if Path(spec).suffix.lower() in _FORMATS or Path(spec).is_file():
+        return Path(spec).stem
+    name, _, split = spec.partition("@")
+    return name.rsplit("/", 1)[-1] + (f"-{split}" if split else "")

