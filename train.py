@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> Path:
         if (
             eval_sets
             and step != resumed_step
-            and (last_step or (config.eval_every and step % config.eval_every == 0))
+            and (last_step or step == 0 or (config.eval_every and step % config.eval_every == 0))
         ):
             scalars, last_records = evaluate(encoder, eval_sets, dims, eval_layers, config, autocast)
             tracker.scalars(step, scalars)
@@ -363,6 +363,8 @@ def main(argv: list[str] | None = None) -> Path:
             save_checkpoint(run_dir, step, encoder.model, checkpoint_state(), config.keep_last)
         if last_step:
             break
+        if window["samples"] == 0:  # throughput counts training time only, not evaluation or saving
+            window["start"] = time.perf_counter()
 
         # One optimizer step over grad_accum micro-batches.
         step_loss = torch.zeros((), device=device)

@@ -114,7 +114,7 @@ class TrainConfig:
 
     # --- evaluation, logging, checkpoints ------------------------------------------------------
     eval_every: int = _opt(
-        100, "evaluate on --eval-data every N steps, at step 0 and at the end (0: ends only)"
+        100, "evaluate on --eval-data every N steps, at step 0 and at the end (0: only those two)"
     )
     eval_batch_size: int = _opt(64, "batch size for encoding during evaluation")
     log_every: int = _opt(10, "write a log line and scalars every N steps")

@@ -181,7 +181,6 @@ class Encoder(nn.Module):
         hidden[-1] = out.last_hidden_state
         return pool(torch.stack(hidden), mask, self.pooling)  # (L, N, D)
 
-    @torch.inference_mode()
     def encode(
         self,
         texts: Sequence[str],
@@ -198,11 +197,14 @@ class Encoder(nn.Module):
         self.eval()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         chunks = []
-        for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc="encode"):
-            batch = [texts[i] for i in order[start : start + batch_size]]
-            features = {k: v.to(self.device) for k, v in self.tokenize(batch).items()}
-            chunks.append(self(features, all_layers=all_layers).float().cpu())
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc="encode"):
+                batch = [texts[i] for i in order[start : start + batch_size]]
+                features = {k: v.to(self.device) for k, v in self.tokenize(batch).items()}
+                chunks.append(self(features, all_layers=all_layers).float().cpu())
         self.train(was_training)
+        # Built outside inference mode: the result is an ordinary tensor that autograd may use
+        # (e.g. as distillation targets).
         if not chunks:
             shape = (self.num_layers, 0, self.dim) if all_layers else (0, self.dim)
             return torch.empty(shape)
@@ -273,5 +275,9 @@ class Encoder(nn.Module):
 
 
 def _looks_like_path(name: str) -> bool:
-    """A local path rather than a hub id ("org/name"): absolute, ./relative, ~, or 3+ parts."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+    """A local path rather than a hub id ("org/name"): absolute, ./relative, ~, 3+ parts, or a
+    name whose parent folder exists here (``runs/model`` when ``runs/`` exists)."""
+    parent = Path(name).parent
+    return (
+        name.startswith(("/", ".", "~")) or name.count("/") > 1 or (parent != Path(".") and parent.is_dir())
+    )

@@ -1,0 +1,427 @@
+"""Encoder and pooling against references written out here: per-row loops, hand-made masked means,
+finite differences, and the saved folder read back through plain `transformers`."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer, BertTokenizer
+
+from mrl.losses import mnrl_loss, prefix
+from mrl.model import Encoder, pool
+
+MODES = ("mean", "cls", "max", "lasttoken")
+TEXTS = [
+    "the cat sat on the mat",
+    "a dog",
+    "the man is playing guitar in the park",
+    "cat",
+    "a woman runs",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# pool
+# --------------------------------------------------------------------------------------------
+
+
+def pool_reference(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Per-row python loop over the real (unmasked) tokens; hidden (N, S, D) -> (N, D)."""
+    rows = []
+    for i in range(hidden.shape[0]):
+        positions = [s for s in range(hidden.shape[1]) if mask[i, s] == 1]
+        tokens = hidden[i, positions]  # (n_i, D), real tokens only
+        if mode == "mean":
+            rows.append(tokens.sum(0) / len(positions))
+        elif mode == "cls":
+            rows.append(hidden[i, 0])
+        elif mode == "max":
+            rows.append(torch.stack([tokens[:, k].max() for k in range(tokens.shape[1])]))
+        elif mode == "lasttoken":
+            rows.append(hidden[i, positions[-1]])
+    return torch.stack(rows)
+
+
+def right_padded_mask(lengths: list[int], seq_len: int) -> torch.Tensor:
+    return torch.tensor([[1] * n + [0] * (seq_len - n) for n in lengths])
+
+
+def left_padded_mask(lengths: list[int], seq_len: int) -> torch.Tensor:
+    return torch.tensor([[0] * (seq_len - n) + [1] * n for n in lengths])
+
+
+@pytest.fixture
+def hidden_and_mask():
+    torch.manual_seed(0)
+    lengths = [5, 1, 3, 5]
+    hidden = torch.randn(len(lengths), 5, 6, dtype=torch.float64)  # (N, S, D)
+    return hidden, right_padded_mask(lengths, 5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pool_matches_per_row_loop(hidden_and_mask, mode):
+    hidden, mask = hidden_and_mask
+    torch.testing.assert_close(pool(hidden, mask, mode), pool_reference(hidden, mask, mode))
+
+
+@pytest.mark.parametrize("mode", ["mean", "max", "lasttoken"])
+def test_pool_left_padded_matches_loop(mode):
+    torch.manual_seed(1)
+    hidden = torch.randn(3, 6, 4, dtype=torch.float64)
+    mask = left_padded_mask([6, 2, 4], 6)
+    got = pool(hidden, mask, mode)
+    torch.testing.assert_close(got, pool_reference(hidden, mask, mode))
+    if mode == "lasttoken":  # left padding: the last real token is the last position for every row
+        torch.testing.assert_close(got, hidden[:, -1])
+
+
+def test_lasttoken_right_padded_picks_last_real_token():
+    torch.manual_seed(2)
+    hidden = torch.randn(3, 5, 4, dtype=torch.float64)
+    lengths = [5, 2, 3]
+    got = pool(hidden, right_padded_mask(lengths, 5), "lasttoken")
+    torch.testing.assert_close(got, torch.stack([hidden[i, n - 1] for i, n in enumerate(lengths)]))
+
+
+# cls reads position 0, which left padding moves by definition: right padding only for it.
+@pytest.mark.parametrize(
+    ("mode", "side"), [(m, "right") for m in MODES] + [(m, "left") for m in MODES if m != "cls"]
+)
+def test_pool_invariant_to_extra_padding(mode, side):
+    """Extra padding columns holding garbage (huge values of either sign) change nothing."""
+    torch.manual_seed(3)
+    lengths = [4, 2, 3]
+    hidden = torch.randn(3, 4, 5, dtype=torch.float64)
+    make_mask = right_padded_mask if side == "right" else left_padded_mask
+    mask = make_mask(lengths, 4)
+    garbage = 1e6 * torch.randn(3, 3, 5, dtype=torch.float64)
+    if side == "right":
+        padded_hidden = torch.cat([hidden, garbage], dim=1)
+        padded_mask = torch.cat([mask, torch.zeros(3, 3, dtype=mask.dtype)], dim=1)
+    else:
+        padded_hidden = torch.cat([garbage, hidden], dim=1)
+        padded_mask = torch.cat([torch.zeros(3, 3, dtype=mask.dtype), mask], dim=1)
+    torch.testing.assert_close(pool(padded_hidden, padded_mask, mode), pool(hidden, mask, mode))
+
+
+def test_pool_garbage_inside_padding_of_short_rows():
+    """Garbage in the padded positions of the shorter rows is ignored too (not only extra columns)."""
+    torch.manual_seed(4)
+    hidden = torch.randn(3, 5, 4, dtype=torch.float64)
+    mask = right_padded_mask([5, 2, 3], 5)
+    noisy = hidden.clone()
+    noisy[mask == 0] = 1e6
+    for mode in MODES:
+        torch.testing.assert_close(pool(noisy, mask, mode), pool(hidden, mask, mode))
+
+
+def test_mean_pool_all_padding_row_is_zero_not_nan():
+    hidden = torch.randn(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
+    out = pool(hidden, mask, "mean")
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1], torch.zeros(4))
+
+
+def test_max_pool_does_not_mutate_input(hidden_and_mask):
+    hidden, mask = hidden_and_mask
+    hidden_before, mask_before = hidden.clone(), mask.clone()
+    pool(hidden, mask, "max")
+    assert torch.equal(hidden, hidden_before)
+    assert torch.equal(mask, mask_before)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pool_broadcasts_leading_layer_axis(mode):
+    torch.manual_seed(5)
+    hidden = torch.randn(3, 4, 6, 5, dtype=torch.float64)  # (L, N, S, D)
+    mask = right_padded_mask([6, 1, 4, 3], 6)  # (N, S)
+    got = pool(hidden, mask, mode)
+    assert got.shape == (3, 4, 5)
+    for layer in range(3):
+        torch.testing.assert_close(got[layer], pool_reference(hidden[layer], mask, mode))
+
+
+def test_pool_unknown_mode_raises():
+    with pytest.raises(ValueError, match="pooling"):
+        pool(torch.zeros(1, 2, 3), torch.ones(1, 2), "median")
+
+
+# --------------------------------------------------------------------------------------------
+# Encoder on the tiny random BERT
+# --------------------------------------------------------------------------------------------
+
+
+def masked_mean_by_hand(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N, S, D), (N, S) -> (N, D): average each row's real tokens, written out per row."""
+    rows = []
+    for i in range(hidden.shape[0]):
+        keep = mask[i].bool()
+        rows.append(hidden[i][keep].sum(0) / keep.sum())
+    return torch.stack(rows)
+
+
+@pytest.fixture
+def encoder(tiny_model_dir):
+    return Encoder(tiny_model_dir).eval()
+
+
+def test_encoder_properties(encoder):
+    assert encoder.dim == 32
+    assert encoder.num_layers == 3
+    assert encoder.pooling == "mean"
+
+
+def test_forward_all_layers_pools_each_hidden_state(encoder):
+    features = encoder.tokenize(TEXTS)
+    with torch.no_grad():
+        layers = encoder(features, all_layers=True)  # (L, N, D)
+        final = encoder(features)  # (N, D)
+        hidden_states = encoder.model(**features, output_hidden_states=True).hidden_states
+    assert layers.shape == (3, len(TEXTS), 32)
+    assert len(hidden_states) == 4  # embeddings + 3 blocks
+    for layer in range(1, 4):
+        expected = masked_mean_by_hand(hidden_states[layer], features["attention_mask"])
+        torch.testing.assert_close(layers[layer - 1], expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(layers[-1], final)
+
+
+def test_padding_in_a_batch_does_not_change_embedding(encoder):
+    short, longer = "a dog", "the man is playing guitar in the park with a cat"
+    with torch.no_grad():
+        alone_features = encoder.tokenize([short])
+        batch_features = encoder.tokenize([short, longer])
+        assert batch_features["input_ids"].shape[1] > alone_features["input_ids"].shape[1]
+        alone = encoder(alone_features)[0]
+        in_batch = encoder(batch_features)[0]
+        alone_layers = encoder(alone_features, all_layers=True)[:, 0]
+        batch_layers = encoder(batch_features, all_layers=True)[:, 0]
+    torch.testing.assert_close(in_batch, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch_layers, alone_layers, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 64])
+def test_encode_returns_input_order(encoder, batch_size):
+    with torch.no_grad():
+        alone = torch.stack([encoder(encoder.tokenize([t]))[0] for t in TEXTS])  # (N, D)
+        alone_layers = torch.stack(
+            [encoder(encoder.tokenize([t]), all_layers=True)[:, 0] for t in TEXTS], dim=1
+        )  # (L, N, D)
+    got = encoder.encode(TEXTS, batch_size=batch_size)
+    assert got.shape == (len(TEXTS), 32)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)
+    got_layers = encoder.encode(TEXTS, batch_size=batch_size, all_layers=True)
+    assert got_layers.shape == (3, len(TEXTS), 32)
+    torch.testing.assert_close(got_layers, alone_layers, atol=1e-5, rtol=1e-5)
+
+
+def test_encode_empty(encoder):
+    assert encoder.encode([]).shape == (0, 32)
+    assert encoder.encode([], all_layers=True).shape == (3, 0, 32)
+
+
+def test_tokenize_respects_max_seq_length(tiny_model_dir):
+    encoder = Encoder(tiny_model_dir, max_seq_length=8)
+    assert encoder.max_seq_length == 8
+    features = encoder.tokenize(["the man is playing guitar in the park", "a"])
+    assert features["input_ids"].shape == (2, 8)
+    assert features["attention_mask"][0].sum() == 8
+    assert features["attention_mask"][1].sum() == 3  # [CLS] a [SEP]
+    sep = encoder.tokenizer.sep_token_id
+    assert features["input_ids"][0, -1] == sep  # truncation keeps the special tokens
+    short = encoder.tokenize(["a", "cat"])
+    assert short["input_ids"].shape[1] < 8  # dynamic padding: to the longest, not to the limit
+
+
+@pytest.fixture
+def cased_model_dir(tiny_model_dir, tmp_path):
+    """The tiny model with a tokenizer that does not lower-case (upper-case letters become [UNK])."""
+    path = tmp_path / "cased"
+    shutil.copytree(tiny_model_dir, path)
+    BertTokenizer(str(path / "vocab.txt"), do_lower_case=False, model_max_length=64).save_pretrained(path)
+    return path
+
+
+def test_do_lower_case_lowercases_before_tokenizing(cased_model_dir):
+    unk = AutoTokenizer.from_pretrained(cased_model_dir).unk_token_id
+    cased = Encoder(cased_model_dir, do_lower_case=False)
+    lowering = Encoder(cased_model_dir, do_lower_case=True)
+    assert unk in cased.tokenize(["Cat SAT"])["input_ids"][0].tolist()  # the tokenizer alone is cased
+    got = lowering.tokenize(["Cat SAT"])["input_ids"]
+    assert torch.equal(got, cased.tokenize(["cat sat"])["input_ids"])
+    assert unk not in got[0].tolist()
+
+
+def test_trust_remote_code_defaults_to_false():
+    assert inspect.signature(Encoder.__init__).parameters["trust_remote_code"].default is False
+
+
+def test_missing_local_folder_raises_naming_it(tmp_path):
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        Encoder(missing)
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient: autograd against a finite-difference directional derivative (float64, no dropout)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "param_name", ["encoder.layer.2.output.dense.weight", "encoder.layer.0.output.dense.weight"]
+)
+@pytest.mark.parametrize("d", [8, 32])
+def test_gradient_matches_finite_difference(tiny_model_dir, param_name, d):
+    encoder = Encoder(tiny_model_dir).double().eval()
+    anchors = ["the cat sat", "a dog runs", "a woman plays guitar"]
+    positives = ["a cat on the mat", "the dog is running", "the man is playing"]
+    batch = len(anchors)
+    features = encoder.tokenize(anchors + positives)  # column-major: all anchors, then all positives
+    param = dict(encoder.model.named_parameters())[param_name]
+
+    def loss() -> torch.Tensor:
+        columns = encoder(features).view(2, batch, encoder.dim)  # (C, B, D)
+        return mnrl_loss(prefix(columns, d))
+
+    encoder.zero_grad()
+    loss().backward()
+    torch.manual_seed(0)
+    direction = torch.randn_like(param)
+    direction /= direction.norm()
+    analytic = (param.grad * direction).sum().item()
+
+    # Central difference: truncation error O(eps^2), round-off O(1e-16 / eps) in float64.
+    eps = 1e-4
+    with torch.no_grad():
+        original = param.detach().clone()
+        param.copy_(original + eps * direction)
+        plus = loss().item()
+        param.copy_(original - eps * direction)
+        minus = loss().item()
+        param.copy_(original)
+    numeric = (plus - minus) / (2 * eps)
+    assert abs(analytic) > 1e-4  # the check is not vacuous
+    assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-10)
+
+
+# --------------------------------------------------------------------------------------------
+# save / reload
+# --------------------------------------------------------------------------------------------
+
+
+def test_saved_folder_loads_in_plain_transformers(tiny_model_dir, tmp_path):
+    encoder = Encoder(tiny_model_dir).eval()
+    before = encoder.encode(TEXTS)
+    out_dir = tmp_path / "saved"
+    encoder.save(out_dir, {"dims": [32, 16]})
+
+    model = AutoModel.from_pretrained(out_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    features = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**features).last_hidden_state
+    torch.testing.assert_close(
+        masked_mean_by_hand(hidden, features["attention_mask"]), before, atol=1e-5, rtol=1e-5
+    )
+
+
+def test_reload_restores_pooling_length_and_metadata(tiny_model_dir, tmp_path):
+    encoder = Encoder(tiny_model_dir, pooling="cls", max_seq_length=20).eval()
+    before = encoder.encode(TEXTS)
+    out_dir = tmp_path / "saved_cls"
+    encoder.save(out_dir, {"dims": [32, 16]})
+
+    reloaded = Encoder(out_dir)
+    assert reloaded.pooling == "cls"
+    assert reloaded.max_seq_length == 20
+    assert reloaded.metadata["dims"] == [32, 16]
+    torch.testing.assert_close(reloaded.encode(TEXTS), before, atol=1e-5, rtol=1e-5)
+    # cls pooling really is the first token's state of the reloaded plain model
+    model = AutoModel.from_pretrained(out_dir).eval()
+    features = AutoTokenizer.from_pretrained(out_dir)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        first = model(**features).last_hidden_state[:, 0]
+    torch.testing.assert_close(first, before, atol=1e-5, rtol=1e-5)
+    # an explicit argument wins over the saved setting
+    assert Encoder(out_dir, pooling="max").pooling == "max"
+
+
+def test_saved_folder_layout(tiny_model_dir, tmp_path):
+    out_dir = tmp_path / "saved_layout"
+    Encoder(tiny_model_dir, pooling="cls", max_seq_length=20).save(out_dir, {"dims": [32, 16]})
+
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "1_Pooling/config.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+    ]:
+        assert (out_dir / name).is_file(), name
+
+    modules = json.loads((out_dir / "modules.json").read_text())
+    assert [m["path"] for m in modules] == ["", "1_Pooling"]
+    assert [m["idx"] for m in modules] == [0, 1]
+    assert modules[0]["type"].endswith("Transformer")
+    assert modules[1]["type"].endswith("Pooling")
+    assert all({"idx", "name", "path", "type"} <= set(m) for m in modules)
+
+    pooling = json.loads((out_dir / "1_Pooling" / "config.json").read_text())
+    assert pooling["word_embedding_dimension"] == 32
+    true_flags = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v is True]
+    assert true_flags == ["pooling_mode_cls_token"]
+
+    st_config = json.loads((out_dir / "sentence_bert_config.json").read_text())
+    assert st_config["max_seq_length"] == 20
+    assert st_config["do_lower_case"] is False
+    assert isinstance(json.loads((out_dir / "config_sentence_transformers.json").read_text()), dict)
+
+
+@pytest.mark.parametrize(
+    ("mode", "flag"),
+    [
+        ("mean", "pooling_mode_mean_tokens"),
+        ("max", "pooling_mode_max_tokens"),
+        ("lasttoken", "pooling_mode_lasttoken"),
+    ],
+)
+def test_saved_pooling_flag_per_mode(tiny_model_dir, tmp_path, mode, flag):
+    out_dir = tmp_path / f"saved_{mode}"
+    Encoder(tiny_model_dir, pooling=mode).save(out_dir)
+    pooling = json.loads((out_dir / "1_Pooling" / "config.json").read_text())
+    assert [k for k, v in pooling.items() if k.startswith("pooling_mode") and v is True] == [flag]
+
+
+def test_pooling_read_from_sentence_transformers_folder(tiny_model_dir, tmp_path):
+    """A folder from elsewhere with only 1_Pooling/config.json (no mrl_config.json) picks that pooling."""
+    path = tmp_path / "st_style"
+    shutil.copytree(tiny_model_dir, path)
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": 32,
+                "pooling_mode_cls_token": True,
+                "pooling_mode_mean_tokens": False,
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+                "pooling_mode_weightedmean_tokens": False,
+                "pooling_mode_lasttoken": False,
+                "include_prompt": True,
+            }
+        )
+    )
+    assert not (path / "mrl_config.json").exists()
+    encoder = Encoder(path).eval()
+    assert encoder.pooling == "cls"
+    features = encoder.tokenize(TEXTS)
+    with torch.no_grad():
+        first = encoder.model(**features).last_hidden_state[:, 0]
+    torch.testing.assert_close(encoder.encode(TEXTS), first, atol=1e-5, rtol=1e-5)
