@@ -27,7 +27,7 @@ from mrl.config import POOLINGS, main_error
 from mrl.data import DataError, load_source, source_name
 from mrl.evaluation import evaluate_sts, format_table
 from mrl.model import Encoder
-from mrl.runtime import autocast_for, pick_device
+from mrl.runtime import autocast_for, pick_device, quiet_transformers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
             if path.exists():
                 main_error(f"--json: {path} exists; choose another path or pass --overwrite")
 
+    quiet_transformers()
     device = pick_device(args.device)
     try:
         encoder = Encoder(

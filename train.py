@@ -47,7 +47,7 @@ from mrl.data import BatchSampler, DataError, TokenizingCollator, load_source, p
 from mrl.evaluation import evaluate_sts, format_table
 from mrl.losses import cosent_loss, fixed_pairs_loss, layer_dropping_loss, matryoshka_loss, mnrl_loss
 from mrl.model import Encoder
-from mrl.runtime import autocast_for, peak_memory_gb, pick_device
+from mrl.runtime import autocast_for, peak_memory_gb, pick_device, quiet_transformers
 from mrl.tracking import Tracker
 
 
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> Path:
         main_error(f"--output-dir {run_dir} already exists and is not empty; pick another or add --resume")
 
     # ---- runtime: device, seeds, precision ------------------------------------------------
+    quiet_transformers()
     device = pick_device(config.device)
     torch.manual_seed(config.seed)  # model init of new heads (none here) and dropout
     loss_rng = torch.Generator().manual_seed(config.seed + 1)  # which dims / layers each step
@@ -322,6 +323,11 @@ def main(argv: list[str] | None = None) -> Path:
         if state is not None
         else "config:\n" + json.dumps({**config.to_dict(), "derived": derived}, indent=2)
     )
+
+    if encoder.dim not in dims:
+        tracker.print(
+            f"note: the full dim {encoder.dim} is not in --dims {dims}: full-width output is not trained"
+        )
 
     def checkpoint_state() -> dict:
         return {

@@ -33,3 +33,10 @@ def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def quiet_transformers() -> None:
+    """No per-file progress bars when loading or saving weights: they drown the training log."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
