@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> Path:
             detach_kl_target=config.detach_kl_target,
         )
         eval_layers = sorted({layer for layer, _ in pairs} | {encoder.num_layers})
+    # Every trained dim is evaluated at every evaluated layer (fixed pairs add their own dims).
+    eval_dims = sorted(set(dims) | {d for _, d in pairs or []}, reverse=True)
 
     # ---- batches ----------------------------------------------------------------------------
     try:
@@ -317,13 +319,18 @@ def main(argv: list[str] | None = None) -> Path:
         write_text_atomic(run_dir / "run.json", json.dumps(run_info(device, argv), indent=2))
     resumed_step = step if state is not None else None
     # Everything at the resumed step itself was logged before its checkpoint was written.
-    tracker = Tracker(run_dir, purge_step=step + 1 if config.resume else None)
+    tracker = Tracker(run_dir, purge_step=(step + 1 if state is not None else 0) if config.resume else None)
     tracker.print(
         f"resuming at step {step} from {folder}"
         if state is not None
         else "config:\n" + json.dumps({**config.to_dict(), "derived": derived}, indent=2)
     )
 
+    if encoder.max_seq_length < config.max_seq_length:
+        tracker.print(
+            f"note: --max-seq-length {config.max_seq_length} is capped at the model's limit "
+            f"{encoder.max_seq_length}"
+        )
     if encoder.dim not in dims:
         tracker.print(
             f"note: the full dim {encoder.dim} is not in --dims {dims}: full-width output is not trained"
@@ -357,7 +364,7 @@ def main(argv: list[str] | None = None) -> Path:
             and step != resumed_step
             and (last_step or step == 0 or (config.eval_every and step % config.eval_every == 0))
         ):
-            scalars, last_records = evaluate(encoder, eval_sets, dims, eval_layers, config, autocast)
+            scalars, last_records = evaluate(encoder, eval_sets, eval_dims, eval_layers, config, autocast)
             tracker.scalars(step, scalars)
             tracker.print(
                 f"step {step} eval: "
@@ -365,7 +372,8 @@ def main(argv: list[str] | None = None) -> Path:
                     f"{tag.split('/', 1)[1]}={value:.2f}" for tag, value in scalars.items() if "_l" not in tag
                 )
             )
-        if step != resumed_step and (last_step or (config.save_every and step % config.save_every == 0)):
+        save_due = config.save_every and step > 0 and step % config.save_every == 0
+        if step != resumed_step and (last_step or save_due):
             save_checkpoint(run_dir, step, encoder.model, checkpoint_state(), config.keep_last)
         if last_step:
             break
@@ -384,6 +392,8 @@ def main(argv: list[str] | None = None) -> Path:
                 loss, terms = compute_loss(columns, labels)
             scaler.scale(loss / config.grad_accum).backward()
             step_loss += loss.detach() / config.grad_accum
+            window["sums"]["total"] = window["sums"].get("total", 0.0) + loss.detach()
+            window["counts"]["total"] = window["counts"].get("total", 0) + 1
             for key, value in terms.items():
                 window["sums"][key] = window["sums"].get(key, 0.0) + value.detach()
                 window["counts"][key] = window["counts"].get(key, 0) + 1
@@ -415,8 +425,12 @@ def main(argv: list[str] | None = None) -> Path:
         if step % config.log_every == 0 or step == total_steps:
             elapsed = time.perf_counter() - window["start"]
             scalars = {
-                "train/loss": step_loss.item(),
-                **{f"train/loss_{k}": (v / window["counts"][k]).item() for k, v in window["sums"].items()},
+                # Means over the micro-batches since the last log line, so the total is the
+                # weighted sum of the logged terms.
+                **{
+                    "train/loss" if k == "total" else f"train/loss_{k}": (v / window["counts"][k]).item()
+                    for k, v in window["sums"].items()
+                },
                 "train/lr": schedule.get_last_lr()[0],
                 "train/grad_norm": grad_norm.item(),
                 "perf/samples_per_s": window["samples"] / elapsed,
@@ -439,7 +453,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---- the final model: HF + sentence-transformers layout + our metadata ----------------------
     metadata = {
-        "dims": dims,
+        "dims": eval_dims,
         "layers": eval_layers,
         "two_d": config.two_d,
         "layer_dim_pairs": pairs,

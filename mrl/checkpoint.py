@@ -60,7 +60,14 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # safetensors refuses tensors that share memory (tied weights): copy every repeat.
+    weights, seen = {}, set()
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().contiguous().cpu()
+        if tensor.untyped_storage().data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        weights[key] = tensor
     save_file(weights, str(tmp / "model.safetensors"))
     torch.save(state, tmp / "state.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time()}) + "\n")

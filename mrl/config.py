@@ -102,7 +102,7 @@ class TrainConfig:
         "only sees its own rows)",
     )
     lr: float = _opt(2e-5, "peak learning rate of AdamW")
-    weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases and LayerNorm weights)")
+    weight_decay: float = _opt(0.0, "AdamW weight decay (never on biases and LayerNorm weights)")
     warmup_ratio: float = _opt(0.1, "fraction of the steps with linear warmup from 0")
     scheduler: str = _opt("linear", "learning-rate decay after warmup", choices=SCHEDULERS)
     max_grad_norm: float = _opt(1.0, "clip the global gradient norm to this (0: no clipping)")
@@ -201,12 +201,37 @@ def read_config_file(path: str) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {key.replace("-", "_"): value for key, value in values.items()}
     values.pop("derived", None)  # a saved config.json carries derived quantities; they are recomputed
-    for key in values:
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, value in values.items():
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ValueError(f"--config {path}: unknown key '{key}'{hint}")
+        values[key] = _check_type(fields[key], value, f"--config {path}: key '{key}'")
     return values
+
+
+def _check_type(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """``value`` as the field's type, or a ValueError naming ``where`` (a file's value is not
+    parsed by argparse, so "no" must not become True and 2.5 must not become a step count)."""
+    kind, is_list, optional = _field_type(f)
+    if value is None and optional:
+        return None
+
+    def one(item: Any) -> Any:
+        if kind is float and isinstance(item, int) and not isinstance(item, bool):
+            return float(item)
+        if kind is bool and isinstance(item, bool):
+            return item
+        if kind is not bool and isinstance(item, kind) and not isinstance(item, bool):
+            return item
+        raise ValueError(f"{where} must be {'a list of ' if is_list else ''}{kind.__name__}, got {value!r}")
+
+    if is_list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be a list of {kind.__name__}, got {value!r}")
+        return [one(item) for item in value]
+    return one(value)
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
@@ -278,6 +303,8 @@ def validate(config: TrainConfig) -> None:
         fail("--kl-temperature must be positive")
     if config.n_layers_per_step == 0 or config.n_layers_per_step < -1:
         fail("--n-layers-per-step must be >= 1, or -1 for every earlier layer")
+    if config.two_d == "fixed" and (config.dim_weights is not None or config.n_dims_per_step is not None):
+        fail("--dim-weights and --n-dims-per-step apply to --2d off/random; fixed mode sums its pairs")
     if config.layer_dim_pairs is not None:
         if config.two_d != "fixed":
             fail("--layer-dim-pairs needs --2d fixed")

@@ -207,6 +207,7 @@ def load_examples(
     text_columns: Sequence[str] | None = None,
     score_column: str | None = None,
     where: dict[str, str] | None = None,
+    score_range: tuple[float, float] | None = None,
 ) -> Examples:
     """Read a local file and map it to Examples.
 
@@ -217,9 +218,10 @@ def load_examples(
     score_column: the float score per row. None uses a column named "score" if there is one.
     where: keep only rows whose columns equal these values (case-insensitive), e.g.
         {"label": "entailment"}. Rows are filtered before they are checked.
+    score_range: (low, high): a score outside it is an error (e.g. a 0-5 file where 0-1 is meant).
     """
     header, rows = read_rows(path)
-    return _to_examples(header, rows, str(path), text_columns, score_column, where)
+    return _to_examples(header, rows, str(path), text_columns, score_column, where, score_range)
 
 
 def load_hub_examples(
@@ -229,6 +231,7 @@ def load_hub_examples(
     text_columns: Sequence[str] | None = None,
     score_column: str | None = None,
     where: dict[str, str] | None = None,
+    score_range: tuple[float, float] | None = None,
 ) -> Examples:
     """Like load_examples, for a Hugging Face hub dataset (e.g. "sentence-transformers/stsb").
 
@@ -244,7 +247,7 @@ def load_hub_examples(
     rows = [(i, {key: _as_text(value) for key, value in record.items()}) for i, record in enumerate(ds)]
     if not rows:
         raise DataError(f"{source}: no rows")
-    return _to_examples(list(ds.column_names), rows, source, text_columns, score_column, where)
+    return _to_examples(list(ds.column_names), rows, source, text_columns, score_column, where, score_range)
 
 
 def parse_where(spec: str) -> dict[str, str]:
@@ -258,7 +261,7 @@ def parse_where(spec: str) -> dict[str, str]:
     return where
 
 
-def _to_examples(header, rows, source, text_columns, score_column, where) -> Examples:
+def _to_examples(header, rows, source, text_columns, score_column, where, score_range=None) -> Examples:
     if isinstance(text_columns, str):
         text_columns = [text_columns]
     names = _detect_layout(header, source) if text_columns is None else list(text_columns)
@@ -283,7 +286,13 @@ def _to_examples(header, rows, source, text_columns, score_column, where) -> Exa
                 raise DataError(f"{source}:{line}: column {name!r} is empty")
             column.append(text)
         if scores is not None:
-            scores.append(_parse_score(row.get(score_column, ""), source, line, score_column))
+            score = _parse_score(row.get(score_column, ""), source, line, score_column)
+            if score_range is not None and not score_range[0] <= score <= score_range[1]:
+                raise DataError(
+                    f"{source}:{line}: column {score_column!r}: {score:g} is outside the expected range "
+                    f"[{score_range[0]:g}, {score_range[1]:g}]"
+                )
+            scores.append(score)
     return Examples(columns, scores, source, names)
 
 
@@ -463,6 +472,7 @@ def load_source(
     text_columns: Sequence[str] | None = None,
     score_column: str | None = None,
     where: dict[str, str] | None = None,
+    score_range: tuple[float, float] | None = None,
 ) -> Examples:
     """A local file or a hub dataset, as named on the command line.
 
@@ -471,9 +481,11 @@ def load_source(
     e.g. ``sentence-transformers/stsb@validation``.
     """
     if Path(spec).suffix.lower() in _FORMATS or Path(spec).is_file():
-        return load_examples(spec, text_columns, score_column, where)
+        return load_examples(spec, text_columns, score_column, where, score_range)
     name, _, split_override = spec.partition("@")
-    return load_hub_examples(name, subset, split_override or split, text_columns, score_column, where)
+    return load_hub_examples(
+        name, subset, split_override or split, text_columns, score_column, where, score_range
+    )
 
 
 def source_name(spec: str) -> str:

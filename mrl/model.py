@@ -12,15 +12,19 @@ and our own ``mrl_config.json`` with the trained dims, layers and pooling.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from mrl.quantize import PRECISIONS, Ranges, calibrate, quantize
 
 POOLING_MODES = ("mean", "cls", "max", "lasttoken")
 METADATA_FILE = "mrl_config.json"
@@ -126,7 +130,9 @@ class Encoder(nn.Module):
             getattr(self.model.config, "max_position_embeddings", None) or 10**9,
             self.tokenizer.model_max_length or 10**9,
         )
-        self.max_seq_length = int(max_seq_length or st_config.get("max_seq_length") or min(model_limit, 512))
+        # Never beyond the model's position embeddings: longer inputs would crash mid-run.
+        requested = max_seq_length or st_config.get("max_seq_length") or 512
+        self.max_seq_length = int(min(requested, model_limit))
         # Some sentence-transformers models lower-case text before a cased tokenizer sees it.
         self.do_lower_case = bool(
             do_lower_case if do_lower_case is not None else st_config.get("do_lower_case")
@@ -187,31 +193,95 @@ class Encoder(nn.Module):
         batch_size: int = 64,
         all_layers: bool = False,
         show_progress: bool = False,
+        *,
+        dim: int | None = None,
+        layers: int | None = None,
+        normalize: bool = False,
+        precision: str = "float32",
+        calibration: Ranges | Tensor | None = None,
     ) -> Tensor:
-        """Embed texts without a graph: (N, D) or (L, N, D) float32 on the CPU, in input order.
+        """Embed texts without a graph, in input order, on the CPU.
 
+        With the defaults: the full-width, **un-normalised** float32 embedding (N, D) (or every
+        block's, (L, N, D), with ``all_layers``), what training and evaluation consume.
+
+        - ``layers=k`` runs only the first k transformer blocks (the rest are not executed, see
+          `truncated_blocks`) and pools the model's ``last_hidden_state``; with ``all_layers`` the
+          result is (k, N, D).
+        - ``dim=d`` keeps the first d values (a Matryoshka prefix); ``normalize=True`` then scales
+          each vector to unit length, **after** the slice, as `mrl.losses.prefix` does.
+        - ``precision``: "float32", "int8"/"uint8" (codes on 256 levels with per-dimension ranges,
+          `mrl.quantize`), "binary"/"ubinary" (sign bits packed 8 per byte: (N, ceil(d / 8))).
+          For int8/uint8, ``calibration`` is either `mrl.quantize.Ranges` of width d, or a sample of
+          embeddings (M, >= d) that goes through the same slice/normalise as the output (so pass
+          raw full-width embeddings of a corpus sample). **If None, the ranges are calibrated on
+          the texts being encoded**, which makes each call's codes incomparable with another
+          call's: calibrate once and pass the ranges when encoding queries and docs separately.
+          Quantised outputs are int8/uint8 tensors; not available with ``all_layers``.
+
+        The default of ``normalize`` is False so that existing callers keep the raw embedding;
+        cosine-based evaluation re-normalises each prefix anyway.
         Texts are batched by length (less padding, same result), then put back in order.
-        Un-normalised, full width: slice with ``mrl.losses.prefix`` for a Matryoshka dim.
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if all_layers and precision != "float32":
+            raise ValueError("all_layers returns float32 per-layer embeddings; quantise one layer at a time")
+        if dim is not None and not 1 <= dim <= self.dim:
+            raise ValueError(f"dim must be in 1..{self.dim}, got {dim}")
+        if layers is not None and not 1 <= layers <= self.num_layers:
+            raise ValueError(f"layers must be in 1..{self.num_layers}, got {layers}")
+        if calibration is not None and precision not in ("int8", "uint8"):
+            raise ValueError(f"calibration is only used by int8/uint8, not {precision!r}")
+
+        width = dim or self.dim
+        n_layers = layers or self.num_layers
         was_training = self.training
         self.eval()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         chunks = []
-        with torch.inference_mode():
-            for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc="encode"):
-                batch = [texts[i] for i in order[start : start + batch_size]]
-                features = {k: v.to(self.device) for k, v in self.tokenize(batch).items()}
-                chunks.append(self(features, all_layers=all_layers).float().cpu())
-        self.train(was_training)
+        truncation = truncated_blocks(self.model, layers) if layers else contextlib.nullcontext()
+        try:
+            with truncation, torch.inference_mode():
+                for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc="encode"):
+                    batch = [texts[i] for i in order[start : start + batch_size]]
+                    features = {k: v.to(self.device) for k, v in self.tokenize(batch).items()}
+                    chunks.append(self(features, all_layers=all_layers).float().cpu())
+        finally:
+            self.train(was_training)
         # Built outside inference mode: the result is an ordinary tensor that autograd may use
         # (e.g. as distillation targets).
-        if not chunks:
-            shape = (self.num_layers, 0, self.dim) if all_layers else (0, self.dim)
-            return torch.empty(shape)
-        sorted_emb = torch.cat(chunks, dim=-2)  # (..., N, D) in length order
-        result = torch.empty_like(sorted_emb)
-        result[..., order, :] = sorted_emb
-        return result
+        if chunks:
+            sorted_emb = torch.cat(chunks, dim=-2)  # (..., N, D) in length order
+            emb = torch.empty_like(sorted_emb)
+            emb[..., order, :] = sorted_emb
+        else:
+            emb = torch.empty((n_layers, 0, self.dim) if all_layers else (0, self.dim))
+        emb = _slice_and_normalize(emb, width, normalize)  # (..., N, d)
+        if precision in ("int8", "uint8"):
+            ranges = _resolve_calibration(calibration, emb, width, normalize)
+            return quantize(emb, precision, ranges)
+        return quantize(emb, precision)
+
+    def save_truncated(self, path: str | os.PathLike, k: int, metadata: dict[str, Any] | None = None) -> None:
+        """Write a standalone model with only the first ``k`` blocks (``num_hidden_layers = k``).
+
+        The folder has the same layout as `save` and loads in `AutoModel` (and here in
+        `Encoder`); its embedding equals ``self.encode(texts, layers=k)``. Only the k kept blocks
+        are copied; this encoder is left unchanged. Trained layers above k are dropped from the
+        stored metadata, and ``truncated_from`` records the original depth.
+        """
+        if not 1 <= k <= self.num_layers:
+            raise ValueError(f"k must be in 1..{self.num_layers}, got {k}")
+        with truncated_blocks(self.model, k):
+            # Inside the context the model holds only k blocks and its config says k layers, so
+            # the copy is the smaller model, standalone (its own config and weights).
+            small = copy.deepcopy(self)
+        ours = {**self.metadata, **(metadata or {}), "truncated_from": self.num_layers}
+        if ours.get("layers"):
+            ours["layers"] = [layer for layer in ours["layers"] if layer <= k] or [k]
+        small.metadata = {}
+        small.save(path, ours)
 
     def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
         """Write a folder that `AutoModel` and the sentence-transformers library both load.
@@ -281,3 +351,89 @@ def _looks_like_path(name: str) -> bool:
     return (
         name.startswith(("/", ".", "~")) or name.count("/") > 1 or (parent != Path(".") and parent.is_dir())
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Layer truncation and encode helpers
+# --------------------------------------------------------------------------------------------
+
+
+def find_blocks(model: nn.Module) -> tuple[nn.Module, str]:
+    """The (parent module, attribute name) of the model's list of transformer blocks.
+
+    It is the ``nn.ModuleList`` whose length is ``config.num_hidden_layers``: ``encoder.layer``
+    in BERT, RoBERTa, XLM-R and MPNet, ``layers`` in ModernBERT, ``transformer.layer`` in
+    DistilBERT, and so on for most `transformers` encoders. If several lists qualify (a
+    per-layer list of something else), the one holding the most parameters is the blocks.
+    """
+    n = getattr(model.config, "num_hidden_layers", None)
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n and name:
+            parent_name, _, attr = name.rpartition(".")
+            size = sum(p.numel() for p in module.parameters())
+            found.append((size, model.get_submodule(parent_name) if parent_name else model, attr))
+    if not found:
+        raise ValueError(f"no nn.ModuleList of length num_hidden_layers={n} in {type(model).__name__}")
+    _, parent, attr = max(found, key=lambda item: item[0])
+    return parent, attr
+
+
+@contextlib.contextmanager
+def truncated_blocks(model: nn.Module, k: int) -> Iterator[nn.Module]:
+    """Within the block, ``model`` runs only its first ``k`` transformer blocks.
+
+    Swaps the block list for one holding the first k blocks (the same module objects, so weights
+    and hooks are shared) and sets ``config.num_hidden_layers = k`` (and slices a per-layer
+    ``config.layer_types``), restoring all of it on exit, exceptions included. The model's
+    ``last_hidden_state`` is then block k's output, passed through whatever the model applies
+    after its blocks (nothing in BERT; the final norm in ModernBERT), i.e. exactly what a k-layer
+    model with these weights outputs. Not thread-safe: it edits the model in place.
+    """
+    parent, attr = find_blocks(model)
+    blocks = getattr(parent, attr)
+    if not 1 <= k <= len(blocks):
+        raise ValueError(f"k must be in 1..{len(blocks)}, got {k}")
+    config = model.config
+    saved = {"num_hidden_layers": config.num_hidden_layers}
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, (list, tuple)) and len(layer_types) == len(blocks):
+        saved["layer_types"] = layer_types
+    setattr(parent, attr, nn.ModuleList(list(blocks)[:k]))
+    try:
+        config.num_hidden_layers = k
+        if "layer_types" in saved:
+            config.layer_types = list(layer_types)[:k]
+        yield model
+    finally:
+        setattr(parent, attr, blocks)
+        for key, value in saved.items():
+            setattr(config, key, value)
+
+
+def _slice_and_normalize(emb: Tensor, width: int, normalize: bool) -> Tensor:
+    """(..., D) -> (..., width): slice the Matryoshka prefix, then (optionally) unit-normalise it."""
+    emb = emb[..., :width]
+    if normalize:
+        emb = torch.nn.functional.normalize(emb, p=2, dim=-1, eps=1e-12)
+    return emb.contiguous()
+
+
+def _resolve_calibration(
+    calibration: Ranges | Tensor | None, emb: Tensor, width: int, normalize: bool
+) -> Ranges:
+    """Ranges for int8/uint8: given ranges (width must match), a sample put through the same
+    slice/normalise as ``emb``, or, with None, ``emb`` itself."""
+    if calibration is None:
+        if emb.shape[0] == 0:  # nothing to calibrate on, and nothing to quantise
+            return Ranges(low=torch.zeros(width), high=torch.zeros(width))
+        return calibrate(emb)
+    if isinstance(calibration, Ranges):
+        if calibration.dim != width:
+            raise ValueError(f"calibration ranges have width {calibration.dim}, the output {width}")
+        return calibration
+    sample = torch.as_tensor(calibration).float()
+    if sample.ndim != 2 or sample.shape[-1] < width:
+        raise ValueError(f"calibration sample must be (M, >= {width}), got {tuple(sample.shape)}")
+    # Normalising is scale-invariant, so a sample that was already sliced/normalised is unchanged.
+    return calibrate(_slice_and_normalize(sample, width, normalize))

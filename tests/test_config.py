@@ -1,0 +1,240 @@
+"""TrainConfig: defaults, config files, CLI precedence, loud validation, and the LR schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from mrl.config import TrainConfig, parse_config, validate_for_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repo root
+from train import lr_factor  # noqa: E402
+
+
+def error_of(argv: list[str]) -> str:
+    with pytest.raises(ValueError) as info:
+        parse_config(argv)
+    return str(info.value)
+
+
+# ---------------------------------------------------------------------------------- defaults
+
+
+def test_defaults_come_from_the_dataclass():
+    config = parse_config([])
+    assert config == TrainConfig()
+    # A few documented defaults, written out independently of the dataclass.
+    assert config.model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert config.loss == "cosent"
+    assert config.batch_size == 16
+    assert config.lr == 2e-5
+    assert config.two_d == "off"
+    assert config.dims is None
+    assert config.resume is False
+    # List defaults are fresh objects, not shared between configs.
+    other = TrainConfig()
+    other.where.append("label=entailment")
+    assert TrainConfig().where == []
+
+
+def test_cli_flags_set_fields():
+    config = parse_config(
+        ["--dims", "64", "32", "--batch-size", "8", "--lr", "1e-4", "--no-detach-kl-target", "--2d", "fixed"]
+    )
+    assert config.dims == [64, 32]
+    assert config.batch_size == 8
+    assert config.lr == 1e-4
+    assert config.detach_kl_target is False
+    assert config.two_d == "fixed"  # the --2d flag maps to the field two_d
+    assert parse_config(["--2d", "random"]).two_d == "random"
+
+
+# ------------------------------------------------------------------------------ config files
+
+
+def test_json_config_supplies_defaults_and_cli_wins(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"dims": [64, 32, 16], "batch_size": 32, "lr": 1e-4, "scheduler": "cosine"}))
+    config = parse_config(["--config", str(path)])
+    assert (config.dims, config.batch_size, config.lr, config.scheduler) == ([64, 32, 16], 32, 1e-4, "cosine")
+    assert config.seed == TrainConfig().seed  # untouched keys keep the dataclass default
+
+    config = parse_config(["--config", str(path), "--batch-size", "4", "--dims", "16"])
+    assert config.batch_size == 4 and config.dims == [16]  # CLI wins
+    assert config.lr == 1e-4 and config.scheduler == "cosine"  # the file still supplies the rest
+
+
+def test_toml_config_supplies_defaults_and_cli_wins(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'loss = "mnrl"\n'
+        "dims = [128, 64]\n"
+        "warmup-ratio = 0.2\n"  # hyphenated keys, as on the command line, are accepted too
+        'two_d = "random"\n'
+        "detach_kl_target = false\n"
+    )
+    config = parse_config(["--config", str(path)])
+    assert config.loss == "mnrl"
+    assert config.dims == [128, 64]
+    assert config.warmup_ratio == 0.2
+    assert config.two_d == "random"
+    assert config.detach_kl_target is False
+    config = parse_config(["--config", str(path), "--loss", "cosent", "--detach-kl-target"])
+    assert config.loss == "cosent" and config.detach_kl_target is True
+    assert config.dims == [128, 64]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_unknown_config_key_names_file_and_key_with_hint(tmp_path, suffix):
+    path = tmp_path / f"bad{suffix}"
+    path.write_text('{"batch_sise": 8}' if suffix == ".json" else "batch_sise = 8\n")
+    message = error_of(["--config", str(path)])
+    assert str(path) in message
+    assert "batch_sise" in message
+    assert "batch_size" in message  # did-you-mean
+
+    path.write_text('{"zzzqqq": 1}' if suffix == ".json" else "zzzqqq = 1\n")
+    message = error_of(["--config", str(path)])
+    assert str(path) in message and "zzzqqq" in message
+
+
+def test_missing_or_unparsable_config_file(tmp_path):
+    assert "--config" in error_of(["--config", str(tmp_path / "nope.json")])
+    bad = tmp_path / "broken.toml"
+    bad.write_text("dims = [64,\n")
+    message = error_of(["--config", str(bad)])
+    assert str(bad) in message
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("lr", "fast"), ("dims", 32), ("batch_size", "eight"), ("max_steps", 2.5), ("detach_kl_target", "no")],
+)
+def test_config_value_of_wrong_type_is_a_value_error_naming_the_key(tmp_path, key, value):
+    # A wrong type in a config file must fail as loudly as a wrong CLI value (which argparse
+    # rejects), with the file and key in the message -- not as a TypeError deep in validation.
+    path = tmp_path / "typed.json"
+    path.write_text(json.dumps({key: value}))
+    message = error_of(["--config", str(path)])
+    assert key in message
+
+
+def test_config_file_ints_are_fine_for_float_fields(tmp_path):
+    path = tmp_path / "ints.json"
+    path.write_text(json.dumps({"lr": 1, "warmup_ratio": 0, "scale": 20}))
+    config = parse_config(["--config", str(path)])
+    assert (config.lr, config.warmup_ratio, config.scale) == (1.0, 0.0, 20.0)
+
+
+def test_saved_config_json_with_derived_block_is_accepted(tmp_path):
+    config = TrainConfig(dims=[32, 16, 8], batch_size=8, max_steps=6, model="some/model", eval_data=[])
+    saved = {**config.to_dict(), "derived": {"total_steps": 6, "effective_batch": 8, "dims": [32, 16, 8]}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved, indent=2))
+    assert parse_config(["--config", str(path)]) == config
+    # ...and a run can be started from it with one field changed on the command line.
+    assert parse_config(["--config", str(path), "--seed", "3"]) == dataclasses.replace(config, seed=3)
+
+
+# ------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--dims", "0"], "--dims"),
+        (["--dims", "64", "-8"], "--dims"),
+        (["--dims", "64", "32", "64"], "--dims"),
+        (["--dims"], "--dims"),
+        (["--dims", "64", "32", "--dim-weights", "1.0"], "--dim-weights"),
+        (["--dims", "64", "32", "--dim-weights", "1", "1", "1"], "--dim-weights"),
+        (["--dim-weights", "1", "2"], "--dim-weights"),
+        (["--loss", "mnrl", "--batch-size", "1"], "--batch-size"),
+        (["--loss", "mnrl-symmetric", "--batch-size", "1"], "--batch-size"),
+        (["--layer-dim-pairs", "1:8"], "--layer-dim-pairs"),
+        (["--2d", "random", "--layer-dim-pairs", "1:8"], "--layer-dim-pairs"),
+        (["--2d", "fixed", "--layer-dim-pairs", "1-8"], "--layer-dim-pairs"),
+        (["--2d", "fixed", "--layer-dim-pairs", "1:8:2"], "--layer-dim-pairs"),
+        (["--2d", "fixed", "--layer-dim-pairs", "a:8"], "--layer-dim-pairs"),
+        (["--resume"], "--resume"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--max-steps", "0"], "--max-steps"),
+        (["--lr", "0"], "--lr"),
+        (["--warmup-ratio", "1.0"], "--warmup-ratio"),
+    ],
+)
+def test_validation_errors_name_the_flag(argv, flag):
+    assert flag in error_of(argv)
+
+
+def test_valid_corner_cases_pass():
+    assert parse_config(["--loss", "cosent", "--batch-size", "1"]).batch_size == 1  # no negatives needed
+    assert parse_config(["--loss", "mnrl", "--batch-size", "2"]).batch_size == 2
+    config = parse_config(["--2d", "fixed", "--layer-dim-pairs", "1:8", "2:16", "3:32"])
+    assert config.layer_dim_pairs == ["1:8", "2:16", "3:32"]
+    assert parse_config(["--resume", "--output-dir", "runs/x"]).resume is True
+    assert parse_config(["--dims", "64", "32", "--dim-weights", "1", "0.5"]).dim_weights == [1.0, 0.5]
+
+
+def test_validate_for_model_rejects_dims_beyond_the_model():
+    with pytest.raises(ValueError, match="--dims"):
+        validate_for_model(TrainConfig(dims=[64, 32]), model_dim=32, num_layers=3)
+    validate_for_model(TrainConfig(dims=[32, 16]), model_dim=32, num_layers=3)
+    validate_for_model(TrainConfig(), model_dim=32, num_layers=3)  # default: the full dim only
+
+
+@pytest.mark.parametrize("pair", ["4:16", "0:16", "2:64", "2:0"])
+def test_validate_for_model_rejects_pairs_outside_the_model(pair):
+    config = TrainConfig(two_d="fixed", layer_dim_pairs=["1:8", pair])
+    with pytest.raises(ValueError, match="--layer-dim-pairs"):
+        validate_for_model(config, model_dim=32, num_layers=3)
+    validate_for_model(
+        TrainConfig(two_d="fixed", layer_dim_pairs=["1:8", "3:32"]), model_dim=32, num_layers=3
+    )
+
+
+def test_validate_for_model_needs_two_layers_for_2d():
+    with pytest.raises(ValueError, match="--2d"):
+        validate_for_model(TrainConfig(two_d="random"), model_dim=32, num_layers=1)
+
+
+# ------------------------------------------------------------------------------- LR schedule
+
+
+def test_linear_warmup_then_linear_decay_to_zero():
+    warmup, total = 10, 110
+    for step in range(warmup):
+        assert lr_factor(step, warmup, total, "linear") == pytest.approx(step / 10)
+    for step in range(warmup, total + 1):
+        assert lr_factor(step, warmup, total, "linear") == pytest.approx((110 - step) / 100)
+    assert lr_factor(0, warmup, total, "linear") == 0.0
+    assert lr_factor(10, warmup, total, "linear") == pytest.approx(1.0)
+    assert lr_factor(60, warmup, total, "linear") == pytest.approx(0.5)
+    assert lr_factor(110, warmup, total, "linear") == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(150, warmup, total, "linear") == 0.0  # never negative past the end
+
+
+def test_cosine_is_half_at_the_midpoint_and_zero_at_the_end():
+    warmup, total = 10, 110
+    assert lr_factor(5, warmup, total, "cosine") == pytest.approx(0.5)  # same warmup
+    assert lr_factor(10, warmup, total, "cosine") == pytest.approx(1.0)
+    assert lr_factor(60, warmup, total, "cosine") == pytest.approx(0.5)
+    assert lr_factor(35, warmup, total, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_factor(110, warmup, total, "cosine") == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(200, warmup, total, "cosine") == pytest.approx(0.0, abs=1e-12)
+
+
+def test_constant_is_one_after_warmup():
+    assert lr_factor(3, 6, 100, "constant") == pytest.approx(0.5)
+    assert all(lr_factor(step, 6, 100, "constant") == 1.0 for step in range(6, 101))
+
+
+def test_no_warmup_starts_at_the_peak():
+    assert lr_factor(0, 0, 100, "linear") == 1.0
+    assert lr_factor(0, 0, 100, "cosine") == 1.0
+    assert lr_factor(50, 0, 100, "linear") == pytest.approx(0.5)
