@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -47,7 +48,7 @@ from mrl.data import BatchSampler, DataError, TokenizingCollator, load_source, p
 from mrl.evaluation import evaluate_sts, format_table
 from mrl.losses import cosent_loss, fixed_pairs_loss, layer_dropping_loss, matryoshka_loss, mnrl_loss
 from mrl.model import Encoder
-from mrl.runtime import autocast_for, peak_memory_gb, pick_device, quiet_transformers
+from mrl.runtime import autocast_for, peak_memory_gb, pick_device, quiet_transformers, stop_on_signals
 from mrl.tracking import Tracker
 
 
@@ -356,99 +357,108 @@ def main(argv: list[str] | None = None) -> Path:
     progress = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True)
     window = {"start": time.perf_counter(), "samples": 0, "tokens": 0, "sums": {}, "counts": {}}
     last_records = {}
-    while True:
-        last_step = step == total_steps
-        # Evaluate and save at the top of an iteration (step 0 gives the zero-shot baseline).
-        if (
-            eval_sets
-            and step != resumed_step
-            and (last_step or step == 0 or (config.eval_every and step % config.eval_every == 0))
-        ):
-            scalars, last_records = evaluate(encoder, eval_sets, eval_dims, eval_layers, config, autocast)
-            tracker.scalars(step, scalars)
-            tracker.print(
-                f"step {step} eval: "
-                + "  ".join(
-                    f"{tag.split('/', 1)[1]}={value:.2f}" for tag, value in scalars.items() if "_l" not in tag
+    # SIGTERM (a scheduler's kill) and SIGINT (Ctrl-C) end the current step, save and exit.
+    with stop_on_signals() as stop:
+        while True:
+            last_step = step == total_steps
+            # Evaluate and save at the top of an iteration (step 0 gives the zero-shot baseline).
+            if (
+                eval_sets
+                and step != resumed_step
+                and (last_step or step == 0 or (config.eval_every and step % config.eval_every == 0))
+            ):
+                scalars, last_records = evaluate(encoder, eval_sets, eval_dims, eval_layers, config, autocast)
+                tracker.scalars(step, scalars)
+                tracker.print(
+                    f"step {step} eval: "
+                    + "  ".join(
+                        f"{tag.split('/', 1)[1]}={value:.2f}"
+                        for tag, value in scalars.items()
+                        if "_l" not in tag
+                    )
                 )
-            )
-        save_due = config.save_every and step > 0 and step % config.save_every == 0
-        if step != resumed_step and (last_step or save_due):
-            save_checkpoint(run_dir, step, encoder.model, checkpoint_state(), config.keep_last)
-        if last_step:
-            break
-        if window["samples"] == 0:  # throughput counts training time only, not evaluation or saving
-            window["start"] = time.perf_counter()
+            save_due = config.save_every and step > 0 and step % config.save_every == 0
+            if step != resumed_step and (last_step or save_due or stop):
+                save_checkpoint(run_dir, step, encoder.model, checkpoint_state(), config.keep_last)
+            if stop and not last_step:
+                name = signal.Signals(stop["signal"]).name
+                tracker.print(f"{name}: saved a checkpoint at step {step}; continue with --resume")
+                tracker.close()
+                raise SystemExit(128 + stop["signal"])
+            if last_step:
+                break
+            if window["samples"] == 0:  # throughput counts training time only, not evaluation or saving
+                window["start"] = time.perf_counter()
 
-        # One optimizer step over grad_accum micro-batches.
-        step_loss = torch.zeros((), device=device)
-        for _ in range(config.grad_accum):
-            batch, cursor = next(batches)
-            features = {k: v.to(device, non_blocking=True) for k, v in batch["features"].items()}
-            labels = batch["labels"].to(device) if batch["labels"] is not None else None
-            with autocast:
-                emb = encoder(features, all_layers=two_d)  # (C*B, D), or (L, C*B, D) for 2D
-                columns = emb.unflatten(-2, (batch["n_columns"], -1)).float()  # (C, B, D) / (L, C, B, D)
-                loss, terms = compute_loss(columns, labels)
-            scaler.scale(loss / config.grad_accum).backward()
-            step_loss += loss.detach() / config.grad_accum
-            window["sums"]["total"] = window["sums"].get("total", 0.0) + loss.detach()
-            window["counts"]["total"] = window["counts"].get("total", 0) + 1
-            for key, value in terms.items():
-                window["sums"][key] = window["sums"].get(key, 0.0) + value.detach()
-                window["counts"][key] = window["counts"].get(key, 0) + 1
-            window["samples"] += len(batch["texts"])
-            window["tokens"] += int(batch["features"]["attention_mask"].sum())  # CPU tensor: no sync
+            # One optimizer step over grad_accum micro-batches.
+            step_loss = torch.zeros((), device=device)
+            for _ in range(config.grad_accum):
+                batch, cursor = next(batches)
+                features = {k: v.to(device, non_blocking=True) for k, v in batch["features"].items()}
+                labels = batch["labels"].to(device) if batch["labels"] is not None else None
+                with autocast:
+                    emb = encoder(features, all_layers=two_d)  # (C*B, D), or (L, C*B, D) for 2D
+                    columns = emb.unflatten(-2, (batch["n_columns"], -1)).float()  # (C, B, D) / (L, C, B, D)
+                    loss, terms = compute_loss(columns, labels)
+                scaler.scale(loss / config.grad_accum).backward()
+                step_loss += loss.detach() / config.grad_accum
+                window["sums"]["total"] = window["sums"].get("total", 0.0) + loss.detach()
+                window["counts"]["total"] = window["counts"].get("total", 0) + 1
+                for key, value in terms.items():
+                    window["sums"][key] = window["sums"].get(key, 0.0) + value.detach()
+                    window["counts"][key] = window["counts"].get(key, 0) + 1
+                window["samples"] += len(batch["texts"])
+                window["tokens"] += int(batch["features"]["attention_mask"].sum())  # CPU tensor: no sync
 
-        if not torch.isfinite(step_loss) and not scaler.is_enabled():
-            tracker.print(
-                f"error: non-finite loss {step_loss.item()} at step {step}; first texts of the "
-                f"last batch: {batch['texts'][:3]}"
+            if not torch.isfinite(step_loss) and not scaler.is_enabled():
+                tracker.print(
+                    f"error: non-finite loss {step_loss.item()} at step {step}; first texts of the "
+                    f"last batch: {batch['texts'][:3]}"
+                )
+                raise SystemExit(f"error: non-finite loss at step {step} (see {run_dir / 'train.log'})")
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                encoder.parameters(), config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
             )
-            raise SystemExit(f"error: non-finite loss at step {step} (see {run_dir / 'train.log'})")
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            encoder.parameters(), config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-        )
-        scale_before = scaler.get_scale() if scaler.is_enabled() else None
-        scaler.step(optimizer)  # under fp16 this skips the step when gradients overflowed
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        step += 1
-        progress.update(1)
-        if scaler.is_enabled() and scaler.get_scale() < scale_before:
-            tracker.print(
-                f"step {step}: fp16 gradients overflowed; step skipped, loss scale -> {scaler.get_scale()}"
-            )
+            scale_before = scaler.get_scale() if scaler.is_enabled() else None
+            scaler.step(optimizer)  # under fp16 this skips the step when gradients overflowed
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+            step += 1
+            progress.update(1)
+            if scaler.is_enabled() and scaler.get_scale() < scale_before:
+                tracker.print(
+                    f"step {step}: fp16 gradients overflowed; step skipped; loss scale {scaler.get_scale()}"
+                )
 
-        if step % config.log_every == 0 or step == total_steps:
-            elapsed = time.perf_counter() - window["start"]
-            scalars = {
-                # Means over the micro-batches since the last log line, so the total is the
-                # weighted sum of the logged terms.
-                **{
-                    "train/loss" if k == "total" else f"train/loss_{k}": (v / window["counts"][k]).item()
-                    for k, v in window["sums"].items()
-                },
-                "train/lr": schedule.get_last_lr()[0],
-                "train/grad_norm": grad_norm.item(),
-                "perf/samples_per_s": window["samples"] / elapsed,
-                "perf/tokens_per_s": window["tokens"] / elapsed,
-                "perf/max_mem_gb": peak_memory_gb(device),
-            }
-            tracker.scalars(step, scalars)
-            progress.set_postfix(
-                loss=f"{scalars['train/loss']:.4f}",
-                lr=f"{scalars['train/lr']:.2e}",
-                samples_s=f"{scalars['perf/samples_per_s']:.1f}",
-            )
-            tracker.print(
-                f"step {step}/{total_steps} loss {scalars['train/loss']:.4f} "
-                f"lr {scalars['train/lr']:.3e} grad_norm {scalars['train/grad_norm']:.3f} "
-                f"{scalars['perf/samples_per_s']:.1f} samples/s"
-            )
-            window = {"start": time.perf_counter(), "samples": 0, "tokens": 0, "sums": {}, "counts": {}}
+            if step % config.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - window["start"]
+                scalars = {
+                    # Means over the micro-batches since the last log line, so the total is the
+                    # weighted sum of the logged terms.
+                    **{
+                        "train/loss" if k == "total" else f"train/loss_{k}": (v / window["counts"][k]).item()
+                        for k, v in window["sums"].items()
+                    },
+                    "train/lr": schedule.get_last_lr()[0],
+                    "train/grad_norm": grad_norm.item(),
+                    "perf/samples_per_s": window["samples"] / elapsed,
+                    "perf/tokens_per_s": window["tokens"] / elapsed,
+                    "perf/max_mem_gb": peak_memory_gb(device),
+                }
+                tracker.scalars(step, scalars)
+                progress.set_postfix(
+                    loss=f"{scalars['train/loss']:.4f}",
+                    lr=f"{scalars['train/lr']:.2e}",
+                    samples_s=f"{scalars['perf/samples_per_s']:.1f}",
+                )
+                tracker.print(
+                    f"step {step}/{total_steps} loss {scalars['train/loss']:.4f} "
+                    f"lr {scalars['train/lr']:.3e} grad_norm {scalars['train/grad_norm']:.3f} "
+                    f"{scalars['perf/samples_per_s']:.1f} samples/s"
+                )
+                window = {"start": time.perf_counter(), "samples": 0, "tokens": 0, "sums": {}, "counts": {}}
     progress.close()
 
     # ---- the final model: HF + sentence-transformers layout + our metadata ----------------------

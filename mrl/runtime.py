@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import signal
+import threading
 
 import torch
 
@@ -40,3 +42,25 @@ def quiet_transformers() -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
+    """While active, SIGTERM/SIGINT only set ``stop["signal"]``; the loop checks it between steps,
+    saves a checkpoint and exits. A second signal acts at once (default handler). The previous
+    handlers come back on exit. Outside the main thread (no signal handling) it does nothing."""
+    stop: dict[str, int] = {}
+
+    def request_stop(signum, _frame):
+        stop["signal"] = signum
+        signal.signal(signum, signal.SIG_DFL)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, request_stop) for sig in signals}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
