@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> Path:
             config.text_columns,
             score_column,
             where or None,
+            tuple(config.score_range) if config.score_range and score_column else None,
         )
         eval_sets = {
             source_name(s): load_source(s, "validation", score_column="score") for s in config.eval_data

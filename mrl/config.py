@@ -57,6 +57,9 @@ class TrainConfig:
     )
     score_column: str | None = _opt(None, "score column for CoSENT (default 'score'); ignored by mnrl")
     where: list[str] = _opt([], "keep only rows where COLUMN=VALUE, e.g. label=entailment (repeatable)")
+    score_range: list[float] | None = _opt(
+        [0.0, 1.0], "LOW HIGH: a training score outside this range is an error (e.g. 0 5 for raw STS)"
+    )
     max_train_samples: int | None = _opt(None, "use only the first N training rows (quick experiments)")
     eval_data: list[str] = _opt(
         ["sentence-transformers/stsb@validation"],
@@ -311,6 +314,10 @@ def validate(config: TrainConfig) -> None:
         parse_pairs(config.layer_dim_pairs)
     if config.resume and not config.output_dir:
         fail("--resume needs --output-dir (the run to continue)")
+    if config.score_range is not None and (
+        len(config.score_range) != 2 or not config.score_range[0] < config.score_range[1]
+    ):
+        fail(f"--score-range needs LOW HIGH with LOW < HIGH, got {config.score_range}")
     for spec in config.where:
         if "=" not in spec:
             fail(f"--where '{spec}' is not COLUMN=VALUE")

@@ -290,7 +290,7 @@ def _to_examples(header, rows, source, text_columns, score_column, where, score_
             if score_range is not None and not score_range[0] <= score <= score_range[1]:
                 raise DataError(
                     f"{source}:{line}: column {score_column!r}: {score:g} is outside the expected range "
-                    f"[{score_range[0]:g}, {score_range[1]:g}]"
+                    f"[{score_range[0]:g}, {score_range[1]:g}] (another scale? set --score-range LOW HIGH)"
                 )
             scores.append(score)
     return Examples(columns, scores, source, names)

@@ -55,7 +55,7 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
 def scored_pairs(path: Path, n: int, seed: int) -> Path:
     rng = random.Random(seed)
     texts = distinct_sentences(2 * n, seed)
-    rows = [[texts[2 * i], texts[2 * i + 1], round(rng.uniform(0, 5), 2)] for i in range(n)]
+    rows = [[texts[2 * i], texts[2 * i + 1], round(rng.uniform(0, 1), 3)] for i in range(n)]
     return write_csv(path, ["sentence1", "sentence2", "score"], rows)
 
 
@@ -594,7 +594,7 @@ def test_max_seq_length_beyond_the_model_does_not_crash_mid_run(tiny_model_dir, 
     # The tiny model has 64 positions and the default --max-seq-length is 128. A text longer
     # than 64 tokens must either be truncated to the model's limit, or be refused at startup
     # naming the flag -- not crash the run when the first long batch arrives.
-    rows = [[sentence(random.Random(i)), sentence(random.Random(100 + i)), i % 5] for i in range(16)]
+    rows = [[sentence(random.Random(i)), sentence(random.Random(100 + i)), (i % 5) / 4] for i in range(16)]
     rows[0][0] = " ".join("abcdefghijklmnopqrstuvwxyz" * 4)  # ~100 single-character tokens
     train_csv = write_csv(tmp_path / "long.csv", ["sentence1", "sentence2", "score"], rows)
     out = tmp_path / "run"
