@@ -250,19 +250,24 @@ def main(argv: list[str] | None = None) -> Path:
     # Every trained dim is evaluated at every evaluated layer (fixed pairs add their own dims).
     eval_dims = sorted(set(dims) | {d for _, d in pairs or []}, reverse=True)
 
-    # ---- batches ----------------------------------------------------------------------------
+    # ---- batches: tokenise every training text once; a step only pads ----------------------
+    unique_texts = list(dict.fromkeys(text for column in train.columns for text in column))
+    token_ids = dict(zip(unique_texts, encoder.token_ids(unique_texts)))
+    collate = TokenizingCollator(lambda texts: encoder.pad([token_ids[t] for t in texts]))
+    # A pair is padded to its longest column (all columns go through one forward).
+    lengths = [max(len(token_ids[column[i]]) for column in train.columns) for i in range(len(train))]
     try:
-        # In-batch negatives: a repeated text in a batch would be a false negative.
         sampler = BatchSampler(
             train,
             config.batch_size,
             seed=config.seed,
             drop_last=True,
+            # In-batch negatives: a repeated text in a batch would be a false negative.
             avoid_duplicates=config.loss.startswith("mnrl"),
+            lengths=lengths if config.group_by_length else None,
         )
     except ValueError as error:
         main_error(f"--batch-size: {error}")
-    collate = TokenizingCollator(encoder.tokenize)
     steps_per_epoch = max(1, len(sampler) // config.grad_accum)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     warmup_steps = round(config.warmup_ratio * total_steps)

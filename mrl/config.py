@@ -60,6 +60,9 @@ class TrainConfig:
     score_range: list[float] | None = _opt(
         [0.0, 1.0], "LOW HIGH: a training score outside this range is an error (e.g. 0 5 for raw STS)"
     )
+    group_by_length: bool = _opt(
+        True, "batch texts of similar token length together (less padding, ~2x faster on STS-B)"
+    )
     max_train_samples: int | None = _opt(None, "use only the first N training rows (quick experiments)")
     eval_data: list[str] = _opt(
         ["sentence-transformers/stsb@validation"],

@@ -71,7 +71,11 @@ def cosent_loss(columns: Tensor, scores: Tensor, scale: float = DEFAULT_SCALE) -
 
 
 def mnrl_loss(
-    columns: Tensor, labels: Tensor | None = None, scale: float = DEFAULT_SCALE, symmetric: bool = False
+    columns: Tensor,
+    labels: Tensor | None = None,
+    scale: float = DEFAULT_SCALE,
+    symmetric: bool = False,
+    local: slice | None = None,
 ) -> Tensor:
     """In-batch negatives (MultipleNegativesRanking / InfoNCE with hard negatives).
 
@@ -81,18 +85,44 @@ def mnrl_loss(
     negatives. ``symmetric`` averages with the positive -> anchor direction (positives scored
     against the B anchors only). ``labels`` is unused; it keeps the base-loss signature.
     Returns the mean cross-entropy, a scalar.
+
+    ``local`` (across GPUs): ``columns`` is then the GLOBAL batch gathered from all ranks,
+    (C, G, d) with G = world * B, and ``local = slice(r * B, (r + 1) * B)`` marks rank r's rows
+    (`mrl.dist.rank_slice`). Only the local anchors are scored, against all G rows of every
+    candidate column, laid out exactly as in one process (the G positives, then hard-negative
+    column 1 for all G rows, ...); local anchor i's target is ``local.start + i``. The symmetric
+    term scores the local positives against all G anchors with the same targets. The loss is the
+    mean over the local anchors. ``local=None`` is the single-process loss.
     """
     n_cols, batch = columns.shape[0], columns.shape[1]
     if n_cols < 2:
         raise ValueError(f"mnrl_loss needs at least 2 text columns (anchor, positive), got {n_cols}")
+    local = slice(0, batch) if local is None else local
+    if local.step not in (None, 1) or not 0 <= (local.start or 0) < (local.stop or -1) <= batch:
+        raise ValueError(f"local must be a slice(start, stop) inside 0..{batch}, got {local}")
+    start = local.start or 0
+    # Who gets which gradient (with columns = mrl.dist.gather_with_grad(local columns)):
+    # rank r's loss L_r depends on its own anchors and on every rank's positives/negatives (and
+    # every rank's anchors, for the symmetric term). all_gather's backward sums, for each rank,
+    # the gradients that all ranks' losses send to that rank's slice and returns them there, so
+    # rank r's embeddings receive sum_q dL_q / dE_r, and backprop through rank r's encoder gives
+    # rank r the gradient of sum_q L_q through the texts that rank r encoded.
+    # Why the loss is NOT multiplied by the world size W: DDP *averages* parameter gradients over
+    # ranks, giving (1/W) * sum_r dL_r. Each L_r is a mean over B anchors, so (1/W) * sum_r L_r is
+    # the mean over all G anchors: exactly the single-process loss on the global batch.
+    # Losses computed on the full gathered batch identically on every rank (CoSENT with gathered
+    # labels and no `local`, the 2D KL term) are W copies of the global loss; their gradient comes
+    # back W times through all_gather and DDP's 1/W cancels it. So every loss here equals
+    # single-process training on the global batch.
     unit = F.normalize(columns, dim=-1, eps=1e-12)
-    anchors = unit[0]  # (B, d)
-    candidates = unit[1:].reshape((n_cols - 1) * batch, -1)  # (C-1)*B, d): positives first
-    logits = scale * _at_least_fp32(anchors @ candidates.T)  # (B, (C-1)*B)
-    target = torch.arange(batch, device=columns.device)
+    anchors = unit[0, local]  # (b, d): the anchors scored here (b = B, or the local rows)
+    candidates = unit[1:].reshape((n_cols - 1) * batch, -1)  # ((C-1)*B, d): positives first
+    logits = scale * _at_least_fp32(anchors @ candidates.T)  # (b, (C-1)*B)
+    target = torch.arange(start, local.stop, device=columns.device)  # (b,)
     loss = F.cross_entropy(logits, target)
     if symmetric:
-        backward_logits = scale * _at_least_fp32(unit[1] @ anchors.T)  # (B, B): positive i vs anchors
+        # (b, B): local positive i scored against all anchors
+        backward_logits = scale * _at_least_fp32(unit[1, local] @ unit[0].T)
         loss = (loss + F.cross_entropy(backward_logits, target)) / 2
     return loss
 

@@ -172,6 +172,31 @@ class Encoder(nn.Module):
             )
         )
 
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text (special tokens added, truncated to max_seq_length, not padded).
+
+        With `pad` this splits `tokenize` in two, so a trainer can tokenise its data once up
+        front and only pad per batch: ``pad(token_ids(texts)) == tokenize(texts)``.
+        """
+        if self.do_lower_case:
+            texts = [t.lower() for t in texts]
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)["input_ids"]
+
+    def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, Tensor]:
+        """Pad id lists to the longest into the model's input tensors, each (N, S), like `tokenize`."""
+        longest = max(len(row) for row in ids)
+        input_ids = torch.full((len(ids), longest), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for i, row in enumerate(ids):
+            span = slice(longest - len(row), longest) if left else slice(0, len(row))
+            input_ids[i, span] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, span] = 1
+        features = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.tokenizer.model_input_names:
+            features["token_type_ids"] = torch.zeros_like(input_ids)
+        return features
+
     def forward(self, features: dict[str, Tensor], all_layers: bool = False) -> Tensor:
         """Pooled embeddings: (N, D), or (L, N, D) for every block with ``all_layers``.
 
