@@ -366,3 +366,46 @@ def test_real_files(shared_data):
     sampler = BatchSampler(triplets, 64, avoid_duplicates=True)
     batch = sampler.batches(0)[0]
     assert len(batch) == 64 and not clashes(triplets, batch)
+
+
+# ----------------------------------------------------------------------------- length grouping
+
+
+def _padded_tokens(batches, lengths):
+    """Tokens a run computes when each batch is padded to its longest example."""
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def test_length_grouping_covers_every_index_once_and_cuts_padding():
+    """Grouped batches are a partition of the data and pad far less than random batches."""
+    rng = random.Random(0)
+    n, batch = 1000, 16
+    lengths = [rng.randint(5, 120) for _ in range(n)]
+    ex = Examples([[f"t{i}" for i in range(n)]], None, "mem", ["text"])
+    grouped = BatchSampler(ex, batch, seed=3, lengths=lengths).batches(0)
+    plain = BatchSampler(ex, batch, seed=3).batches(0)
+    flat = [i for b in grouped for i in b]
+    assert len(flat) == len(set(flat)) == (n // batch) * batch
+    assert _padded_tokens(grouped, lengths) < 0.6 * _padded_tokens(plain, lengths)
+    # The batch order is shuffled, not long-to-short.
+    longest = [max(lengths[i] for i in b) for b in grouped]
+    assert longest != sorted(longest, reverse=True)
+    assert BatchSampler(ex, batch, seed=3, lengths=lengths).batches(0) == grouped
+    assert BatchSampler(ex, batch, seed=3, lengths=lengths).batches(1) != grouped
+
+
+def test_length_grouping_keeps_batches_free_of_duplicates():
+    """With avoid_duplicates, grouped batches still never repeat a text (brute-force check)."""
+    rng = random.Random(1)
+    anchors = [f"premise {rng.randrange(60)}" for _ in range(400)]
+    ex = Examples([anchors, [f"hyp {i}" for i in range(400)]], None, "mem", ["a", "p"])
+    lengths = [len(a) for a in anchors]
+    for b in BatchSampler(ex, 8, seed=0, avoid_duplicates=True, lengths=lengths).batches(0):
+        texts = [t for i in b for t in ex[i][0]]
+        assert len(texts) == len(set(texts))
+
+
+def test_lengths_must_match_the_examples():
+    ex = Examples([["a", "b", "c"]], None, "mem", ["text"])
+    with pytest.raises(ValueError, match="lengths"):
+        BatchSampler(ex, 1, lengths=[1, 2])

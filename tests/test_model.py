@@ -425,3 +425,14 @@ def test_pooling_read_from_sentence_transformers_folder(tiny_model_dir, tmp_path
     with torch.no_grad():
         first = encoder.model(**features).last_hidden_state[:, 0]
     torch.testing.assert_close(encoder.encode(TEXTS), first, atol=1e-5, rtol=1e-5)
+
+
+def test_pad_of_cached_token_ids_equals_tokenize(tiny_model_dir):
+    """Tokenising once up front then padding per batch gives exactly tokenize()'s tensors."""
+    encoder = Encoder(str(tiny_model_dir), max_seq_length=12, do_lower_case=True)
+    texts = ["The Cat sat on the mat in the park with a dog", "a", "play guitar"]
+    expected = encoder.tokenize(texts)
+    got = encoder.pad(encoder.token_ids(texts))
+    assert set(got) == set(expected)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
