@@ -57,12 +57,16 @@ def evaluate_sts(
     num_layers = encoder.num_layers
     if layers is None:
         layers = [num_layers]
-        emb = encoder.encode(unique, batch_size=batch_size, show_progress=show_progress)[None]  # (1, U, D)
+        emb = encoder.encode(unique, batch_size=batch_size, show_progress=show_progress, normalize=False)[
+            None
+        ]  # (1, U, D)
     else:
         bad = [layer for layer in layers if not 1 <= layer <= num_layers]
         if bad:
             raise ValueError(f"layers {bad} are outside 1..{num_layers}")
-        all_emb = encoder.encode(unique, batch_size=batch_size, all_layers=True, show_progress=show_progress)
+        all_emb = encoder.encode(
+            unique, batch_size=batch_size, all_layers=True, show_progress=show_progress, normalize=False
+        )
         emb = all_emb[[layer - 1 for layer in layers]]  # (len(layers), U, D)
 
     records = []

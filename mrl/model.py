@@ -221,14 +221,15 @@ class Encoder(nn.Module):
         *,
         dim: int | None = None,
         layers: int | None = None,
-        normalize: bool = False,
+        normalize: bool = True,
         precision: str = "float32",
         calibration: Ranges | Tensor | None = None,
     ) -> Tensor:
         """Embed texts without a graph, in input order, on the CPU.
 
-        With the defaults: the full-width, **un-normalised** float32 embedding (N, D) (or every
-        block's, (L, N, D), with ``all_layers``), what training and evaluation consume.
+        With the defaults: the full-width, unit-length float32 embedding (N, D) (or every
+        block's, (L, N, D), with ``all_layers``). ``normalize=False`` gives the raw pooled
+        vector, which is what evaluation slices (it re-normalises each prefix itself).
 
         - ``layers=k`` runs only the first k transformer blocks (the rest are not executed, see
           `truncated_blocks`) and pools the model's ``last_hidden_state``; with ``all_layers`` the
@@ -244,8 +245,6 @@ class Encoder(nn.Module):
           call's: calibrate once and pass the ranges when encoding queries and docs separately.
           Quantised outputs are int8/uint8 tensors; not available with ``all_layers``.
 
-        The default of ``normalize`` is False so that existing callers keep the raw embedding;
-        cosine-based evaluation re-normalises each prefix anyway.
         Texts are batched by length (less padding, same result), then put back in order.
         """
         if precision not in PRECISIONS:

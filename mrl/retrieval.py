@@ -521,8 +521,12 @@ def embed_beir(
 
     def run(texts):
         if layers is None:
-            return encoder.encode(texts, batch_size=batch_size, show_progress=show_progress)[None]
-        every = encoder.encode(texts, batch_size=batch_size, all_layers=True, show_progress=show_progress)
+            return encoder.encode(texts, batch_size=batch_size, show_progress=show_progress, normalize=False)[
+                None
+            ]
+        every = encoder.encode(
+            texts, batch_size=batch_size, all_layers=True, show_progress=show_progress, normalize=False
+        )
         return every[[layer - 1 for layer in layers]]
 
     return run(queries), run(docs)

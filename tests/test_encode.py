@@ -40,7 +40,7 @@ def mean_pool_by_hand(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def one_at_a_time(encoder, texts, **kwargs) -> torch.Tensor:
     """encode() of each text alone (no batching, no sorting), stacked in input order."""
-    return torch.cat([encoder.encode([t], **kwargs) for t in texts])
+    return torch.cat([encoder.encode([t], **{"normalize": False, **kwargs}) for t in texts])
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,7 +53,7 @@ def test_default_is_raw_full_width_float32(encoder):
     with torch.no_grad():
         hidden = encoder.model(**features).last_hidden_state
     expected = mean_pool_by_hand(hidden, features["attention_mask"])  # (N, 32), not unit length
-    got = encoder.encode(TEXTS)
+    got = encoder.encode(TEXTS, normalize=False)
     assert got.dtype == torch.float32 and got.shape == (len(TEXTS), 32)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(got.norm(dim=-1), torch.ones(len(TEXTS)))
@@ -67,18 +67,20 @@ def test_default_is_raw_full_width_float32(encoder):
 
 @pytest.mark.parametrize("d", [1, 8, 31, 32])
 def test_dim_is_slice_then_normalise(encoder, d):
-    full = encoder.encode(TEXTS)  # (N, 32) raw
+    full = encoder.encode(TEXTS, normalize=False)  # (N, 32) raw
     sliced = full[:, :d]
     expected = sliced / sliced.pow(2).sum(-1, keepdim=True).sqrt()  # unit length at width d
     torch.testing.assert_close(encoder.encode(TEXTS, dim=d, normalize=True), expected)
-    torch.testing.assert_close(encoder.encode(TEXTS, dim=d), sliced)  # normalize=False: raw slice
+    torch.testing.assert_close(
+        encoder.encode(TEXTS, dim=d, normalize=False), sliced
+    )  # normalize=False: raw slice
     if d < 32:  # normalising at full width and then slicing would NOT give unit vectors
         wrong = (full / full.norm(dim=-1, keepdim=True))[:, :d]
         assert not torch.allclose(wrong, expected)
 
 
 def test_normalize_all_layers_normalises_each_layer_vector(encoder):
-    raw = encoder.encode(TEXTS, all_layers=True)  # (3, N, 32)
+    raw = encoder.encode(TEXTS, all_layers=True, normalize=False)  # (3, N, 32)
     unit = encoder.encode(TEXTS, all_layers=True, dim=16, normalize=True)
     assert unit.shape == (3, len(TEXTS), 16)
     torch.testing.assert_close(unit, raw[..., :16] / raw[..., :16].norm(dim=-1, keepdim=True))
@@ -95,7 +97,9 @@ def test_layers_k_pools_hidden_state_k_of_the_full_model(encoder, k):
     with torch.no_grad():
         hidden_states = encoder.model(**features, output_hidden_states=True).hidden_states
     expected = mean_pool_by_hand(hidden_states[k], features["attention_mask"])  # [0] = embeddings
-    torch.testing.assert_close(encoder.encode(TEXTS, layers=k), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        encoder.encode(TEXTS, layers=k, normalize=False), expected, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_blocks_beyond_k_are_not_executed(encoder):
@@ -110,9 +114,9 @@ def test_blocks_beyond_k_are_not_executed(encoder):
 
     handles = [block.register_forward_hook(counter(i)) for i, block in enumerate(blocks)]
     try:
-        encoder.encode(TEXTS, layers=2, batch_size=2)  # 3 batches
+        encoder.encode(TEXTS, layers=2, batch_size=2, normalize=False)  # 3 batches
         assert calls == [3, 3, 0]
-        encoder.encode(TEXTS, batch_size=len(TEXTS))  # restored: all blocks run again
+        encoder.encode(TEXTS, batch_size=len(TEXTS), normalize=False)  # restored: all blocks run again
         assert calls == [4, 4, 1]
     finally:
         for handle in handles:
@@ -132,8 +136,8 @@ def test_truncation_is_restored_after_an_exception(encoder):
 
 
 def test_layers_with_all_layers_gives_the_first_k_layers(encoder):
-    every = encoder.encode(TEXTS, all_layers=True)  # (3, N, 32)
-    first_two = encoder.encode(TEXTS, all_layers=True, layers=2)
+    every = encoder.encode(TEXTS, all_layers=True, normalize=False)  # (3, N, 32)
+    first_two = encoder.encode(TEXTS, all_layers=True, layers=2, normalize=False)
     assert first_two.shape == (2, len(TEXTS), 32)
     torch.testing.assert_close(first_two, every[:2], atol=1e-5, rtol=1e-5)
 
@@ -188,7 +192,7 @@ def test_results_in_input_order_whatever_the_lengths(encoder, kwargs):
     texts = TEXTS + ["a", "the cat sat on the mat with the dog in the park", "man"]
     expected = one_at_a_time(encoder, texts, **kwargs)
     for batch_size in (1, 2, 4, 64):
-        got = encoder.encode(texts, batch_size=batch_size, **kwargs)
+        got = encoder.encode(texts, batch_size=batch_size, **{"normalize": False, **kwargs})
         if got.is_floating_point():
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
         else:
@@ -197,8 +201,8 @@ def test_results_in_input_order_whatever_the_lengths(encoder, kwargs):
 
 def test_empty_input(encoder):
     assert encoder.encode([], dim=8, normalize=True).shape == (0, 8)
-    assert encoder.encode([], precision="int8").shape == (0, 32)
-    assert encoder.encode([], precision="binary", dim=12).shape == (0, 2)
+    assert encoder.encode([], precision="int8", normalize=False).shape == (0, 32)
+    assert encoder.encode([], precision="binary", dim=12, normalize=False).shape == (0, 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,8 +214,8 @@ def test_empty_input(encoder):
 def test_binary_is_packed_sign_bits(encoder, d):
     unit = encoder.encode(TEXTS, dim=d, normalize=True).numpy()
     expected = np.packbits(unit > 0, axis=-1)  # (N, ceil(d / 8)), first dim in the top bit
-    ubinary = encoder.encode(TEXTS, dim=d, precision="ubinary")
-    binary = encoder.encode(TEXTS, dim=d, precision="binary")
+    ubinary = encoder.encode(TEXTS, dim=d, precision="ubinary", normalize=False)
+    binary = encoder.encode(TEXTS, dim=d, precision="binary", normalize=False)
     assert ubinary.dtype == torch.uint8 and ubinary.shape == (len(TEXTS), (d + 7) // 8)
     assert np.array_equal(ubinary.numpy(), expected)
     assert binary.dtype == torch.int8
@@ -232,7 +236,7 @@ def test_int8_calibrated_on_the_input_when_no_calibration(encoder):
 
 def test_int8_calibration_sample_goes_through_the_same_slice_and_normalise(encoder):
     sample_texts = ["the man plays", "a cat on a mat", "dog runs in the park", "woman", "guitar"]
-    raw_sample = encoder.encode(sample_texts)  # (5, 32) raw, full width
+    raw_sample = encoder.encode(sample_texts, normalize=False)  # (5, 32) raw, full width
     prefix_sample = encoder.encode(sample_texts, dim=16, normalize=True)
     from_raw = encoder.encode(TEXTS, dim=16, normalize=True, precision="int8", calibration=raw_sample)
     ranges = calibrate(prefix_sample)
@@ -247,19 +251,25 @@ def test_int8_calibration_sample_goes_through_the_same_slice_and_normalise(encod
 
 def test_bad_arguments_raise(encoder):
     with pytest.raises(ValueError, match="dim"):
-        encoder.encode(TEXTS, dim=33)
+        encoder.encode(TEXTS, dim=33, normalize=False)
     with pytest.raises(ValueError, match="layers"):
-        encoder.encode(TEXTS, layers=4)
+        encoder.encode(TEXTS, layers=4, normalize=False)
     with pytest.raises(ValueError, match="layers"):
-        encoder.encode(TEXTS, layers=0)
+        encoder.encode(TEXTS, layers=0, normalize=False)
     with pytest.raises(ValueError, match="precision"):
-        encoder.encode(TEXTS, precision="fp16")
+        encoder.encode(TEXTS, precision="fp16", normalize=False)
     with pytest.raises(ValueError, match="all_layers"):
-        encoder.encode(TEXTS, all_layers=True, precision="int8")
+        encoder.encode(TEXTS, all_layers=True, precision="int8", normalize=False)
     with pytest.raises(ValueError, match="calibration"):
-        encoder.encode(TEXTS, precision="binary", calibration=torch.zeros(2, 32))
+        encoder.encode(TEXTS, precision="binary", calibration=torch.zeros(2, 32), normalize=False)
     with pytest.raises(ValueError, match="width"):
-        encoder.encode(TEXTS, dim=8, precision="int8", calibration=Ranges(torch.zeros(16), torch.ones(16)))
+        encoder.encode(
+            TEXTS,
+            dim=8,
+            precision="int8",
+            calibration=Ranges(torch.zeros(16), torch.ones(16)),
+            normalize=False,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,8 +279,8 @@ def test_bad_arguments_raise(encoder):
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_save_truncated_is_a_standalone_k_layer_model(encoder, tmp_path, k):
-    before = encoder.encode(TEXTS)
-    expected = encoder.encode(TEXTS, layers=k)
+    before = encoder.encode(TEXTS, normalize=False)
+    expected = encoder.encode(TEXTS, layers=k, normalize=False)
     path = tmp_path / f"first{k}"
     encoder.save_truncated(path, k)
 
@@ -288,12 +298,12 @@ def test_save_truncated_is_a_standalone_k_layer_model(encoder, tmp_path, k):
 
     reloaded = Encoder(path)
     assert reloaded.num_layers == k
-    torch.testing.assert_close(reloaded.encode(TEXTS), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(reloaded.encode(TEXTS, normalize=False), expected, atol=1e-5, rtol=1e-5)
     meta = json.loads((path / "mrl_config.json").read_text())
     assert meta["num_layers"] == k and meta["truncated_from"] == 3
     # The encoder itself is unchanged.
     assert encoder.num_layers == 3 and len(encoder.model.encoder.layer) == 3
-    torch.testing.assert_close(encoder.encode(TEXTS), before)
+    torch.testing.assert_close(encoder.encode(TEXTS, normalize=False), before)
 
 
 def test_save_truncated_keeps_only_trained_layers_up_to_k(encoder, tmp_path):
@@ -304,3 +314,10 @@ def test_save_truncated_keeps_only_trained_layers_up_to_k(encoder, tmp_path):
     assert encoder.metadata == {"dims": [32, 16], "layers": [1, 2, 3]}
     with pytest.raises(ValueError, match="k must be"):
         encoder.save_truncated(tmp_path / "bad", 4)
+
+
+def test_encode_defaults_to_unit_vectors(encoder):
+    """The inference default is normalised; normalize=False gives the raw pooled vector."""
+    raw = encoder.encode(TEXTS, normalize=False)
+    unit = encoder.encode(TEXTS)
+    torch.testing.assert_close(unit, raw / raw.norm(dim=-1, keepdim=True))

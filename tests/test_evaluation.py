@@ -82,7 +82,8 @@ class FakeEncoder:
         self.num_layers = num_layers
         self.calls: list[tuple[list[str], bool]] = []
 
-    def encode(self, texts, batch_size=64, all_layers=False, show_progress=False):
+    def encode(self, texts, batch_size=64, all_layers=False, show_progress=False, normalize=True):
+        assert not normalize, "evaluation slices raw embeddings and re-normalises each prefix itself"
         self.calls.append((list(texts), all_layers))
         stacked = torch.stack([self.table[t] for t in texts], dim=1)  # (L, N, D)
         return stacked if all_layers else stacked[-1]

@@ -212,18 +212,18 @@ def test_encode_returns_input_order(encoder, batch_size):
         alone_layers = torch.stack(
             [encoder(encoder.tokenize([t]), all_layers=True)[:, 0] for t in TEXTS], dim=1
         )  # (L, N, D)
-    got = encoder.encode(TEXTS, batch_size=batch_size)
+    got = encoder.encode(TEXTS, batch_size=batch_size, normalize=False)
     assert got.shape == (len(TEXTS), 32)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)
-    got_layers = encoder.encode(TEXTS, batch_size=batch_size, all_layers=True)
+    got_layers = encoder.encode(TEXTS, batch_size=batch_size, all_layers=True, normalize=False)
     assert got_layers.shape == (3, len(TEXTS), 32)
     torch.testing.assert_close(got_layers, alone_layers, atol=1e-5, rtol=1e-5)
 
 
 def test_encode_empty(encoder):
-    assert encoder.encode([]).shape == (0, 32)
-    assert encoder.encode([], all_layers=True).shape == (3, 0, 32)
+    assert encoder.encode([], normalize=False).shape == (0, 32)
+    assert encoder.encode([], all_layers=True, normalize=False).shape == (3, 0, 32)
 
 
 def test_tokenize_respects_max_seq_length(tiny_model_dir):
@@ -317,7 +317,7 @@ def test_gradient_matches_finite_difference(tiny_model_dir, param_name, d):
 
 def test_saved_folder_loads_in_plain_transformers(tiny_model_dir, tmp_path):
     encoder = Encoder(tiny_model_dir).eval()
-    before = encoder.encode(TEXTS)
+    before = encoder.encode(TEXTS, normalize=False)
     out_dir = tmp_path / "saved"
     encoder.save(out_dir, {"dims": [32, 16]})
 
@@ -333,7 +333,7 @@ def test_saved_folder_loads_in_plain_transformers(tiny_model_dir, tmp_path):
 
 def test_reload_restores_pooling_length_and_metadata(tiny_model_dir, tmp_path):
     encoder = Encoder(tiny_model_dir, pooling="cls", max_seq_length=20).eval()
-    before = encoder.encode(TEXTS)
+    before = encoder.encode(TEXTS, normalize=False)
     out_dir = tmp_path / "saved_cls"
     encoder.save(out_dir, {"dims": [32, 16]})
 
@@ -341,7 +341,7 @@ def test_reload_restores_pooling_length_and_metadata(tiny_model_dir, tmp_path):
     assert reloaded.pooling == "cls"
     assert reloaded.max_seq_length == 20
     assert reloaded.metadata["dims"] == [32, 16]
-    torch.testing.assert_close(reloaded.encode(TEXTS), before, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(reloaded.encode(TEXTS, normalize=False), before, atol=1e-5, rtol=1e-5)
     # cls pooling really is the first token's state of the reloaded plain model
     model = AutoModel.from_pretrained(out_dir).eval()
     features = AutoTokenizer.from_pretrained(out_dir)(TEXTS, padding=True, return_tensors="pt")
@@ -424,7 +424,7 @@ def test_pooling_read_from_sentence_transformers_folder(tiny_model_dir, tmp_path
     features = encoder.tokenize(TEXTS)
     with torch.no_grad():
         first = encoder.model(**features).last_hidden_state[:, 0]
-    torch.testing.assert_close(encoder.encode(TEXTS), first, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(encoder.encode(TEXTS, normalize=False), first, atol=1e-5, rtol=1e-5)
 
 
 def test_pad_of_cached_token_ids_equals_tokenize(tiny_model_dir):

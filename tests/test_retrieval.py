@@ -386,7 +386,9 @@ def test_evaluate_cells_float_matches_a_brute_force_ranking(tiny_model_dir, toy_
     data = load_beir(toy_beir)
     query_emb, doc_emb = embed_beir(encoder, data, doc_prefix="the ")
     assert query_emb.shape == (1, 3, 32) and doc_emb.shape == (1, 8, 32)
-    torch.testing.assert_close(doc_emb[0], encoder.encode(["the " + t for t in data.doc_texts]))
+    torch.testing.assert_close(
+        doc_emb[0], encoder.encode(["the " + t for t in data.doc_texts], normalize=False)
+    )
     records = evaluate_cells(query_emb, doc_emb, data, [32, 8], ["float32", "int8", "binary"], [3])
     assert [(r["dim"], r["precision"], r["bytes"]) for r in records] == [
         (32, "float32", 128), (32, "int8", 32), (32, "binary", 4),

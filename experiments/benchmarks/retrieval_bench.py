@@ -233,8 +233,8 @@ def scifact_embeddings(model: str, folder: Path, cache: Path, batch_size: int):
         return saved["queries"], saved["docs"], data, None
     encoder = Encoder(model)
     start = time.perf_counter()
-    queries = encoder.encode(data.query_texts, batch_size=batch_size)
-    docs = encoder.encode(data.doc_texts, batch_size=batch_size, show_progress=True)
+    queries = encoder.encode(data.query_texts, batch_size=batch_size, normalize=False)
+    docs = encoder.encode(data.doc_texts, batch_size=batch_size, show_progress=True, normalize=False)
     seconds = time.perf_counter() - start
     cache.mkdir(parents=True, exist_ok=True)
     torch.save({"queries": queries, "docs": docs}, path)

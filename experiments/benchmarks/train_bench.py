@@ -10,7 +10,7 @@ run's metrics.jsonl: samples/s and tokens/s are the medians over the steps after
 step time is the median of B / (samples/s), and peak memory is the process's peak RSS (CPU) or
 peak allocated memory (CUDA). Rows: plain vs Matryoshka vs 2D (random, fixed) for CoSENT on STS-B
 train and in-batch negatives on AllNLI triplets, plus Matryoshka CoSENT without length grouping.
-The encode rows time `Encoder.encode(layers=k)` on the STS-B test sentences for k = 1..L.
+The encode rows time `Encoder.encode(layers=k, normalize=False)` on the STS-B test sentences for k = 1..L.
 Nothing here is timed by the test suite; it runs in under 10 minutes on a 2-core CPU.
 """
 
@@ -69,13 +69,13 @@ def encode_rows(args) -> list[dict]:
         rows = list(csv.DictReader(f))
     texts = [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
     encoder = Encoder(args.model, max_seq_length=128).to(pick_device(args.device))
-    encoder.encode(texts[:256], batch_size=64)  # warm-up
+    encoder.encode(texts[:256], batch_size=64, normalize=False)  # warm-up
     results = []
     for k in range(1, encoder.num_layers + 1):
         times = []
         for _ in range(args.encode_repeats):
             start = time.perf_counter()
-            encoder.encode(texts, batch_size=64, layers=k)
+            encoder.encode(texts, batch_size=64, layers=k, normalize=False)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
