@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -45,10 +46,20 @@ from mrl.config import (
     validate_for_model,
 )
 from mrl.data import BatchSampler, DataError, TokenizingCollator, load_source, parse_where, source_name
+from mrl.dist import (
+    barrier,
+    broadcast_object,
+    cleanup,
+    gather_nograd,
+    gather_with_grad,
+    init_distributed,
+    rank_slice,
+)
 from mrl.evaluation import evaluate_sts, format_table
+from mrl.gradcache import gradcache_step
 from mrl.losses import cosent_loss, fixed_pairs_loss, layer_dropping_loss, matryoshka_loss, mnrl_loss
 from mrl.model import Encoder
-from mrl.runtime import autocast_for, peak_memory_gb, pick_device, quiet_transformers, stop_on_signals
+from mrl.runtime import autocast_for, peak_memory_gb, quiet_transformers, stop_on_signals
 from mrl.tracking import Tracker
 
 
@@ -64,17 +75,25 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, scheduler: str) ->
     return max(0.0, 1.0 - progress)
 
 
-def batch_stream(sampler: BatchSampler, examples, collate, epoch: int, position: int):
+def batch_stream(sampler: BatchSampler, examples, collate, epoch: int, position: int, rows: slice):
     """Yield ``(batch, (epoch, next_position))`` forever, epoch after epoch.
 
-    The order is a function of (seed, epoch) only, so a resumed run rebuilds the epoch and
-    starts at ``position``: the data position is two integers in the checkpoint.
+    The sampler draws global batches (world_size * B rows, free of duplicate texts as a whole);
+    this process keeps ``rows``, its rank's B of them, so that all ranks together see exactly
+    what one process with the global batch would. The order is a function of (seed, epoch) only,
+    so a resumed run rebuilds the epoch and starts at ``position``: two integers in the checkpoint.
     """
     while True:
         batches = sampler.batches(epoch)
         for i in range(position, len(batches)):
-            yield collate([examples[j] for j in batches[i]]), (epoch, i + 1)
+            yield collate([examples[j] for j in batches[i][rows]]), (epoch, i + 1)
         epoch, position = epoch + 1, 0
+
+
+def run_under(autocast, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` under autocast (GradCache calls the encoder and the loss this way)."""
+    with autocast:
+        return fn(*args, **kwargs)
 
 
 def run_info(device: torch.device, argv: list[str]) -> dict:
@@ -134,8 +153,16 @@ def main(argv: list[str] | None = None) -> Path:
     except ValueError as error:
         main_error(str(error))
 
+    # ---- processes: one, or one per GPU under torchrun (rank 0 logs, evaluates and saves) ----
+    try:
+        dist_info = init_distributed(config.device)
+    except ValueError as error:
+        main_error(f"--device: {error}")
+    rank, world_size, device = dist_info.rank, dist_info.world_size, dist_info.device
+    main_process = rank == 0
+
     # ---- run directory: never overwrite a finished or running experiment -------------------
-    run_dir = Path(config.output_dir or Path("runs", time.strftime("%Y%m%d-%H%M%S")))
+    run_dir = Path(config.output_dir or broadcast_object(str(Path("runs", time.strftime("%Y%m%d-%H%M%S")))))
     if config.resume:
         if not (run_dir / "config.json").is_file():
             main_error(f"--resume: {run_dir} has no config.json (is it a run directory?)")
@@ -149,9 +176,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---- runtime: device, seeds, precision ------------------------------------------------
     quiet_transformers()
-    device = pick_device(config.device)
-    torch.manual_seed(config.seed)  # model init of new heads (none here) and dropout
-    loss_rng = torch.Generator().manual_seed(config.seed + 1)  # which dims / layers each step
+    torch.manual_seed(config.seed + rank)  # dropout: independent masks on each rank
+    # Which dims / layers each step: the same draws on every rank.
+    loss_rng = torch.Generator().manual_seed(config.seed + 1)
     autocast = autocast_for(device, config.precision)
     # Only fp16 needs loss scaling; bf16 has fp32's exponent range.
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
@@ -198,12 +225,33 @@ def main(argv: list[str] | None = None) -> Path:
         main_error(str(error).splitlines()[0])
     dims = config.dims or [encoder.dim]
     two_d = config.two_d != "off"
+    # BERT-style pooler heads are never used by our pooling: freeze them, so AdamW leaves them
+    # alone and DDP does not wait for gradients that never come.
+    pooler = getattr(encoder.model, "pooler", None)
+    if isinstance(pooler, torch.nn.Module):
+        pooler.requires_grad_(False)
+    if config.gradient_checkpointing:
+        encoder.model.gradient_checkpointing_enable()
+    model = encoder  # what the step calls; `encoder` stays the raw module for eval and saving
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            encoder, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if config.compile:
+        # Every new padded length is a new shape: dynamic=True avoids one recompile per length.
+        model = torch.compile(model, dynamic=True)
 
     # ---- the loss, bound once: the loop only calls compute_loss(columns, labels) ------------
+    gather = world_size > 1 and config.gather_across_devices
     if config.loss == "cosent":
         base_loss = partial(cosent_loss, scale=config.scale)
     else:
-        base_loss = partial(mnrl_loss, scale=config.scale, symmetric=config.loss == "mnrl-symmetric")
+        # With gathered columns each rank scores only its own anchors (rows `local` of the
+        # global batch) against every rank's candidates; see mrl/losses.py and mrl/dist.py.
+        local = rank_slice(config.batch_size, rank) if gather else None
+        base_loss = partial(
+            mnrl_loss, scale=config.scale, symmetric=config.loss == "mnrl-symmetric", local=local
+        )
     pairs, eval_layers = None, None
     if config.two_d == "off":
         compute_loss = partial(
@@ -259,7 +307,7 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         sampler = BatchSampler(
             train,
-            config.batch_size,
+            config.batch_size * world_size,  # global batches; each rank takes its slice
             seed=config.seed,
             drop_last=True,
             # In-batch negatives: a repeated text in a batch would be a false negative.
@@ -285,6 +333,8 @@ def main(argv: list[str] | None = None) -> Path:
         partial(lr_factor, warmup_steps=warmup_steps, total_steps=total_steps, scheduler=config.scheduler),
     )
 
+    # In-batch negatives come from the gathered global batch, or from this rank's rows only.
+    negatives_batch = config.batch_size * (world_size if gather else 1)
     derived = {
         "train_examples": len(train),
         "text_columns": train.column_names,
@@ -292,8 +342,10 @@ def main(argv: list[str] | None = None) -> Path:
         "num_layers": encoder.num_layers,
         "dims": dims,
         "layer_dim_pairs": pairs,
-        "effective_batch": config.batch_size * config.grad_accum,
-        "negatives_per_query": (config.batch_size - 1) + config.batch_size * (train.n_columns - 2)
+        "world_size": world_size,
+        "global_batch": config.batch_size * world_size,
+        "effective_batch": config.batch_size * world_size * config.grad_accum,
+        "negatives_per_query": (negatives_batch - 1) + negatives_batch * (train.n_columns - 2)
         if config.loss.startswith("mnrl")
         else None,
         "steps_per_epoch": steps_per_epoch,
@@ -313,12 +365,13 @@ def main(argv: list[str] | None = None) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        torch.set_rng_state(state["rng_cpu"][rank])
+        if device.type == "cuda" and state["rng_cuda"][rank] is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"][rank], device)
         loss_rng.set_state(state["rng_loss"])
         step, cursor = state["step"], tuple(state["cursor"])
-    if not config.resume:
+    barrier()  # every rank has checked the run dir before rank 0 creates it
+    if not config.resume and main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(
             run_dir / "config.json", json.dumps({**config.to_dict(), "derived": derived}, indent=2)
@@ -326,7 +379,11 @@ def main(argv: list[str] | None = None) -> Path:
         write_text_atomic(run_dir / "run.json", json.dumps(run_info(device, argv), indent=2))
     resumed_step = step if state is not None else None
     # Everything at the resumed step itself was logged before its checkpoint was written.
-    tracker = Tracker(run_dir, purge_step=(step + 1 if state is not None else 0) if config.resume else None)
+    tracker = Tracker(
+        run_dir,
+        enabled=main_process,
+        purge_step=(step + 1 if state is not None else 0) if config.resume else None,
+    )
     tracker.print(
         f"resuming at step {step} from {folder}"
         if state is not None
@@ -344,23 +401,37 @@ def main(argv: list[str] | None = None) -> Path:
         )
 
     def checkpoint_state() -> dict:
+        """Resumable state; called on every rank (it gathers each rank's RNG), saved by rank 0."""
+        rng_cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        rngs = [(torch.get_rng_state(), rng_cuda)] * world_size
+        if world_size > 1:
+            torch.distributed.all_gather_object(rngs, rngs[0])
         return {
             "step": step,
             "cursor": list(cursor),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "rng_cpu": [cpu for cpu, _ in rngs],  # one per rank
+            "rng_cuda": [cuda for _, cuda in rngs],
             "rng_loss": loss_rng.get_state(),
         }
 
+    def loss_of(emb, n_columns: int, labels):
+        """Encoder output (C*B, D) or (L, C*B, D) -> (loss, terms), under the caller's autocast."""
+        columns = emb.unflatten(-2, (n_columns, -1)).float()  # (C, B, D) or (L, C, B, D)
+        if gather:
+            columns = gather_with_grad(columns, dim=-2)  # (C, world*B, D): every rank's rows
+        return compute_loss(columns, labels)
+
     # ---- the loop -----------------------------------------------------------------------------
-    batches = batch_stream(sampler, train, collate, *cursor)
+    batches = batch_stream(sampler, train, collate, *cursor, rows=rank_slice(config.batch_size, rank))
     encoder.train()
     from tqdm.auto import tqdm
 
-    progress = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True)
+    progress = tqdm(
+        total=total_steps, initial=step, desc="train", dynamic_ncols=True, disable=not main_process
+    )
     window = {"start": time.perf_counter(), "samples": 0, "tokens": 0, "sums": {}, "counts": {}}
     last_records = {}
     # SIGTERM (a scheduler's kill) and SIGINT (Ctrl-C) end the current step, save and exit.
@@ -369,7 +440,8 @@ def main(argv: list[str] | None = None) -> Path:
             last_step = step == total_steps
             # Evaluate and save at the top of an iteration (step 0 gives the zero-shot baseline).
             if (
-                eval_sets
+                main_process
+                and eval_sets
                 and step != resumed_step
                 and (last_step or step == 0 or (config.eval_every and step % config.eval_every == 0))
             ):
@@ -385,11 +457,15 @@ def main(argv: list[str] | None = None) -> Path:
                 )
             save_due = config.save_every and step > 0 and step % config.save_every == 0
             if step != resumed_step and (last_step or save_due or stop):
-                save_checkpoint(run_dir, step, encoder.model, checkpoint_state(), config.keep_last)
+                state = checkpoint_state()
+                if main_process:
+                    save_checkpoint(run_dir, step, encoder.model, state, config.keep_last)
+            barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
             if stop and not last_step:
                 name = signal.Signals(stop["signal"]).name
                 tracker.print(f"{name}: saved a checkpoint at step {step}; continue with --resume")
                 tracker.close()
+                cleanup()
                 raise SystemExit(128 + stop["signal"])
             if last_step:
                 break
@@ -398,24 +474,47 @@ def main(argv: list[str] | None = None) -> Path:
 
             # One optimizer step over grad_accum micro-batches.
             step_loss = torch.zeros((), device=device)
-            for _ in range(config.grad_accum):
+            for micro in range(config.grad_accum):
                 batch, cursor = next(batches)
                 features = {k: v.to(device, non_blocking=True) for k, v in batch["features"].items()}
                 labels = batch["labels"].to(device) if batch["labels"] is not None else None
-                with autocast:
-                    emb = encoder(features, all_layers=two_d)  # (C*B, D), or (L, C*B, D) for 2D
-                    columns = emb.unflatten(-2, (batch["n_columns"], -1)).float()  # (C, B, D) / (L, C, B, D)
-                    loss, terms = compute_loss(columns, labels)
-                scaler.scale(loss / config.grad_accum).backward()
+                if gather and labels is not None:
+                    labels = gather_nograd(labels)  # CoSENT scores the whole global batch
+
+                # DDP all-reduces gradients in the last micro-step's backward only.
+                sync = model.no_sync() if world_size > 1 and micro < config.grad_accum - 1 else nullcontext()
+                with sync:
+                    if config.mini_batch_size:  # GradCache: activations of one mini-batch at a time
+                        loss, terms = gradcache_step(
+                            partial(run_under, autocast, model, all_layers=two_d),
+                            features,
+                            config.mini_batch_size,
+                            partial(
+                                run_under, autocast, loss_of, n_columns=batch["n_columns"], labels=labels
+                            ),
+                            backward=lambda loss: scaler.scale(loss / config.grad_accum).backward(),
+                            no_sync=model.no_sync if world_size > 1 else nullcontext,
+                        )
+                    else:
+                        with autocast:
+                            loss, terms = loss_of(
+                                model(features, all_layers=two_d), batch["n_columns"], labels
+                            )
+                        scaler.scale(loss / config.grad_accum).backward()
                 step_loss += loss.detach() / config.grad_accum
                 window["sums"]["total"] = window["sums"].get("total", 0.0) + loss.detach()
                 window["counts"]["total"] = window["counts"].get("total", 0) + 1
                 for key, value in terms.items():
                     window["sums"][key] = window["sums"].get(key, 0.0) + value.detach()
                     window["counts"][key] = window["counts"].get(key, 0) + 1
-                window["samples"] += len(batch["texts"])
-                window["tokens"] += int(batch["features"]["attention_mask"].sum())  # CPU tensor: no sync
+                window["samples"] += len(batch["texts"]) * world_size
+                window["tokens"] += (
+                    int(batch["features"]["attention_mask"].sum()) * world_size
+                )  # CPU: no sync
 
+            if world_size > 1:  # the mean over ranks: what one process with the global batch logs
+                torch.distributed.all_reduce(step_loss)
+                step_loss /= world_size
             if not torch.isfinite(step_loss) and not scaler.is_enabled():
                 tracker.print(
                     f"error: non-finite loss {step_loss.item()} at step {step}; first texts of the "
@@ -424,7 +523,7 @@ def main(argv: list[str] | None = None) -> Path:
                 raise SystemExit(f"error: non-finite loss at step {step} (see {run_dir / 'train.log'})")
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                encoder.parameters(), config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+                params, config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
             )
             scale_before = scaler.get_scale() if scaler.is_enabled() else None
             scaler.step(optimizer)  # under fp16 this skips the step when gradients overflowed
@@ -440,6 +539,11 @@ def main(argv: list[str] | None = None) -> Path:
 
             if step % config.log_every == 0 or step == total_steps:
                 elapsed = time.perf_counter() - window["start"]
+                if world_size > 1:  # average every rank's terms: the global batch's numbers
+                    keys = sorted(window["sums"])  # the same on every rank (shared loss_rng)
+                    sums = torch.stack([window["sums"][k] for k in keys]) / world_size
+                    torch.distributed.all_reduce(sums)
+                    window["sums"] = dict(zip(keys, sums))
                 scalars = {
                     # Means over the micro-batches since the last log line, so the total is the
                     # weighted sum of the logged terms.
@@ -466,6 +570,7 @@ def main(argv: list[str] | None = None) -> Path:
                 )
                 window = {"start": time.perf_counter(), "samples": 0, "tokens": 0, "sums": {}, "counts": {}}
     progress.close()
+    barrier()
 
     # ---- the final model: HF + sentence-transformers layout + our metadata ----------------------
     metadata = {
@@ -476,7 +581,8 @@ def main(argv: list[str] | None = None) -> Path:
         "loss": config.loss,
         "trained_steps": step,
     }
-    encoder.save(run_dir / "model", metadata)
+    if main_process:
+        encoder.save(run_dir / "model", metadata)
     if last_records:
         results = {name: recs for name, recs in last_records.items()}
         write_text_atomic(run_dir / "eval_dev.json", json.dumps(results, indent=2))
@@ -484,6 +590,7 @@ def main(argv: list[str] | None = None) -> Path:
             tracker.print(f"\n{name} (dev), Spearman x100 (retention):\n{format_table(recs)}")
     tracker.print(f"done: model saved to {run_dir / 'model'}")
     tracker.close()
+    cleanup()
     return run_dir
 
 

@@ -113,6 +113,16 @@ class TrainConfig:
     scheduler: str = _opt("linear", "learning-rate decay after warmup", choices=SCHEDULERS)
     max_grad_norm: float = _opt(1.0, "clip the global gradient norm to this (0: no clipping)")
 
+    # --- scale: several GPUs, big contrastive batches, memory --------------------------------
+    mini_batch_size: int | None = _opt(
+        None, "GradCache: encode the batch N texts at a time (memory of N, gradients of the whole batch)"
+    )
+    gather_across_devices: bool = _opt(
+        True, "under torchrun, score each anchor against every GPU's candidates (global in-batch negatives)"
+    )
+    gradient_checkpointing: bool = _opt(False, "recompute encoder activations in backward (less memory)")
+    compile: bool = _opt(False, "torch.compile the encoder (dynamic shapes: padded lengths vary)")
+
     # --- runtime -----------------------------------------------------------------------------
     precision: str = _opt("fp32", "autocast precision; fp16 adds a GradScaler", choices=PRECISIONS)
     device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
@@ -305,6 +315,8 @@ def validate(config: TrainConfig) -> None:
         fail("--warmup-ratio must be in [0, 1)")
     if config.loss.startswith("mnrl") and config.batch_size < 2:
         fail("--batch-size 1 leaves in-batch negatives with no negatives; use at least 2")
+    if config.mini_batch_size is not None and config.mini_batch_size < 1:
+        fail("--mini-batch-size must be at least 1")
     if config.kl_temperature <= 0:
         fail("--kl-temperature must be positive")
     if config.n_layers_per_step == 0 or config.n_layers_per_step < -1:
