@@ -25,7 +25,9 @@ TINY_VOCAB = (
 )
 
 
-def make_tiny_model(path: Path, num_layers: int = 3, hidden_size: int = 32, seed: int = 0) -> Path:
+def make_tiny_model(
+    path: Path, num_layers: int = 3, hidden_size: int = 32, seed: int = 0, dropout: float = 0.1
+) -> Path:
     """Write a randomly initialised tiny BERT (weights + tokenizer) that AutoModel loads."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
@@ -40,6 +42,8 @@ def make_tiny_model(path: Path, num_layers: int = 3, hidden_size: int = 32, seed
         num_attention_heads=4,
         intermediate_size=2 * hidden_size,
         max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(path)
