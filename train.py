@@ -365,9 +365,12 @@ def main(argv: list[str] | None = None) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"][rank])
-        if device.type == "cuda" and state["rng_cuda"][rank] is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"][rank], device)
+        rng_cpu, rng_cuda = state["rng_cpu"], state["rng_cuda"]
+        if not isinstance(rng_cpu, list):  # a single-process checkpoint from before DDP support
+            rng_cpu, rng_cuda = [rng_cpu], [rng_cuda]
+        torch.set_rng_state(rng_cpu[rank])
+        if device.type == "cuda" and rng_cuda[rank] is not None:
+            torch.cuda.set_rng_state(rng_cuda[rank], device)
         loss_rng.set_state(state["rng_loss"])
         step, cursor = state["step"], tuple(state["cursor"])
     barrier()  # every rank has checked the run dir before rank 0 creates it
@@ -520,6 +523,8 @@ def main(argv: list[str] | None = None) -> Path:
                     f"error: non-finite loss {step_loss.item()} at step {step}; first texts of the "
                     f"last batch: {batch['texts'][:3]}"
                 )
+                tracker.close()
+                cleanup()
                 raise SystemExit(f"error: non-finite loss at step {step} (see {run_dir / 'train.log'})")
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(

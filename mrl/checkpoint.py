@@ -56,9 +56,9 @@ def save_checkpoint(
     root = Path(run_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
+    for stale in root.glob(".tmp_*"):  # left by a process killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp_{name}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     # safetensors refuses tensors that share memory (tied weights): copy every repeat.
     weights, seen = {}, set()

@@ -113,6 +113,8 @@ class Encoder(nn.Module):
         name_or_path = str(name_or_path)
         if _looks_like_path(name_or_path) and not Path(name_or_path).exists():
             raise FileNotFoundError(f"model folder {name_or_path} does not exist")
+        if Path(name_or_path).is_dir() and not (Path(name_or_path) / "config.json").is_file():
+            raise FileNotFoundError(f"{name_or_path} has no config.json: not a transformers model folder")
         self.name_or_path = name_or_path
         self.model = AutoModel.from_pretrained(
             name_or_path, trust_remote_code=trust_remote_code, **(model_kwargs or {})

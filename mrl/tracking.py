@@ -35,11 +35,15 @@ class Tracker:
 
         self.metrics_path = self.run_dir / "metrics.jsonl"
         if purge_step is not None and self.metrics_path.exists():
-            kept = [
-                line
-                for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] < purge_step
-            ]
+            kept = []
+            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line torn by the crash we are resuming from
+                    print(f"note: dropping an unreadable line of {self.metrics_path}: {line[:60]!r}")
+                    continue
+                if record["step"] < purge_step:
+                    kept.append(line)
             write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
         self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
         self.log_file = open(self.run_dir / "train.log", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
