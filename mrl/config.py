@@ -63,6 +63,11 @@ class TrainConfig:
     group_by_length: bool = _opt(
         True, "batch texts of similar token length together (less padding, ~2x faster on STS-B)"
     )
+    length_buckets: int = _opt(
+        1,
+        "run each batch as K sub-batches of similar length (less padding, same batches); "
+        "useful with --no-group-by-length",
+    )
     max_train_samples: int | None = _opt(None, "use only the first N training rows (quick experiments)")
     eval_data: list[str] = _opt(
         ["sentence-transformers/stsb@validation"],
@@ -299,7 +304,15 @@ def validate(config: TrainConfig) -> None:
             fail(f"--dim-weights has {len(config.dim_weights)} values for {n_dims} dims")
     if config.n_dims_per_step is not None and config.n_dims_per_step < 1:
         fail("--n-dims-per-step must be at least 1")
-    for name in ("batch_size", "grad_accum", "epochs", "max_seq_length", "eval_batch_size", "log_every"):
+    for name in (
+        "batch_size",
+        "grad_accum",
+        "epochs",
+        "max_seq_length",
+        "eval_batch_size",
+        "log_every",
+        "length_buckets",
+    ):
         if getattr(config, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     for name in ("eval_every", "save_every", "weight_decay", "max_grad_norm"):

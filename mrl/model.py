@@ -139,6 +139,7 @@ class Encoder(nn.Module):
         self.do_lower_case = bool(
             do_lower_case if do_lower_case is not None else st_config.get("do_lower_case")
         )
+        self.length_buckets = 1  # see forward(); the trainer sets it (--length-buckets)
         if self.tokenizer.pad_token is None:  # decoder-style tokenizers (last-token pooling)
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -205,7 +206,29 @@ class Encoder(nn.Module):
         The embedding of block ``l`` pools ``hidden_states[l]``; for the final block we pool
         ``last_hidden_state``, which is the same tensor for BERT-like models and includes the
         final norm for models that have one (e.g. ModernBERT), as the model's users expect.
+
+        With ``length_buckets`` k > 1 the N rows are sorted by length and run as k sub-batches,
+        each cut to its own longest row: a random training batch of short and long texts then
+        computes far fewer padding tokens (results equal up to float rounding; dropout masks
+        are drawn per sub-batch).
         """
+        mask = features["attention_mask"]
+        buckets = min(self.length_buckets, mask.shape[0])
+        if buckets > 1:
+            # Same rows, less padding: run texts of similar length together, then restore the
+            # order. Which texts share a batch (and so the loss) is unchanged.
+            order = mask.sum(-1).argsort(descending=True)  # (N,) longest first
+            parts = []
+            for rows in order.tensor_split(buckets):
+                keep = mask[rows].any(0)  # the token positions some row of this bucket uses
+                parts.append(self._pooled({k: v[rows][:, keep] for k, v in features.items()}, all_layers))
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(len(order), device=order.device)
+            return torch.cat(parts, dim=-2).index_select(-2, inverse)  # (..., N, D) in input order
+        return self._pooled(features, all_layers)
+
+    def _pooled(self, features: dict[str, Tensor], all_layers: bool) -> Tensor:
+        """One pass of the model over ``features``: (N, D) or (L, N, D)."""
         out = self.model(**features, output_hidden_states=all_layers, return_dict=True)
         mask = features["attention_mask"]
         if not all_layers:
@@ -264,14 +287,17 @@ class Encoder(nn.Module):
         n_layers = layers or self.num_layers
         was_training = self.training
         self.eval()
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        # Tokenise everything once and batch by token count: batches of equal lengths carry
+        # (almost) no padding, which pooling ignores anyway, so only the speed changes.
+        ids = self.token_ids(texts) if len(texts) else []
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]), reverse=True)
         chunks = []
         truncation = truncated_blocks(self.model, layers) if layers else contextlib.nullcontext()
         try:
             with truncation, torch.inference_mode():
                 for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc="encode"):
-                    batch = [texts[i] for i in order[start : start + batch_size]]
-                    features = {k: v.to(self.device) for k, v in self.tokenize(batch).items()}
+                    batch = self.pad([ids[i] for i in order[start : start + batch_size]])
+                    features = {k: v.to(self.device) for k, v in batch.items()}
                     chunks.append(self(features, all_layers=all_layers).float().cpu())
         finally:
             self.train(was_training)

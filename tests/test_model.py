@@ -436,3 +436,20 @@ def test_pad_of_cached_token_ids_equals_tokenize(tiny_model_dir):
     assert set(got) == set(expected)
     for key in expected:
         assert torch.equal(got[key], expected[key]), key
+
+
+@pytest.mark.parametrize("buckets", [2, 3, 7])
+def test_length_buckets_change_speed_not_results(tiny_model_dir, buckets):
+    """Sub-batches of similar length give the same embeddings and gradients as one padded batch."""
+    encoder = Encoder(str(tiny_model_dir)).eval()
+    texts = ["a", "the cat sat on the mat in the park", "dog", "a man plays the guitar", "is", "runs"]
+    features = encoder.tokenize(texts)
+    whole = encoder(features, all_layers=True)
+    grads_whole = torch.autograd.grad(whole.square().sum(), list(encoder.parameters()), allow_unused=True)
+    encoder.length_buckets = buckets
+    split = encoder(features, all_layers=True)
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-5)
+    grads_split = torch.autograd.grad(split.square().sum(), list(encoder.parameters()), allow_unused=True)
+    for a, b in zip(grads_whole, grads_split):
+        if a is not None:
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
