@@ -31,6 +31,28 @@ def correlations(emb1: Tensor, emb2: Tensor, gold: Sequence[float], dim: int) ->
     }
 
 
+def encode_layers(
+    encoder,
+    texts: Sequence[str],
+    layers: Sequence[int] | None,
+    batch_size: int = 64,
+    show_progress: bool = False,
+) -> Tensor:
+    """Raw full-width embeddings of ``texts`` at each of ``layers`` (1-based), all from one pass:
+    (len(layers), N, D); ``layers=None`` gives the final layer only, (1, N, D)."""
+    if layers is None:
+        return encoder.encode(texts, batch_size=batch_size, show_progress=show_progress, normalize=False)[
+            None
+        ]
+    bad = [layer for layer in layers if not 1 <= layer <= encoder.num_layers]
+    if bad:
+        raise ValueError(f"layers {bad} are outside 1..{encoder.num_layers}")
+    every = encoder.encode(
+        texts, batch_size=batch_size, all_layers=True, show_progress=show_progress, normalize=False
+    )  # (L, N, D)
+    return every[[layer - 1 for layer in layers]]
+
+
 def evaluate_sts(
     encoder,
     sentences1: Sequence[str],
@@ -54,20 +76,8 @@ def evaluate_sts(
     row = {text: i for i, text in enumerate(unique)}
     index1 = torch.tensor([row[t] for t in sentences1])
     index2 = torch.tensor([row[t] for t in sentences2])
-    num_layers = encoder.num_layers
-    if layers is None:
-        layers = [num_layers]
-        emb = encoder.encode(unique, batch_size=batch_size, show_progress=show_progress, normalize=False)[
-            None
-        ]  # (1, U, D)
-    else:
-        bad = [layer for layer in layers if not 1 <= layer <= num_layers]
-        if bad:
-            raise ValueError(f"layers {bad} are outside 1..{num_layers}")
-        all_emb = encoder.encode(
-            unique, batch_size=batch_size, all_layers=True, show_progress=show_progress, normalize=False
-        )
-        emb = all_emb[[layer - 1 for layer in layers]]  # (len(layers), U, D)
+    emb = encode_layers(encoder, unique, layers, batch_size, show_progress)  # (len(layers), U, D)
+    layers = layers or [encoder.num_layers]
 
     records = []
     for layer, layer_emb in zip(layers, emb):

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mrl.evaluation import encode_layers
 from mrl.losses import prefix
 from mrl.quantize import (
     Ranges,
@@ -254,14 +255,9 @@ def exact_search(
         raise ValueError(f"queries have width {queries.shape[-1]}, docs {docs.shape[-1]}")
     chunk = _chunk_rows(queries.shape[0], chunk_size)
     queries = queries.float()
-    best = None
-    for start in range(0, docs.shape[0], chunk):
-        scores = queries @ docs[start : start + chunk].float().T  # (Q, c)
-        top, pos = scores.topk(min(k, scores.shape[1]), dim=1)
-        best = _merge_topk(best, top, pos + start, k, largest=True)
-    if best is None:
-        return queries.new_empty(queries.shape[0], 0), torch.empty(queries.shape[0], 0, dtype=torch.long)
-    return best
+    return _chunked_topk(
+        queries.shape[0], docs.shape[0], chunk, k, lambda rows: queries @ docs[rows].float().T
+    )
 
 
 def int8_search(
@@ -279,13 +275,25 @@ def int8_search(
     offset = 128.0 if codes.dtype == torch.int8 else 0.0
     scaled = queries * ranges.step  # (Q, d)
     constant = queries @ (ranges.low + offset * ranges.step)  # (Q,)
+    return _chunked_topk(
+        queries.shape[0],
+        codes.shape[0],
+        chunk,
+        k,
+        lambda rows: scaled @ codes[rows].float().T + constant[:, None],
+    )
+
+
+def _chunked_topk(n_queries: int, n_docs: int, chunk: int, k: int, score_rows) -> tuple[Tensor, Tensor]:
+    """Running top-k (largest first) over the corpus in chunks: ``score_rows(slice)`` gives the
+    (Q, c) scores of one chunk of docs. Returns scores, indices (Q, min(k, N))."""
     best = None
-    for start in range(0, codes.shape[0], chunk):
-        scores = scaled @ codes[start : start + chunk].float().T + constant[:, None]  # (Q, c)
+    for start in range(0, n_docs, chunk):
+        scores = score_rows(slice(start, start + chunk))  # (Q, c)
         top, pos = scores.topk(min(k, scores.shape[1]), dim=1)
         best = _merge_topk(best, top, pos + start, k, largest=True)
     if best is None:
-        return queries.new_empty(queries.shape[0], 0), torch.empty(queries.shape[0], 0, dtype=torch.long)
+        return torch.empty(n_queries, 0), torch.empty(n_queries, 0, dtype=torch.long)
     return best
 
 
@@ -519,17 +527,10 @@ def embed_beir(
     queries = [query_prefix + t for t in data.query_texts]
     docs = [doc_prefix + t for t in data.doc_texts]
 
-    def run(texts):
-        if layers is None:
-            return encoder.encode(texts, batch_size=batch_size, show_progress=show_progress, normalize=False)[
-                None
-            ]
-        every = encoder.encode(
-            texts, batch_size=batch_size, all_layers=True, show_progress=show_progress, normalize=False
-        )
-        return every[[layer - 1 for layer in layers]]
-
-    return run(queries), run(docs)
+    return (
+        encode_layers(encoder, queries, layers, batch_size, show_progress),
+        encode_layers(encoder, docs, layers, batch_size, show_progress),
+    )
 
 
 def rankings_from_indices(indices: Tensor, data: BeirData) -> dict[str, list[str]]:

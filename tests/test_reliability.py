@@ -20,7 +20,6 @@ of scored pairs, on one CPU thread, so runs are bitwise reproducible and take a 
 from __future__ import annotations
 
 import ast
-import csv
 import json
 import os
 import random
@@ -42,35 +41,10 @@ sys.path.insert(0, str(REPO))  # train.py lives in the repo root
 import train  # noqa: E402
 from mrl.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
 from mrl.config import TrainConfig, parse_config  # noqa: E402
+from tests.fixture_text import WORDS, distinct_sentences, sentence, write_csv  # noqa: E402,F401
 
 KILL_SEED = int(os.environ.get("MRL_KILL_SEED", "20240611"))
 CRASH_STEPS = 40  # long enough that a kill at step <= 30 (+ < 0.1 s) lands mid-run
-
-# Mostly whole words of the tiny vocabulary (short token sequences), as in test_train.py.
-WORDS = (
-    "the a an cat dog man woman sat on mat is are play plays playing guitar runs run in park "
-    "red blue big small house"
-).split()
-
-
-def sentence(rng: random.Random) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 6)))
-
-
-def distinct_sentences(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    seen: dict[str, None] = {}
-    while len(seen) < n:
-        seen[sentence(rng)] = None
-    return list(seen)
-
-
-def write_csv(path: Path, header: list[str], rows: list[list], encoding: str = "utf-8") -> Path:
-    with open(path, "w", newline="", encoding=encoding) as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def pair_rows(n: int, seed: int) -> list[list]:

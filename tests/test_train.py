@@ -23,33 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py / eval.
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
 from mrl.model import Encoder  # noqa: E402
-
-# Mostly whole words of the tiny vocabulary (short token sequences), plus a few that the tiny
-# tokenizer spells out character by character.
-WORDS = (
-    "the a an cat dog man woman sat on mat is are play plays playing guitar runs run in park "
-    "red blue big small house"
-).split()
-
-
-def sentence(rng: random.Random) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 6)))
-
-
-def distinct_sentences(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    seen: dict[str, None] = {}
-    while len(seen) < n:
-        seen[sentence(rng)] = None
-    return list(seen)
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
+from tests.fixture_text import WORDS, distinct_sentences, sentence, write_csv  # noqa: E402,F401
 
 
 def scored_pairs(path: Path, n: int, seed: int) -> Path:
