@@ -2,12 +2,17 @@
 
     python experiments/summarize.py experiments/2026-11-27_stsb_cosent
     python experiments/summarize.py experiments/2026-11-27_stsb_cosent --plots   # needs matplotlib
+    python experiments/summarize.py experiments/2026-11-27_stsb_ablations \
+        --compare experiments/2026-11-27_stsb_cosent:matryoshka,2d-random
 
 Reads ``<experiment>/results/<variant>-s<seed>.json`` (written by ``eval.py --json``), groups
 runs by variant, and prints Markdown tables of STS-B test Spearman x100 (mean +- standard deviation
-over seeds) per dim at the full depth, retention vs the full dim, and per layer x dim. With
---plots it writes ``spearman_vs_dims.png`` and one ``layers_x_dims_<variant>.png`` heatmap per
-variant next to the results. Nothing is computed here that is not in the JSON files.
+over seeds) per dim at the full depth, retention vs the full dim, and per layer x dim. When the
+results also hold a retrieval section (``eval.py --beir``), the same tables follow for nDCG@10 x100
+(float32 embeddings). ``--compare FOLDER:VARIANT,...`` adds another experiment's variants as
+baseline rows, named ``VARIANT [FOLDER]``. With --plots it writes ``spearman_vs_dims.png`` (and
+``ndcg_vs_dims.png``) and one ``layers_x_dims_<variant>.png`` heatmap per variant next to the
+results. Nothing is computed here that is not in the JSON files.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
+
+Cells = dict[tuple[int, int], float]
 
 
 def load(folder: Path) -> dict[str, dict[int, dict]]:
@@ -30,10 +37,22 @@ def load(folder: Path) -> dict[str, dict[int, dict]]:
     return runs
 
 
-def cells(result: dict) -> dict[tuple[int, int], float]:
-    """{(layer, dim): spearman} of the first STS set in one eval.py result."""
+def sts_cells(result: dict) -> Cells:
+    """{(layer, dim): Spearman x100} of the first STS set in one eval.py result."""
     (records,) = [s["records"] for s in result["sets"].values()][:1]
     return {(r["layer"], r["dim"]): r["spearman"] for r in records}
+
+
+def ndcg_cells(result: dict) -> Cells:
+    """{(layer, dim): nDCG@10 x100} of float32 search on the first retrieval set, or {}."""
+    sets = list(result.get("retrieval", {}).values())
+    if not sets:
+        return {}
+    return {
+        (r["layer"], r["dim"]): 100 * r["ndcg@10"]
+        for r in sets[0]["records"]
+        if r["precision"] == "float32" and not r.get("rescore")
+    }
 
 
 def mean_std(values: list[float]) -> str:
@@ -42,44 +61,51 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def tables(runs: dict[str, dict[int, dict]]) -> str:
-    out = []
-    any_result = next(iter(next(iter(runs.values())).values()))
-    all_cells = cells(any_result)
-    dims = sorted({d for _, d in all_cells}, reverse=True)
-    top = max(layer for layer, _ in all_cells)
-    out.append(f"### Spearman x100 at the full depth ({top} layers), mean ± std over seeds\n")
+def metric_tables(runs: dict[str, dict[int, dict]], cells, metric: str, heatmaps: bool = True) -> list[str]:
+    """Full-depth mean ± std per dim, retention, and (multi-layer runs) layers x dims means."""
+    per_variant = {v: [cells(r) for r in by_seed.values()] for v, by_seed in runs.items()}
+    per_variant = {v: c for v, c in per_variant.items() if c and c[0]}
+    if not per_variant:
+        return []
+    first = next(iter(per_variant.values()))[0]
+    dims = sorted({d for _, d in first}, reverse=True)
+    top = max(layer for layer, _ in first)
+    out = [f"### {metric} at the full depth ({top} layers), mean ± std over seeds\n"]
     out.append("| variant | seeds | " + " | ".join(f"d={d}" for d in dims) + " |")
     out.append("|---|---|" + "---|" * len(dims))
-    for variant, by_seed in runs.items():
-        per_seed = [cells(r) for r in by_seed.values()]
+    for variant, per_seed in per_variant.items():
         row = [mean_std([c[(top, d)] for c in per_seed if (top, d) in c]) for d in dims]
-        out.append(f"| {variant} | {','.join(map(str, by_seed))} | " + " | ".join(row) + " |")
-    out.append("\n### Retention vs the full dim (mean over seeds)\n")
+        seeds = ",".join(map(str, runs[variant]))
+        out.append(f"| {variant} | {seeds} | " + " | ".join(row) + " |")
+    out.append(f"\n### {metric}: retention vs the full dim (mean over seeds)\n")
     out.append("| variant | " + " | ".join(f"d={d}" for d in dims) + " |")
     out.append("|---|" + "---|" * len(dims))
-    for variant, by_seed in runs.items():
-        per_seed = [cells(r) for r in by_seed.values()]
-        row = [
-            f"{100 * statistics.mean(c[(top, d)] / c[(top, dims[0])] for c in per_seed):.1f}%" for d in dims
-        ]
+    for variant, per_seed in per_variant.items():
+        ratios = {d: [c[(top, d)] / c[(top, dims[0])] for c in per_seed] for d in dims}
+        row = [f"{100 * statistics.mean(ratios[d]):.1f}%" for d in dims]
         out.append(f"| {variant} | " + " | ".join(row) + " |")
-    for variant, by_seed in runs.items():
-        per_seed = [cells(r) for r in by_seed.values()]
+    for variant, per_seed in per_variant.items():
         layers = sorted({layer for layer, _ in per_seed[0]}, reverse=True)
-        if len(layers) < 2:
+        if len(layers) < 2 or not heatmaps:
             continue
-        out.append(f"\n### {variant}: layers x dims, Spearman x100 (mean over seeds {list(by_seed)})\n")
+        out.append(f"\n### {variant}: layers x dims, {metric} (mean over seeds {list(runs[variant])})\n")
         out.append("| layers | " + " | ".join(f"d={d}" for d in dims) + " |")
         out.append("|---|" + "---|" * len(dims))
         for layer in layers:
             row = [f"{statistics.mean(c[(layer, d)] for c in per_seed):.1f}" for d in dims]
             out.append(f"| {layer} | " + " | ".join(row) + " |")
-    walls = {v: [r.get("train_wall_s") for r in s.values() if r.get("train_wall_s")] for v, s in runs.items()}
-    out.append("\n### Training wall time per run (s, includes model loading and two dev evaluations)\n")
-    out.append("| variant | " + " | ".join(f"{v}" for v in walls) + " |")
-    out.append("|---|" + "---|" * len(walls))
-    out.append("| seconds | " + " | ".join(mean_std(w) if w else "n/a" for w in walls.values()) + " |")
+    out.append("")
+    return out
+
+
+def tables(runs: dict[str, dict[int, dict]], heatmaps: bool = True) -> str:
+    out = metric_tables(runs, sts_cells, "STS-B test Spearman x100", heatmaps)
+    out += metric_tables(runs, ndcg_cells, "SciFact nDCG@10 x100", heatmaps)
+    walls = {v: [r["train_wall_s"] for r in s.values() if r.get("train_wall_s")] for v, s in runs.items()}
+    out.append("### Training wall time per run (s, includes model loading and two dev evaluations)\n")
+    out.append("| variant | seconds |")
+    out.append("|---|---|")
+    out += [f"| {v} | {mean_std(w) if w else 'n/a'} |" for v, w in walls.items()]
     return "\n".join(out)
 
 
@@ -89,22 +115,30 @@ def plots(runs: dict[str, dict[int, dict]], folder: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    for cells, ylabel, filename in (
+        (sts_cells, "STS-B test Spearman x100", "spearman_vs_dims.png"),
+        (ndcg_cells, "SciFact nDCG@10 x100", "ndcg_vs_dims.png"),
+    ):
+        curves = {v: [cells(r) for r in s.values()] for v, s in runs.items()}
+        curves = {v: c for v, c in curves.items() if c and c[0]}
+        if not curves:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for variant, per_seed in curves.items():
+            top = max(layer for layer, _ in per_seed[0])
+            dims = sorted({d for _, d in per_seed[0]})
+            means = [statistics.mean(c[(top, d)] for c in per_seed) for d in dims]
+            ax.plot(dims, means, marker="o", label=variant)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("embedding dims kept")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(folder / filename, dpi=120)
+        plt.close(fig)
     for variant, by_seed in runs.items():
-        per_seed = [cells(r) for r in by_seed.values()]
-        top = max(layer for layer, _ in per_seed[0])
-        dims = sorted({d for _, d in per_seed[0]})
-        means = [statistics.mean(c[(top, d)] for c in per_seed) for d in dims]
-        ax.plot(dims, means, marker="o", label=variant)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("embedding dims kept")
-    ax.set_ylabel("STS-B test Spearman x100")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(folder / "spearman_vs_dims.png", dpi=120)
-    for variant, by_seed in runs.items():
-        per_seed = [cells(r) for r in by_seed.values()]
+        per_seed = [sts_cells(r) for r in by_seed.values()]
         layers = sorted({layer for layer, _ in per_seed[0]})
         dims = sorted({d for _, d in per_seed[0]})
         if len(layers) < 2:
@@ -123,19 +157,37 @@ def plots(runs: dict[str, dict[int, dict]], folder: Path) -> None:
         fig.colorbar(image)
         fig.tight_layout()
         fig.savefig(folder / f"layers_x_dims_{variant}.png", dpi=120)
+        plt.close(fig)
+
+
+def add_compared(runs: dict[str, dict[int, dict]], spec: str) -> None:
+    """Add FOLDER:VARIANT[,VARIANT...] from another experiment as rows 'VARIANT [FOLDER name]'."""
+    folder, _, names = spec.rpartition(":")
+    if not folder or not names:
+        raise SystemExit(f"--compare {spec!r}: expected FOLDER:VARIANT[,VARIANT...]")
+    other = load(Path(folder))
+    for name in names.split(","):
+        if name not in other:
+            raise SystemExit(f"--compare {spec!r}: no results/{name}-s<seed>.json in {folder}")
+        runs[f"{name} [{Path(folder).name}]"] = other[name]
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("experiment", type=Path, help="an experiments/<date>_<slug> folder")
+    parser.add_argument("--compare", nargs="*", default=[], metavar="FOLDER:VARIANT,...",
+                        help="baseline rows from another experiment's results")
+    parser.add_argument("--no-heatmaps", action="store_true", help="skip the layers x dims tables")
     parser.add_argument("--plots", action="store_true", help="also write PNG plots (needs matplotlib)")
     args = parser.parse_args(argv)
     runs = load(args.experiment)
     if not runs:
         raise SystemExit(f"{args.experiment}/results: no <variant>-s<seed>.json files")
-    print(tables(runs))
+    for spec in args.compare:
+        add_compared(runs, spec)
+    print(tables(runs, heatmaps=not args.no_heatmaps))
     if args.plots:
-        plots(runs, args.experiment)
+        plots({v: s for v, s in runs.items() if "[" not in v}, args.experiment)
 
 
 if __name__ == "__main__":
