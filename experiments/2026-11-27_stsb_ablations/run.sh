@@ -27,8 +27,10 @@ declare -A flags=(
   [2d-random-no-kl]="--dims ${dims[*]} --2d random --kl-weight 0"
   [2d-random-inverse-depth]="--dims ${dims[*]} --2d random --depth-weighting inverse"
   [2d-random-upstream]="--dims ${dims[*]} --2d random --depth-weighting inverse --no-detach-kl-target"
+  # ... and also the reference's default of one sampled dim per step: its 2D as shipped
+  [2d-random-reference]="--dims ${dims[*]} --2d random --depth-weighting inverse --no-detach-kl-target --n-dims-per-step 1"
 )
-variants=(${VARIANTS:-matryoshka-weights-small matryoshka-1-dim-per-step matryoshka-no16 2d-random-no-kl 2d-random-inverse-depth 2d-random-upstream})
+variants=(${VARIANTS:-matryoshka-weights-small matryoshka-1-dim-per-step matryoshka-no16 2d-random-no-kl 2d-random-inverse-depth 2d-random-upstream 2d-random-reference})
 for seed in ${seeds[@]}; do
   for variant in "${variants[@]}"; do
     name="$variant-s$seed"
