@@ -180,14 +180,15 @@ def main(argv=None) -> None:
     parser.add_argument("--no-heatmaps", action="store_true", help="skip the layers x dims tables")
     parser.add_argument("--plots", action="store_true", help="also write PNG plots (needs matplotlib)")
     args = parser.parse_args(argv)
-    runs = load(args.experiment)
-    if not runs:
+    own = load(args.experiment)
+    if not own:
         raise SystemExit(f"{args.experiment}/results: no <variant>-s<seed>.json files")
+    runs = dict(own)
     for spec in args.compare:
         add_compared(runs, spec)
     print(tables(runs, heatmaps=not args.no_heatmaps))
-    if args.plots:
-        plots({v: s for v, s in runs.items() if "[" not in v}, args.experiment)
+    if args.plots:  # plots show this experiment's own runs only
+        plots(own, args.experiment)
 
 
 if __name__ == "__main__":
