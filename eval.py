@@ -32,10 +32,9 @@ import time
 from pathlib import Path
 
 from mrl.checkpoint import write_text_atomic
-from mrl.config import POOLINGS, main_error
 from mrl.data import DataError, load_source, source_name
 from mrl.evaluation import evaluate_sts, format_table
-from mrl.model import Encoder
+from mrl.model import POOLING_MODES, Encoder
 from mrl.quantize import PRECISIONS
 from mrl.retrieval import (
     embed_beir,
@@ -46,7 +45,7 @@ from mrl.retrieval import (
     load_beir,
     parse_stages,
 )
-from mrl.runtime import autocast_for, pick_device, quiet_transformers
+from mrl.runtime import AMP_PRECISIONS, autocast_for, main_error, pick_device, quiet_transformers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,11 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="layers to score, 1-based, or 'all' (default: the model's trained layers, else the last)",
     )
-    parser.add_argument("--pooling", choices=POOLINGS, help="override the model's pooling")
+    parser.add_argument("--pooling", choices=POOLING_MODES, help="override the model's pooling")
     parser.add_argument("--max-seq-length", type=int, help="override the model's maximum length")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    parser.add_argument(
+        "--precision",
+        choices=AMP_PRECISIONS,
+        default="fp32",
+        help="autocast while encoding (fp16/bf16 on a GPU); the stored vectors' precision is --precisions",
+    )
     parser.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
     parser.add_argument("--json", help="write results here (and a Markdown table beside it)")
     parser.add_argument("--overwrite", action="store_true", help="allow replacing an existing --json file")

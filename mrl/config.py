@@ -12,19 +12,18 @@ import argparse
 import dataclasses
 import difflib
 import json
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-LOSSES = ("cosent", "mnrl", "mnrl-symmetric")
-TWO_D_MODES = ("off", "random", "fixed")
+from mrl import objectives
+from mrl.losses import DEPTH_WEIGHTINGS
+from mrl.model import POOLING_MODES
+from mrl.runtime import AMP_PRECISIONS, main_error  # noqa: F401 (main_error: re-exported for old imports)
+
 SCHEDULERS = ("linear", "cosine", "constant")
-PRECISIONS = ("fp32", "fp16", "bf16")
-POOLINGS = ("mean", "cls", "max", "lasttoken")
-DEPTH_WEIGHTINGS = ("linear", "inverse")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -38,7 +37,7 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 class TrainConfig:
     # --- model -------------------------------------------------------------------------------
     model: str = _opt("sentence-transformers/all-MiniLM-L6-v2", "hub id or local folder of an encoder")
-    pooling: str = _opt("mean", "how token states become one vector", choices=POOLINGS)
+    pooling: str = _opt("mean", "how token states become one vector", choices=POOLING_MODES)
     max_seq_length: int = _opt(128, "longer texts are truncated to this many tokens")
     trust_remote_code: bool = _opt(
         False, "run Python code shipped with the model (off: only when you trust it)"
@@ -75,7 +74,13 @@ class TrainConfig:
     )
 
     # --- loss --------------------------------------------------------------------------------
-    loss: str = _opt("cosent", "base loss: CoSENT on scored pairs or in-batch negatives", choices=LOSSES)
+    # The choices of --loss and --2d are the entries of the objectives table (mrl/objectives.py),
+    # read when the parser is built, so an objective registered there is a valid choice here.
+    loss: str = _opt(
+        "cosent",
+        "base loss: CoSENT on scored pairs or in-batch negatives",
+        choices=lambda: tuple(objectives.BASE_LOSSES),
+    )
     scale: float = _opt(20.0, "similarity scale = 1 / temperature")
     dims: list[int] | None = _opt(None, "Matryoshka dims, e.g. 384 256 128 64 32; default: the full dim only")
     dim_weights: list[float] | None = _opt(None, "one weight per dim (default 1 each; the loss is their sum)")
@@ -85,7 +90,7 @@ class TrainConfig:
     two_d: str = _opt(
         "off",
         "2D Matryoshka: random layer dropping or a fixed (layer, dim) schedule",
-        choices=TWO_D_MODES,
+        choices=lambda: tuple(objectives.WRAPPERS),
         flag="--2d",
     )
     n_layers_per_step: int = _opt(1, "random mode: earlier layers sampled per step (-1: all of them)")
@@ -129,7 +134,7 @@ class TrainConfig:
     compile: bool = _opt(False, "torch.compile the encoder (dynamic shapes: padded lengths vary)")
 
     # --- runtime -----------------------------------------------------------------------------
-    precision: str = _opt("fp32", "autocast precision; fp16 adds a GradScaler", choices=PRECISIONS)
+    precision: str = _opt("fp32", "autocast precision; fp16 adds a GradScaler", choices=AMP_PRECISIONS)
     device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     seed: int = _opt(12, "seeds data order, dropout and dim/layer sampling")
 
@@ -197,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
             if is_list:
                 kwargs["nargs"] = "*"
             if "choices" in f.metadata:
-                kwargs["choices"] = f.metadata["choices"]
+                choices = f.metadata["choices"]
+                kwargs["choices"] = choices() if callable(choices) else choices
         parser.add_argument(flag_name(f), **kwargs)
     return parser
 
@@ -273,31 +279,14 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return config
 
 
-def parse_pairs(specs: list[str]) -> list[tuple[int, int]]:
-    """'LAYER:DIM' strings -> [(layer, dim)] (raises ValueError naming --layer-dim-pairs)."""
-    pairs = []
-    for spec in specs:
-        try:
-            layer, dim = (int(part) for part in spec.split(":"))
-        except ValueError:
-            raise ValueError(f"--layer-dim-pairs: '{spec}' is not LAYER:DIM (e.g. 4:64)") from None
-        pairs.append((layer, dim))
-    return pairs
-
-
 def validate(config: TrainConfig) -> None:
     """Checks that need no model or data; each error names the flag."""
 
     def fail(message: str) -> None:
         raise ValueError(message)
 
-    if config.dims is not None:
-        if not config.dims:
-            fail("--dims: give at least one dim")
-        if any(d <= 0 for d in config.dims):
-            fail(f"--dims must be positive, got {config.dims}")
-        if len(set(config.dims)) != len(config.dims):
-            fail(f"--dims must be unique, got {config.dims}")
+    # Names, dims, what the base loss needs, the wrapper's own flags: the objectives table.
+    objectives.validate_config(config)
     if config.dim_weights is not None:
         n_dims = len(config.dims) if config.dims else 1
         if len(config.dim_weights) != n_dims:
@@ -326,20 +315,10 @@ def validate(config: TrainConfig) -> None:
         fail("--lr must be positive")
     if not 0 <= config.warmup_ratio < 1:
         fail("--warmup-ratio must be in [0, 1)")
-    if config.loss.startswith("mnrl") and config.batch_size < 2:
-        fail("--batch-size 1 leaves in-batch negatives with no negatives; use at least 2")
     if config.mini_batch_size is not None and config.mini_batch_size < 1:
         fail("--mini-batch-size must be at least 1")
     if config.kl_temperature <= 0:
         fail("--kl-temperature must be positive")
-    if config.n_layers_per_step == 0 or config.n_layers_per_step < -1:
-        fail("--n-layers-per-step must be >= 1, or -1 for every earlier layer")
-    if config.two_d == "fixed" and (config.dim_weights is not None or config.n_dims_per_step is not None):
-        fail("--dim-weights and --n-dims-per-step apply to --2d off/random; fixed mode sums its pairs")
-    if config.layer_dim_pairs is not None:
-        if config.two_d != "fixed":
-            fail("--layer-dim-pairs needs --2d fixed")
-        parse_pairs(config.layer_dim_pairs)
     if config.resume and not config.output_dir:
         fail("--resume needs --output-dir (the run to continue)")
     if config.score_range is not None and (
@@ -352,36 +331,11 @@ def validate(config: TrainConfig) -> None:
 
 
 def validate_for_model(config: TrainConfig, model_dim: int, num_layers: int) -> None:
-    """Checks against the loaded model: dims and 2D layers must exist in it."""
-    dims = config.dims or [model_dim]
-    too_big = [d for d in dims if d > model_dim]
-    if too_big:
-        raise ValueError(f"--dims {too_big} exceed the model's embedding dim {model_dim}")
-    if config.two_d == "fixed" and config.layer_dim_pairs:
-        for layer, d in parse_pairs(config.layer_dim_pairs):
-            if not 1 <= layer <= num_layers:
-                raise ValueError(f"--layer-dim-pairs {layer}:{d}: the model has layers 1..{num_layers}")
-            if not 1 <= d <= model_dim:
-                raise ValueError(f"--layer-dim-pairs {layer}:{d}: dims must be in 1..{model_dim}")
-    if config.two_d != "off" and num_layers < 2:
-        raise ValueError("--2d needs a model with at least 2 layers")
-
-
-def default_pairs(dims: list[int], num_layers: int) -> list[tuple[int, int]]:
-    """Fixed-mode schedule when none is given: dims small to large over evenly spaced layers,
-    ending at (L, largest dim) -- e.g. 12 layers, 6 dims -> (2,d1), (4,d2), ..., (12,d6)."""
-    ordered = sorted(dims)
-    n = len(ordered)
-    return [(max(1, round(num_layers * (k + 1) / n)), d) for k, d in enumerate(ordered)]
+    """Checks against the loaded model (dims, the wrapper's layers): the objectives table's."""
+    objectives.validate_for_model(config, model_dim, num_layers)
 
 
 def config_diff(saved: dict[str, Any], current: TrainConfig) -> list[str]:
     """Keys whose values differ between a saved run config and this one (ignoring harmless keys)."""
     now = current.to_dict()
     return sorted(key for key in now if key not in RESUME_MAY_DIFFER and saved.get(key, now[key]) != now[key])
-
-
-def main_error(message: str) -> None:
-    """Print a one-line error and exit non-zero (entry scripts use this for bad input)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)

@@ -132,15 +132,22 @@ def mnrl_loss(
 # --------------------------------------------------------------------------------------------
 
 
-def check_dims(dims: Sequence[int], model_dim: int) -> None:
-    """Dims must be positive, unique and at most the model dim (loud, before any compute)."""
+def check_dims(dims: Sequence[int], model_dim: int | None = None, flag: str = "dims") -> None:
+    """Dims must be positive, unique and (given ``model_dim``) at most the model dim.
+
+    The one dims check: config validation (``flag="--dims"``, before the model is loaded and
+    again against it) and callers of the losses use it. Raises ValueError naming ``flag``.
+    """
     if len(dims) == 0:
-        raise ValueError("dims is empty")
-    bad = [d for d in dims if int(d) != d or d <= 0 or d > model_dim]
+        raise ValueError(f"{flag}: give at least one dim")
+    bad = [d for d in dims if int(d) != d or d <= 0 or (model_dim is not None and d > model_dim)]
     if bad:
-        raise ValueError(f"dims must be integers in 1..{model_dim} (the model dim); got {bad}")
+        limit = (
+            f"integers in 1..{model_dim} (the model's embedding dim)" if model_dim else "positive integers"
+        )
+        raise ValueError(f"{flag} must be {limit}; got {bad}")
     if len(set(dims)) != len(dims):
-        raise ValueError(f"dims must be unique; got {list(dims)}")
+        raise ValueError(f"{flag} must be unique; got {list(dims)}")
 
 
 def sample_subset(n: int, k: int | None, generator: torch.Generator | None) -> list[int]:

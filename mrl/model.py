@@ -106,6 +106,7 @@ class Encoder(nn.Module):
         do_lower_case: bool | None = None,
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
+        length_buckets: int = 1,
     ):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -139,7 +140,7 @@ class Encoder(nn.Module):
         self.do_lower_case = bool(
             do_lower_case if do_lower_case is not None else st_config.get("do_lower_case")
         )
-        self.length_buckets = 1  # see forward(); the trainer sets it (--length-buckets)
+        self.length_buckets = length_buckets  # see forward() (train.py: --length-buckets)
         if self.tokenizer.pad_token is None:  # decoder-style tokenizers (last-token pooling)
             self.tokenizer.pad_token = self.tokenizer.eos_token
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import resource
 import signal
+import sys
 import threading
 
 import torch
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# The autocast precisions of training and evaluation (not the stored-vector precisions of
+# `mrl.quantize.PRECISIONS`: float32 / int8 / binary...).
+AMP_PRECISIONS = ("fp32", *AMP_DTYPES)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -64,3 +68,9 @@ def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def main_error(message: str) -> None:
+    """Print a one-line error and exit non-zero (entry scripts use this for bad input)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
