@@ -96,10 +96,12 @@ class TrainConfig:
     n_layers_per_step: int = _opt(1, "random mode: earlier layers sampled per step (-1: all of them)")
     last_layer_weight: float = _opt(1.0, "random mode: weight of the final layer's loss")
     prior_layers_weight: float = _opt(1.0, "random mode: weight of the sampled layers' losses")
+    # No argparse choices: a retired name ('linear', 'inverse') gets its own error in validate().
     depth_weighting: str = _opt(
-        "linear",
-        "random mode: 'linear' = l/L (ours), 'inverse' = 1/(1+l) (upstream)",
-        choices=DEPTH_WEIGHTINGS,
+        "proportional",
+        "random mode: weight of a sampled block l of L: 'proportional' = l/L (ours); upstream's "
+        "'uniform' = 1, 'log' = 1/(1+ln(1+idx)), 'reciprocal' = 1/(1+idx) (upstream's 'linear'), "
+        "idx = l-1; the upstream ones average the sampled blocks",
     )
     kl_weight: float = _opt(1.0, "weight of the KL term aligning shallow layers with the final one (0: off)")
     kl_temperature: float = _opt(0.3, "temperature of that KL term")
@@ -227,6 +229,8 @@ def read_config_file(path: str) -> dict[str, Any]:
         raise ValueError(f"--config {path}: expected a table/object of field names")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {key.replace("-", "_"): value for key, value in values.items()}
+    if "derived" in values:  # a run's config.json: written by train.py, maybe by an older version
+        values = upgrade_run_config(values)
     values.pop("derived", None)  # a saved config.json carries derived quantities; they are recomputed
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for key, value in values.items():
@@ -279,12 +283,41 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return config
 
 
+# Depth weightings renamed in issue 12. 'linear' meant l/L (now 'proportional') but is upstream's
+# name for 1/(1+idx); 'inverse' was 1/(1+l) with l counted from 1, off by one from upstream's.
+RETIRED_DEPTH_WEIGHTINGS = {
+    "linear": "'linear' is ambiguous and retired: our l/L is now 'proportional', upstream's 'linear' "
+    "1/(1+idx) is 'reciprocal'",
+    "inverse": "'inverse' (1/(1+l), l counted from 1: off by one from upstream) is retired; upstream's "
+    "1/(1+idx), idx counted from 0, is 'reciprocal'; runs that used 'inverse' need commit 56b7e81",
+}
+
+
+def upgrade_run_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config.json in today's names, with the same meaning.
+
+    A run written before issue 12 stores ``depth_weighting: "linear"`` (every run: it was the
+    default), which meant exactly today's "proportional" (l/L, summed over the sampled blocks):
+    renamed here, so those runs resume and serve as --config unchanged. "inverse" has no
+    equivalent today and is left for `validate` to reject loudly.
+    """
+    if values.get("depth_weighting") == "linear":
+        return {**values, "depth_weighting": "proportional"}
+    return values
+
+
 def validate(config: TrainConfig) -> None:
     """Checks that need no model or data; each error names the flag."""
 
     def fail(message: str) -> None:
         raise ValueError(message)
 
+    if config.depth_weighting in RETIRED_DEPTH_WEIGHTINGS:
+        fail(f"--depth-weighting {RETIRED_DEPTH_WEIGHTINGS[config.depth_weighting]}")
+    if config.depth_weighting not in DEPTH_WEIGHTINGS:
+        fail(
+            f"--depth-weighting must be one of {', '.join(DEPTH_WEIGHTINGS)}, got '{config.depth_weighting}'"
+        )
     # Names, dims, what the base loss needs, the wrapper's own flags: the objectives table.
     objectives.validate_config(config)
     if config.dim_weights is not None:
@@ -337,5 +370,6 @@ def validate_for_model(config: TrainConfig, model_dim: int, num_layers: int) -> 
 
 def config_diff(saved: dict[str, Any], current: TrainConfig) -> list[str]:
     """Keys whose values differ between a saved run config and this one (ignoring harmless keys)."""
+    saved = upgrade_run_config(saved)
     now = current.to_dict()
     return sorted(key for key in now if key not in RESUME_MAY_DIFFER and saved.get(key, now[key]) != now[key])

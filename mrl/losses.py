@@ -17,6 +17,7 @@ them safe to call on raw embeddings.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -26,9 +27,20 @@ from torch import Tensor
 BaseLoss = Callable[[Tensor, Tensor | None], Tensor]
 
 
-def _at_least_fp32(x: Tensor) -> Tensor:
-    """Similarity logits in fp32 even under fp16/bf16 autocast; float64 stays float64."""
+def at_least_fp32(x: Tensor) -> Tensor:
+    """``x`` in fp32 (float64 stays float64): the dtype every loss computes in."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def no_autocast(x: Tensor) -> torch.autocast:
+    """A context with autocast off on ``x``'s device, for the body of a loss.
+
+    Under fp16/bf16 autocast a matmul runs in half precision whatever its inputs: in-batch logits
+    ``scale * cos`` near 20 would be rounded to steps of 0.125 (bf16). Every loss here computes its
+    similarities and softmaxes inside this context on `at_least_fp32` inputs; the encoder before
+    it still runs under autocast.
+    """
+    return torch.autocast(x.device.type, enabled=False)
 
 
 # Upstream's default temperature 0.05 for both losses (scale = 1 / temperature).
@@ -59,15 +71,17 @@ def cosent_loss(columns: Tensor, scores: Tensor, scale: float = DEFAULT_SCALE) -
     """
     if columns.shape[0] != 2:
         raise ValueError(f"cosent_loss needs 2 text columns, got {columns.shape[0]}")
-    u = F.normalize(columns[0], dim=-1, eps=1e-12)
-    v = F.normalize(columns[1], dim=-1, eps=1e-12)
-    s = scale * _at_least_fp32((u * v).sum(-1))  # (B,) similarity logits in fp32 even under autocast
-    diff = s[:, None] - s[None, :]  # (B, B): diff[i, j] = s_i - s_j
-    lower = scores[:, None] < scores[None, :]  # (B, B): y_i < y_j, strict so ties are ignored
-    diff = diff.masked_fill(~lower, float("-inf"))
-    # Prepend a 0 logit for the "1 +" inside the log; logsumexp keeps it stable.
-    logits = torch.cat([diff.new_zeros(1), diff.flatten()])
-    return torch.logsumexp(logits, dim=0)
+    with no_autocast(columns):
+        columns = at_least_fp32(columns)
+        u = F.normalize(columns[0], dim=-1, eps=1e-12)
+        v = F.normalize(columns[1], dim=-1, eps=1e-12)
+        s = scale * (u * v).sum(-1)  # (B,) similarity logits
+        diff = s[:, None] - s[None, :]  # (B, B): diff[i, j] = s_i - s_j
+        lower = scores[:, None] < scores[None, :]  # (B, B): y_i < y_j, strict so ties are ignored
+        diff = diff.masked_fill(~lower, float("-inf"))
+        # Prepend a 0 logit for the "1 +" inside the log; logsumexp keeps it stable.
+        logits = torch.cat([diff.new_zeros(1), diff.flatten()])
+        return torch.logsumexp(logits, dim=0)
 
 
 def mnrl_loss(
@@ -114,17 +128,18 @@ def mnrl_loss(
     # labels and no `local`, the 2D KL term) are W copies of the global loss; their gradient comes
     # back W times through all_gather and DDP's 1/W cancels it. So every loss here equals
     # single-process training on the global batch.
-    unit = F.normalize(columns, dim=-1, eps=1e-12)
-    anchors = unit[0, local]  # (b, d): the anchors scored here (b = B, or the local rows)
-    candidates = unit[1:].reshape((n_cols - 1) * batch, -1)  # ((C-1)*B, d): positives first
-    logits = scale * _at_least_fp32(anchors @ candidates.T)  # (b, (C-1)*B)
-    target = torch.arange(start, local.stop, device=columns.device)  # (b,)
-    loss = F.cross_entropy(logits, target)
-    if symmetric:
-        # (b, B): local positive i scored against all anchors
-        backward_logits = scale * _at_least_fp32(unit[1, local] @ unit[0].T)
-        loss = (loss + F.cross_entropy(backward_logits, target)) / 2
-    return loss
+    with no_autocast(columns):
+        unit = F.normalize(at_least_fp32(columns), dim=-1, eps=1e-12)
+        anchors = unit[0, local]  # (b, d): the anchors scored here (b = B, or the local rows)
+        candidates = unit[1:].reshape((n_cols - 1) * batch, -1)  # ((C-1)*B, d): positives first
+        logits = scale * (anchors @ candidates.T)  # (b, (C-1)*B)
+        target = torch.arange(start, local.stop, device=columns.device)  # (b,)
+        loss = F.cross_entropy(logits, target)
+        if symmetric:
+            # (b, B): local positive i scored against all anchors
+            backward_logits = scale * (unit[1, local] @ unit[0].T)
+            loss = (loss + F.cross_entropy(backward_logits, target)) / 2
+        return loss
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,26 +218,39 @@ def layer_kl(final: Tensor, layer: Tensor, temperature: float, detach_target: bo
     if detach_target:
         final = final.detach()
     d = final.shape[-1]
-    log_q = F.log_softmax(_at_least_fp32(layer.reshape(-1, d)) / temperature, dim=-1)
-    log_p = F.log_softmax(_at_least_fp32(final.reshape(-1, d)) / temperature, dim=-1)
-    # kl_div(input=log q, target=log p, log_target) = sum p (log p - log q) = KL(p || q)
-    return temperature * F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+    with no_autocast(layer):
+        log_q = F.log_softmax(at_least_fp32(layer.reshape(-1, d)) / temperature, dim=-1)
+        log_p = F.log_softmax(at_least_fp32(final.reshape(-1, d)) / temperature, dim=-1)
+        # kl_div(input=log q, target=log p, log_target) = sum p (log p - log q) = KL(p || q)
+        return temperature * F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
 
-DEPTH_WEIGHTINGS = ("inverse", "linear")
+# How much an earlier block's Matryoshka loss counts in 2D random layer dropping.
+# "proportional" is ours (the default); the other three are upstream's AdaptiveLayerLoss weightings,
+# under clear names: its "uniform" and "log" as they are, its "linear" as "reciprocal".
+DEPTH_WEIGHTINGS = ("proportional", "uniform", "log", "reciprocal")
+# The upstream weightings also average the sampled blocks' losses (divide by how many were drawn).
+AVERAGED_WEIGHTINGS = ("uniform", "log", "reciprocal")
 
 
 def depth_weight(layer: int, num_layers: int, weighting: str) -> float:
-    """Weight of the loss at block ``layer`` (1-based) of ``num_layers``.
+    """Weight of the loss at block ``layer`` (1-based: block 1 is the first) of ``num_layers``.
 
-    "inverse" is upstream's ``1 / (1 + layer)``: it gives the shallowest block the largest
-    weight (a documented defect). "linear" (our default) is ``layer / num_layers``: deeper blocks,
-    which are asked to be nearly as good as the final one, count more.
+    - "proportional" (ours, the default): ``layer / num_layers``. Deeper blocks, which are asked
+      to be nearly as good as the final one, count more.
+    - upstream's (AdaptiveLayerLoss), with ``idx = layer - 1`` counted from 0 as upstream does:
+      "uniform" ``1`` (its current default), "log" ``1 / (1 + ln(1 + idx))`` and "reciprocal"
+      ``1 / (1 + idx)`` (upstream's "linear", its old default: block 1 gets weight 1, the largest).
     """
-    if weighting == "inverse":
-        return 1.0 / (1 + layer)
-    if weighting == "linear":
+    idx = layer - 1
+    if weighting == "proportional":
         return layer / num_layers
+    if weighting == "uniform":
+        return 1.0
+    if weighting == "log":
+        return 1.0 / (1.0 + math.log(1 + idx))
+    if weighting == "reciprocal":
+        return 1.0 / (1 + idx)
     raise ValueError(f"depth weighting must be one of {DEPTH_WEIGHTINGS}, got {weighting!r}")
 
 
@@ -238,7 +266,7 @@ def layer_dropping_loss(
     prior_layers_weight: float = 1.0,
     kl_weight: float = 1.0,
     kl_temperature: float = 0.3,
-    depth_weighting: str = "linear",
+    depth_weighting: str = "proportional",
     detach_kl_target: bool = True,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -246,12 +274,18 @@ def layer_dropping_loss(
 
     layer_columns: (L, C, B, D) pooled embeddings of every block from one forward pass.
     Each step: ``last_layer_weight * M(final)`` plus, for ``n_layers_per_step`` blocks ``l``
-    drawn uniformly from 1..L-1, ``prior_layers_weight * depth_weight(l) * M(layer l)`` and
-    ``kl_weight * layer_kl(final, layer l)``, where ``M`` is the Matryoshka loss over ``dims``.
-    The two upstream defects are switches: ``depth_weighting="inverse"`` and
-    ``detach_kl_target=False`` reproduce upstream exactly. ``n_layers_per_step=-1`` uses every
-    earlier block. Returns ``(total, terms)`` with the final layer's ``"d{dim}"`` terms, each sampled
-    layer's ``"l{l}"`` Matryoshka term (unweighted) and ``"kl"`` (sum over sampled layers).
+    drawn uniformly from 1..L-1 (-1: every earlier block), ``prior_layers_weight * share *
+    depth_weight(l) * M(layer l)`` and ``kl_weight * layer_kl(final, layer l)``, where ``M`` is the
+    Matryoshka loss over ``dims``. ``share`` is 1 / (number of blocks drawn) for upstream's
+    weightings (uniform, log, reciprocal: upstream averages the drawn blocks) and 1 for our
+    "proportional" (a sum, as our recorded runs used; with one block a step the two agree).
+    The KL terms are summed, not averaged, as upstream does.
+
+    Upstream (sentence-transformers' Matryoshka2dLoss, current version) is
+    ``depth_weighting="uniform"``, ``n_dims_per_step=1`` and the detached KL target (our default);
+    old upstream versions used "reciprocal" and ``detach_kl_target=False``.
+    Returns ``(total, terms)`` with the final layer's ``"d{dim}"`` terms, each sampled layer's
+    ``"l{l}"`` Matryoshka term (unweighted) and ``"kl"`` (sum over sampled layers).
     """
     if depth_weighting not in DEPTH_WEIGHTINGS:
         raise ValueError(f"depth weighting must be one of {DEPTH_WEIGHTINGS}, got {depth_weighting!r}")
@@ -261,12 +295,15 @@ def layer_dropping_loss(
     total = last_layer_weight * total
     k = None if n_layers_per_step < 0 else n_layers_per_step
     kl_total = total.new_zeros(())
-    for index in sample_subset(num_layers - 1, k, generator):
-        layer = index + 1  # 1-based block number
+    sampled = sample_subset(num_layers - 1, k, generator)
+    share = 1.0 / len(sampled) if depth_weighting in AVERAGED_WEIGHTINGS and sampled else 1.0
+    for index in sampled:
+        layer = index + 1  # 1-based block number (upstream's idx is `index`)
         emb = layer_columns[index]
         layer_loss, _ = matryoshka_loss(base_loss, emb, labels, dims, weights, n_dims_per_step, generator)
         terms[f"l{layer}"] = layer_loss
-        total = total + prior_layers_weight * depth_weight(layer, num_layers, depth_weighting) * layer_loss
+        weight = prior_layers_weight * share * depth_weight(layer, num_layers, depth_weighting)
+        total = total + weight * layer_loss
         if kl_weight > 0:
             kl_total = kl_total + layer_kl(final, emb, kl_temperature, detach_kl_target)
     if kl_weight > 0 and num_layers > 1:

@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 
 from mrl.losses import (
-    DEPTH_WEIGHTINGS,
     BaseLoss,
     check_dims,
     cosent_loss,
@@ -174,8 +173,6 @@ def _layer_dropping(base: BaseLoss, config: Config, dims: list[int], num_layers:
 def _check_layer_dropping(config: Config) -> None:
     if config.n_layers_per_step == 0 or config.n_layers_per_step < -1:
         raise ValueError("--n-layers-per-step must be >= 1, or -1 for every earlier layer")
-    if config.depth_weighting not in DEPTH_WEIGHTINGS:
-        raise ValueError(f"--depth-weighting must be one of {', '.join(DEPTH_WEIGHTINGS)}")
 
 
 def parse_int_pairs(specs: list[str], flag: str, form: str) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mrl.config import TrainConfig, parse_config, validate_for_model
+from mrl.config import TrainConfig, config_diff, parse_config, validate_for_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repo root
 from train import lr_factor  # noqa: E402
@@ -201,6 +201,46 @@ def test_validate_for_model_rejects_pairs_outside_the_model(pair):
 def test_validate_for_model_needs_two_layers_for_2d():
     with pytest.raises(ValueError, match="--2d"):
         validate_for_model(TrainConfig(two_d="random"), model_dim=32, num_layers=1)
+
+
+# ------------------------------------------------------------------------------- depth weighting names
+
+
+@pytest.mark.parametrize("name", ["proportional", "uniform", "log", "reciprocal"])
+def test_depth_weightings_are_accepted(name):
+    assert parse_config(["--2d", "random", "--depth-weighting", name]).depth_weighting == name
+
+
+def test_default_depth_weighting_is_ours():
+    assert TrainConfig().depth_weighting == "proportional"
+
+
+@pytest.mark.parametrize("name, hint", [("linear", "'proportional'"), ("inverse", "'reciprocal'")])
+def test_retired_depth_weightings_fail_loudly(name, hint, tmp_path):
+    """'linear' meant l/L here but 1/(1+idx) upstream; 'inverse' was off by one: both stop with
+    the new names, from a flag or from a hand-written config file."""
+    message = error_of(["--2d", "random", "--depth-weighting", name])
+    assert "--depth-weighting" in message and name in message and hint in message
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"two_d": "random", "depth_weighting": name}))
+    assert hint in error_of(["--config", str(path)])
+
+
+def test_an_old_run_config_keeps_its_meaning(tmp_path):
+    """A run's config.json from before the rename says "linear" (the old default, l/L): it resumes
+    and is read as "proportional", the same formula; an old "inverse" run fails loudly."""
+    old = {
+        **TrainConfig(two_d="random").to_dict(),
+        "depth_weighting": "linear",
+        "derived": {"total_steps": 6},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    config = parse_config(["--config", str(path)])
+    assert config.depth_weighting == "proportional"
+    assert config_diff(old, config) == []
+    path.write_text(json.dumps({**old, "depth_weighting": "inverse"}))
+    assert "'reciprocal'" in error_of(["--config", str(path)])
 
 
 # ------------------------------------------------------------------------------- LR schedule

@@ -16,6 +16,7 @@ import torch
 from mrl.losses import (
     check_dims,
     cosent_loss,
+    depth_weight,
     fixed_pairs_loss,
     layer_dropping_loss,
     layer_kl,
@@ -364,20 +365,48 @@ def test_layer_kl_detach_target():
 SCORES = torch.tensor([0.0, 1.0, 0.5, 1.0, 2.0], dtype=torch.float64)
 
 
+def depth_weight_by_hand(block: int, num_layers: int, n_sampled: int, weighting: str) -> float:
+    """The weight of block ``block`` (1 = the first block) with ``n_sampled`` blocks drawn, written
+    from the formulas: ours l/L summed; upstream's (AdaptiveLayerLoss) on idx = block - 1 (block 1
+    is idx 0), each divided by the number of blocks drawn that step."""
+    idx = block - 1
+    if weighting == "proportional":
+        return block / num_layers
+    upstream = {"uniform": 1.0, "log": 1.0 / (1.0 + math.log(1.0 + idx)), "reciprocal": 1.0 / (1.0 + idx)}
+    return upstream[weighting] / n_sampled
+
+
+def test_depth_weights_by_hand_for_six_blocks():
+    """The four weightings at L = 6 with one block drawn, as numbers (block 1, 2, 5)."""
+    table = {
+        "proportional": (1 / 6, 2 / 6, 5 / 6),
+        "uniform": (1.0, 1.0, 1.0),
+        "log": (1.0, 1 / (1 + math.log(2)), 1 / (1 + math.log(5))),
+        "reciprocal": (1.0, 0.5, 0.2),
+    }
+    for weighting, expected in table.items():
+        for block, w in zip((1, 2, 5), expected):
+            assert depth_weight(block, 6, weighting) == pytest.approx(w, rel=1e-12)
+            assert depth_weight_by_hand(block, 6, 1, weighting) == pytest.approx(w, rel=1e-12)
+    with pytest.raises(ValueError, match="proportional"):
+        depth_weight(1, 6, "linear")
+
+
 def layer_dropping_by_hand(layers, labels, dims, weights, last, prior, kl_weight, temperature, weighting):
-    """last * M(final) + sum_l prior * w(l) * M(layer l) + kl_weight * sum_l KL(final, layer l)."""
+    """last * M(final) + sum_l prior * w(l) * M(layer l) + kl_weight * sum_l KL(final, layer l),
+    every earlier block drawn (n_sampled = L - 1)."""
     num_layers = layers.shape[0]
     total = last * matryoshka_by_hand(cosent_by_hand, layers[-1], labels, dims, weights)
     for layer in range(1, num_layers):
-        w = layer / num_layers if weighting == "linear" else 1 / (1 + layer)
+        w = depth_weight_by_hand(layer, num_layers, num_layers - 1, weighting)
         total += prior * w * matryoshka_by_hand(cosent_by_hand, layers[layer - 1], labels, dims, weights)
         total += kl_weight * kl_by_hand(layers[-1], layers[layer - 1], temperature)
     return total
 
 
-@pytest.mark.parametrize("weighting", ["linear", "inverse"])
+@pytest.mark.parametrize("weighting", ["proportional", "uniform", "log", "reciprocal"])
 def test_layer_dropping_all_layers_matches_hand_total(weighting):
-    """n_layers_per_step=-1: total == the hand-built sum over every earlier layer (both weightings)."""
+    """n_layers_per_step=-1: total == the hand-built sum over every earlier layer (every weighting)."""
     layers = randn(4, 2, 5, 8, seed=21) * 2
     kwargs = dict(last_layer_weight=1.5, prior_layers_weight=0.7, kl_weight=0.4, kl_temperature=0.5)
     total, terms = layer_dropping_loss(
@@ -417,8 +446,29 @@ def test_layer_dropping_without_kl_has_no_kl_key():
     layers = randn(3, 2, 5, 8, seed=23)
     total, terms = layer_dropping_loss(cosent_loss, layers, SCORES, DIMS, n_layers_per_step=-1, kl_weight=0)
     assert "kl" not in terms
-    expected = layer_dropping_by_hand(layers, SCORES, DIMS, None, 1.0, 1.0, 0.0, 0.3, "linear")
+    expected = layer_dropping_by_hand(layers, SCORES, DIMS, None, 1.0, 1.0, 0.0, 0.3, "proportional")
     assert float(total) == pytest.approx(expected, **TOL)
+
+
+@pytest.mark.parametrize("weighting", ["proportional", "uniform", "log", "reciprocal"])
+def test_layer_dropping_two_sampled_blocks_by_hand(weighting):
+    """n_layers_per_step=2 of 4 earlier blocks: the two drawn blocks (read from the term keys)
+    weighted by hand; upstream's weightings divide each by 2, ours does not."""
+    layers = randn(5, 2, 5, 8, seed=25) * 2
+    for seed in range(6):
+        gen = torch.Generator().manual_seed(seed)
+        total, terms = layer_dropping_loss(
+            cosent_loss, layers, SCORES, DIMS, n_layers_per_step=2, kl_weight=0.3,
+            depth_weighting=weighting, generator=gen,
+        )  # fmt: skip
+        drawn = sorted(int(k[1:]) for k in terms if k.startswith("l"))
+        assert len(drawn) == 2 and all(1 <= b <= 4 for b in drawn)
+        expected = matryoshka_by_hand(cosent_by_hand, layers[-1], SCORES, DIMS)
+        for b in drawn:
+            m = matryoshka_by_hand(cosent_by_hand, layers[b - 1], SCORES, DIMS)
+            expected += depth_weight_by_hand(b, 5, 2, weighting) * m
+            expected += 0.3 * kl_by_hand(layers[-1], layers[b - 1], 0.3)  # KL: summed, not averaged
+        assert float(total) == pytest.approx(expected, **TOL)
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,3 +510,48 @@ def test_fixed_pairs_rejects_layer_outside_range(bad_layer):
     """Layers are 1-based, 1..L (L = 3 here); anything else is a ValueError."""
     with pytest.raises(ValueError):
         fixed_pairs_loss(mnrl_loss, randn(3, 2, 4, 8), None, [(1, 2), (bad_layer, 4)])
+
+
+# --------------------------------------------------------------------------------------------
+# Precision: every loss computes in fp32 with autocast off, even inside a bf16 autocast region
+# --------------------------------------------------------------------------------------------
+
+
+def test_bf16_autocast_would_round_the_logits():
+    """The premise of the next test: on these inputs a bf16 matmul is off by more than 1e-3."""
+    a, b = prefix(randn(16, 64, seed=40), 64).float(), prefix(randn(16, 64, seed=41), 64).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = 20 * (a @ b.T)
+    assert rounded.dtype == torch.bfloat16
+    assert float((rounded.double() - 20 * (a.double() @ b.double().T)).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "name, fn",
+    [
+        ("cosent", lambda c, y: cosent_loss(c[:2], y)),
+        ("mnrl", lambda c, y: mnrl_loss(c)),
+        ("mnrl-symmetric", lambda c, y: mnrl_loss(c, symmetric=True)),
+        ("kl", lambda c, y: layer_kl(c[0], c[1], 0.3)),
+        ("matryoshka-mnrl", lambda c, y: matryoshka_loss(mnrl_loss, c, None, [64, 16])[0]),
+        (
+            "fixed-pairs",
+            lambda c, y: fixed_pairs_loss(mnrl_loss, c[None].expand(2, -1, -1, -1), None, [(1, 16)])[0],
+        ),
+    ],
+)
+def test_losses_compute_in_fp32_under_bf16_autocast(name, fn):
+    """Each loss on fp32 embeddings inside a bf16 autocast region equals the same loss computed in
+    float64 by the same function (to fp32 rounding, 1e-5), and its gradient too: no bf16 matmul
+    or softmax inside. The inputs are those of the test above, where bf16 errs by > 1e-3."""
+    columns = randn(3, 16, 64, seed=40).float().requires_grad_(True)
+    scores = torch.linspace(0, 1, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = fn(columns, scores)
+    assert loss.dtype == torch.float32
+    (grad,) = torch.autograd.grad(loss, columns)
+    exact_in = columns.detach().double().requires_grad_(True)
+    exact = fn(exact_in, scores.double())
+    (exact_grad,) = torch.autograd.grad(exact, exact_in)
+    assert float(loss.detach()) == pytest.approx(float(exact.detach()), rel=1e-5, abs=1e-6)
+    assert float((grad.double() - exact_grad).abs().max()) < 1e-5 * max(1.0, float(exact_grad.abs().max()))

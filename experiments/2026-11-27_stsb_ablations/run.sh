@@ -25,12 +25,20 @@ declare -A flags=(
   [matryoshka-no16]="--dims 384 256 128 64 32"
   # 2D random layer dropping: KL off; the reference's inverse depth weighting; both reference settings
   [2d-random-no-kl]="--dims ${dims[*]} --2d random --kl-weight 0"
+  # NOTE (2026-11-30, issue 12): the next three rows were recorded at commit 0495b42 with
+  # `--depth-weighting inverse` = 1/(1+l), l counted from 1, which was off by one from the
+  # reference's 1/(1+idx), idx counted from 0. That name is retired: train.py now stops on it with
+  # an error. To re-run these rows as recorded: git checkout 0495b42 (their results/ files stay).
   [2d-random-inverse-depth]="--dims ${dims[*]} --2d random --depth-weighting inverse"
   [2d-random-upstream]="--dims ${dims[*]} --2d random --depth-weighting inverse --no-detach-kl-target"
   # ... and also the reference's default of one sampled dim per step: its 2D as shipped
   [2d-random-reference]="--dims ${dims[*]} --2d random --depth-weighting inverse --no-detach-kl-target --n-dims-per-step 1"
+  # Added 2026-11-30 (issue 12): the reference's 2D defaults as they are today, exactly: uniform
+  # depth weight (w = 1, each drawn block's loss divided by the number drawn), detached KL target
+  # (our default), one sampled dim per layer and step.
+  [2d-random-reference-current]="--dims ${dims[*]} --2d random --depth-weighting uniform --n-dims-per-step 1"
 )
-variants=(${VARIANTS:-matryoshka-weights-small matryoshka-1-dim-per-step matryoshka-no16 2d-random-no-kl 2d-random-inverse-depth 2d-random-upstream 2d-random-reference})
+variants=(${VARIANTS:-matryoshka-weights-small matryoshka-1-dim-per-step matryoshka-no16 2d-random-no-kl 2d-random-inverse-depth 2d-random-upstream 2d-random-reference 2d-random-reference-current})
 for seed in ${seeds[@]}; do
   for variant in "${variants[@]}"; do
     name="$variant-s$seed"
