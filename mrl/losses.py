@@ -330,7 +330,9 @@ def fixed_pairs_loss(
     (the plain Matryoshka loss; a pair that is already in that set is counted once).
     For each pair below the final layer, ``kl_weight * layer_kl`` aligns its ``d``-prefix with
     the first ``d`` values of the final layer. ``weights`` (one per pair) default to 1.
-    Returns ``(total, terms)`` with keys ``"l{l}_d{d}"`` (unweighted) and ``"kl"``.
+    Returns ``(total, terms)`` with unweighted terms named as in every other mode (one tag
+    scheme, so ablation curves overlay): ``"d{d}"`` at the final layer, ``"l{l}_d{d}"`` below
+    it; and ``"kl"``.
     """
     num_layers = layer_columns.shape[0]
     pairs = [(int(layer), int(d)) for layer, d in pairs]
@@ -351,7 +353,7 @@ def fixed_pairs_loss(
             raise ValueError(f"layer {layer} of pair ({layer}, {d}) is outside 1..{num_layers}")
         emb = layer_columns[layer - 1]
         term = base_loss(prefix(emb, d), labels)
-        terms[f"l{layer}_d{d}"] = term
+        terms[f"d{d}" if layer == num_layers else f"l{layer}_d{d}"] = term
         total = total + weight * term
         if kl_weight > 0 and layer < num_layers:
             kl_total = kl_total + layer_kl(final[..., :d], emb[..., :d], kl_temperature, detach_kl_target)

@@ -491,7 +491,9 @@ def test_fixed_pairs_matches_hand_total():
     # (3, 8) is both a pair (weight 1.5) and a final-layer dim: counted once; (3, 4) comes from dims
     expected = 0.5 * term(1, 2) + 2.0 * term(2, 4) + 1.5 * term(3, 8) + 1.0 * term(3, 4) + 0.25 * kl
     assert float(total) == pytest.approx(expected, **TOL)
-    assert set(terms) == {"l1_d2", "l2_d4", "l3_d8", "l3_d4", "kl"}
+    # the final layer's terms are named as in plain Matryoshka (d8, d4), earlier pairs l{l}_d{d}
+    assert set(terms) == {"l1_d2", "l2_d4", "d8", "d4", "kl"}
+    assert float(terms["d4"]) == pytest.approx(term(3, 4), **TOL)
     assert float(terms["l2_d4"]) == pytest.approx(term(2, 4), **TOL)
     assert float(terms["kl"]) == pytest.approx(kl, **TOL)
 
