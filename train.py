@@ -141,6 +141,7 @@ def load_data(config: TrainConfig, base: BaseLossEntry):
             score_column,
             where or None,
             tuple(config.score_range) if config.score_range and score_column else None,
+            read_scores=base.needs_score,  # a loss without scores neither parses nor gathers them
         )
         eval_sets = {
             source_name(s): load_source(s, "validation", score_column="score") for s in config.eval_data
@@ -222,10 +223,16 @@ def make_batches(config: TrainConfig, train, encoder: Encoder, world_size: int, 
 
 
 def count_steps(config: TrainConfig, sampler: BatchSampler) -> tuple[int, int, int]:
-    """``(steps_per_epoch, total_steps, warmup_steps)`` of the run."""
-    steps_per_epoch = max(1, len(sampler) // config.grad_accum)
-    total_steps = config.max_steps or config.epochs * steps_per_epoch
-    return steps_per_epoch, total_steps, round(config.warmup_ratio * total_steps)
+    """``(steps_per_epoch, total_steps, warmup_steps)``: steps_per_epoch is epoch 0's.
+
+    ``--epochs`` counts each epoch's real batches: with duplicate-free batches their number
+    changes from epoch to epoch (clashes decide how many fill up), so an upper bound would spill
+    into the next epoch and size the LR schedule wrong.
+    """
+    epochs = 1 if config.max_steps else config.epochs
+    steps = [max(1, sampler.num_batches(epoch) // config.grad_accum) for epoch in range(epochs)]
+    total_steps = config.max_steps or sum(steps)
+    return steps[0], total_steps, round(config.warmup_ratio * total_steps)
 
 
 def build_optimizer(
@@ -331,6 +338,26 @@ class Meter:
         scalars["perf/tokens_per_s"] = self.tokens / elapsed
         self.reset()
         return scalars
+
+
+def to_device(batch: dict, device: torch.device, gather: bool):
+    """A collated batch's ``(features, labels)`` on ``device``; labels (scores) of the whole global
+    batch when columns are gathered across ranks, None for losses without scores."""
+    features = {k: v.to(device, non_blocking=True) for k, v in batch["features"].items()}
+    labels = batch["labels"].to(device) if batch["labels"] is not None else None
+    if gather and labels is not None:
+        labels = gather_nograd(labels)
+    return features, labels
+
+
+def log_line(tracker: Tracker, progress, step: int, total_steps: int, scalars: dict[str, float]) -> None:
+    """The console/train.log line and the progress bar's numbers for a logged step."""
+    loss, lr, speed = scalars["train/loss"], scalars["train/lr"], scalars["perf/samples_per_s"]
+    progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{speed:.1f}")
+    tracker.print(
+        f"step {step}/{total_steps} loss {loss:.4f} lr {lr:.3e} "
+        f"grad_norm {scalars['train/grad_norm']:.3f} {speed:.1f} samples/s"
+    )
 
 
 def evaluate(encoder, eval_sets: dict, dims: list[int], layers: list[int] | None, config, autocast):
@@ -486,10 +513,8 @@ def main(argv: list[str] | None = None) -> Path:
                         encoder, eval_sets, objective.eval_dims, objective.eval_layers, config, autocast
                     )
                     tracker.scalars(step, scalars)
-                    final = "  ".join(
-                        f"{t.split('/', 1)[1]}={v:.2f}" for t, v in scalars.items() if "_l" not in t
-                    )
-                    tracker.print(f"step {step} eval: {final}")
+                    final = [f"{t[4:]}={v:.2f}" for t, v in scalars.items() if "_l" not in t]  # no "val/"
+                    tracker.print(f"step {step} eval: " + "  ".join(final))
                 save_due = config.save_every and step > 0 and step % config.save_every == 0
                 if step != resumed_step and (last_step or save_due or stop):
                     state = checkpoint_state(
@@ -510,10 +535,7 @@ def main(argv: list[str] | None = None) -> Path:
                 step_loss = torch.zeros((), device=device)
                 for micro in range(config.grad_accum):
                     batch, cursor = next(batches)
-                    features = {k: v.to(device, non_blocking=True) for k, v in batch["features"].items()}
-                    labels = batch["labels"].to(device) if batch["labels"] is not None else None
-                    if gather and labels is not None:
-                        labels = gather_nograd(labels)  # scores of the whole global batch
+                    features, labels = to_device(batch, device, gather)
                     # DDP all-reduces gradients in the last micro-step's backward only.
                     sync = (
                         model.no_sync() if world_size > 1 and micro < config.grad_accum - 1 else nullcontext()
@@ -571,16 +593,7 @@ def main(argv: list[str] | None = None) -> Path:
                         }
                     )
                     tracker.scalars(step, scalars)
-                    loss_now, lr_now, speed = (
-                        scalars["train/loss"],
-                        scalars["train/lr"],
-                        scalars["perf/samples_per_s"],
-                    )
-                    progress.set_postfix(loss=f"{loss_now:.4f}", lr=f"{lr_now:.2e}", samples_s=f"{speed:.1f}")
-                    tracker.print(
-                        f"step {step}/{total_steps} loss {loss_now:.4f} lr {lr_now:.3e} "
-                        f"grad_norm {scalars['train/grad_norm']:.3f} {speed:.1f} samples/s"
-                    )
+                    log_line(tracker, progress, step, total_steps, scalars)
         progress.close()
         barrier()
 

@@ -208,6 +208,8 @@ def load_examples(
     score_column: str | None = None,
     where: dict[str, str] | None = None,
     score_range: tuple[float, float] | None = None,
+    *,
+    read_scores: bool = True,
 ) -> Examples:
     """Read a local file and map it to Examples.
 
@@ -219,9 +221,11 @@ def load_examples(
     where: keep only rows whose columns equal these values (case-insensitive), e.g.
         {"label": "entailment"}. Rows are filtered before they are checked.
     score_range: (low, high): a score outside it is an error (e.g. a 0-5 file where 0-1 is meant).
+    read_scores: False reads no score at all, not even a "score" column (losses that need none:
+        its values are then neither parsed nor checked, and ``scores`` is None).
     """
     header, rows = read_rows(path)
-    return _to_examples(header, rows, str(path), text_columns, score_column, where, score_range)
+    return _to_examples(header, rows, str(path), text_columns, score_column, where, score_range, read_scores)
 
 
 def load_hub_examples(
@@ -232,6 +236,8 @@ def load_hub_examples(
     score_column: str | None = None,
     where: dict[str, str] | None = None,
     score_range: tuple[float, float] | None = None,
+    *,
+    read_scores: bool = True,
 ) -> Examples:
     """Like load_examples, for a Hugging Face hub dataset (e.g. "sentence-transformers/stsb").
 
@@ -247,7 +253,9 @@ def load_hub_examples(
     rows = [(i, {key: _as_text(value) for key, value in record.items()}) for i, record in enumerate(ds)]
     if not rows:
         raise DataError(f"{source}: no rows")
-    return _to_examples(list(ds.column_names), rows, source, text_columns, score_column, where, score_range)
+    return _to_examples(
+        list(ds.column_names), rows, source, text_columns, score_column, where, score_range, read_scores
+    )
 
 
 def parse_where(spec: str) -> dict[str, str]:
@@ -261,13 +269,17 @@ def parse_where(spec: str) -> dict[str, str]:
     return where
 
 
-def _to_examples(header, rows, source, text_columns, score_column, where, score_range=None) -> Examples:
+def _to_examples(
+    header, rows, source, text_columns, score_column, where, score_range=None, read_scores=True
+) -> Examples:
     if isinstance(text_columns, str):
         text_columns = [text_columns]
     names = _detect_layout(header, source) if text_columns is None else list(text_columns)
     if not names:
         raise ValueError(f"{source}: text_columns is empty")
-    if score_column is None and "score" in header:
+    if not read_scores:
+        score_column = None
+    elif score_column is None and "score" in header:
         score_column = "score"
     for column in [*names, *([score_column] if score_column else []), *(where or {})]:
         _require_column(column, header, source)
@@ -485,10 +497,14 @@ class BatchSampler:
         return iter(self.batches(self.epoch))
 
     def __len__(self) -> int:
-        if self.avoid_duplicates and not self.drop_last:
-            # Clashing leftovers may need extra small batches: count them (builds the epoch once).
-            return len(self.batches(self.epoch))
-        # Exact without avoid_duplicates; with it (and drop_last) an upper bound.
+        """The number of batches of the current epoch, exactly."""
+        return self.num_batches(self.epoch)
+
+    def num_batches(self, epoch: int) -> int:
+        """How many batches ``epoch`` has. Without avoid_duplicates it is the same every epoch;
+        with it, clashes decide how many fill up, so the epoch is built (once) and counted."""
+        if self.avoid_duplicates:
+            return len(self.batches(epoch))
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
 
@@ -503,6 +519,8 @@ def load_source(
     score_column: str | None = None,
     where: dict[str, str] | None = None,
     score_range: tuple[float, float] | None = None,
+    *,
+    read_scores: bool = True,
 ) -> Examples:
     """A local file or a hub dataset, as named on the command line.
 
@@ -511,10 +529,17 @@ def load_source(
     e.g. ``sentence-transformers/stsb@validation``.
     """
     if Path(spec).suffix.lower() in _FORMATS or Path(spec).is_file():
-        return load_examples(spec, text_columns, score_column, where, score_range)
+        return load_examples(spec, text_columns, score_column, where, score_range, read_scores=read_scores)
     name, _, split_override = spec.partition("@")
     return load_hub_examples(
-        name, subset, split_override or split, text_columns, score_column, where, score_range
+        name,
+        subset,
+        split_override or split,
+        text_columns,
+        score_column,
+        where,
+        score_range,
+        read_scores=read_scores,
     )
 
 

@@ -156,7 +156,7 @@ def test_a_registered_base_loss_declares_its_needs(tiny_model_dir, data, tmp_pat
                 str(data["pairs"]),
             )
         )
-    assert "needs 2 text columns and a score column" in capsys.readouterr().err
+    assert "score" in capsys.readouterr().err  # CoSENT needs the score column pairs.csv lacks
 
 
 # ------------------------------------------------------------------------------- a new 2D schedule
@@ -193,3 +193,49 @@ def test_a_registered_2d_schedule_trains_through_train_main(tiny_model_dir, data
     assert (saved["two_d"], saved["layers"], saved["dims"]) == ("first-and-final", [1, 3], [32, 16])
     evals = {tag for m in metrics(run) for tag in m if tag.startswith("val/")}
     assert {"val/dev/spearman_d16", "val/dev/spearman_l1_d16", "val/dev/spearman_l1_d32"} <= evals
+
+
+# ------------------------------------------------------------------------------- what the needs imply
+
+
+def test_in_batch_negative_losses_read_no_score_column(tiny_model_dir, data, tmp_path, capsys):
+    """mnrl needs no score: a file whose 'score' column is not numeric trains anyway (the column is
+    neither parsed nor gathered); CoSENT on the same file stops at that column."""
+    texts = distinct_sentences(24, seed=9)
+    rows = [[texts[2 * i], texts[2 * i + 1], "n/a"] for i in range(12)]
+    path = write_csv(tmp_path / "scored-pairs.csv", ["anchor", "positive", "score"], rows)
+    run = train.main(
+        args(tiny_model_dir, data, tmp_path / "run", "--loss", "mnrl", "--train-data", str(path))
+    )
+    assert [m["step"] for m in metrics(run) if "train/loss" in m] == [1, 2]
+    with pytest.raises(SystemExit):
+        train.main(args(tiny_model_dir, data, tmp_path / "run2", "--train-data", str(path)))
+    assert "'score'" in capsys.readouterr().err
+
+
+def test_epochs_with_duplicate_free_batches_are_exact(tiny_model_dir, data, tmp_path):
+    """4 rows share one anchor, 4 rows are unique: a duplicate-free batch of 4 holds at most one
+    of the 4, so every epoch has exactly 1 full batch (the upper bound 8 // 4 would say 2).
+    --epochs 3 is then 3 steps, one per epoch, and the linear schedule reaches 0 at step 3."""
+    texts = distinct_sentences(13, seed=11)
+    shared = texts[0]
+    rows = [[shared, texts[1 + i]] for i in range(4)] + [
+        [texts[5 + 2 * i], texts[6 + 2 * i]] for i in range(4)
+    ]
+    path = write_csv(tmp_path / "clashing.csv", ["anchor", "positive"], rows)
+    extra = ["--loss", "mnrl", "--train-data", str(path), "--epochs", "3", "--warmup-ratio", "0"]
+    argv = [a for a in args(tiny_model_dir, data, tmp_path / "run", *extra)]
+    i = argv.index("--max-steps")
+    del argv[i : i + 2]
+    run = train.main(argv)
+    derived = json.loads((run / "config.json").read_text())["derived"]
+    assert (derived["steps_per_epoch"], derived["total_steps"]) == (1, 3)
+    logged = {m["step"]: m for m in metrics(run) if "train/lr" in m}
+    assert sorted(logged) == [1, 2, 3]
+    # lr after step s of 3 (no warmup): peak * (1 - s / 3)
+    for s in (1, 2, 3):
+        assert logged[s]["train/lr"] == pytest.approx(2e-5 * (1 - s / 3), abs=1e-12)
+    from mrl.checkpoint import load_checkpoint
+
+    _, _, state = load_checkpoint(run)
+    assert state["step"] == 3 and state["cursor"] == [2, 1]  # the 3rd epoch's only batch, and no more
