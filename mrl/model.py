@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mrl.losses import prefix
 from mrl.quantize import PRECISIONS, Ranges, calibrate, quantize
 
 POOLING_MODES = ("mean", "cls", "max", "lasttoken")
@@ -141,6 +142,7 @@ class Encoder(nn.Module):
             do_lower_case if do_lower_case is not None else st_config.get("do_lower_case")
         )
         self.length_buckets = length_buckets  # see forward() (train.py: --length-buckets)
+        self.final_norm = find_final_norm(self.model)  # a name in self.model, or None
         if self.tokenizer.pad_token is None:  # decoder-style tokenizers (last-token pooling)
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -204,9 +206,9 @@ class Encoder(nn.Module):
     def forward(self, features: dict[str, Tensor], all_layers: bool = False) -> Tensor:
         """Pooled embeddings: (N, D), or (L, N, D) for every block with ``all_layers``.
 
-        The embedding of block ``l`` pools ``hidden_states[l]``; for the final block we pool
-        ``last_hidden_state``, which is the same tensor for BERT-like models and includes the
-        final norm for models that have one (e.g. ModernBERT), as the model's users expect.
+        The embedding of block ``l`` pools ``hidden_states[l]`` passed through the model's final
+        norm if it has one (ModernBERT; none in BERT-like models): the vector a model cut to l
+        blocks serves. For the final block we pool ``last_hidden_state``.
 
         With ``length_buckets`` k > 1 the N rows are sorted by length and run as k sub-batches,
         each cut to its own longest row: a random training batch of short and long texts then
@@ -235,6 +237,12 @@ class Encoder(nn.Module):
         if not all_layers:
             return pool(out.last_hidden_state, mask, self.pooling)  # (N, D)
         hidden = list(out.hidden_states[1:])  # L tensors (N, S, D); [0] is the embedding layer
+        # Block l's vector is what a model cut to its first l blocks outputs (`truncated_blocks`,
+        # `save_truncated`, encode(layers=l)): its final norm, if it has one, applies to block l.
+        # Upstream pools the raw hidden_states[l]; for models without a final norm it is the same.
+        if self.final_norm is not None:
+            norm = self.model.get_submodule(self.final_norm)
+            hidden = [norm(h) for h in hidden[:-1]] + [hidden[-1]]
         hidden[-1] = out.last_hidden_state
         return pool(torch.stack(hidden), mask, self.pooling)  # (L, N, D)
 
@@ -432,6 +440,21 @@ def find_blocks(model: nn.Module) -> tuple[nn.Module, str]:
     return parent, attr
 
 
+def find_final_norm(model: nn.Module) -> str | None:
+    """The name (for ``model.get_submodule``) of the norm a model applies after its last block
+    (ModernBERT's ``final_norm``, Llama's ``norm``, GPT-2's ``ln_f``), or None (BERT, RoBERTa,
+    XLM-R, MPNet, DistilBERT, ELECTRA).
+
+    It is the one sibling of the block list (`find_blocks`) whose class is a norm. A model's
+    ``last_hidden_state`` has passed through it, while ``hidden_states[l]`` of the blocks before
+    the last have not: see `Encoder._pooled`.
+    """
+    parent, attr = find_blocks(model)
+    prefix = next(name for name, module in model.named_modules() if module is parent)
+    norms = [n for n, m in parent.named_children() if n != attr and "norm" in type(m).__name__.lower()]
+    return (f"{prefix}.{norms[0]}" if prefix else norms[0]) if len(norms) == 1 else None
+
+
 @contextlib.contextmanager
 def truncated_blocks(model: nn.Module, k: int) -> Iterator[nn.Module]:
     """Within the block, ``model`` runs only its first ``k`` transformer blocks.
@@ -465,11 +488,8 @@ def truncated_blocks(model: nn.Module, k: int) -> Iterator[nn.Module]:
 
 
 def _slice_and_normalize(emb: Tensor, width: int, normalize: bool) -> Tensor:
-    """(..., D) -> (..., width): slice the Matryoshka prefix, then (optionally) unit-normalise it."""
-    emb = emb[..., :width]
-    if normalize:
-        emb = torch.nn.functional.normalize(emb, p=2, dim=-1, eps=1e-12)
-    return emb.contiguous()
+    """(..., D) -> (..., width): the Matryoshka prefix (`mrl.losses.prefix`), or the raw slice."""
+    return (prefix(emb, width) if normalize else emb[..., :width]).contiguous()
 
 
 def _resolve_calibration(

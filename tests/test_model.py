@@ -7,13 +7,14 @@ import inspect
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, BertTokenizer
 
 from mrl.losses import mnrl_loss, prefix
-from mrl.model import Encoder, pool
+from mrl.model import Encoder, find_final_norm, pool
 
 MODES = ("mean", "cls", "max", "lasttoken")
 TEXTS = [
@@ -453,3 +454,57 @@ def test_length_buckets_change_speed_not_results(tiny_model_dir, buckets):
     for a, b in zip(grads_whole, grads_split):
         if a is not None:
             torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ models with a final norm
+
+
+def make_tiny_modernbert(path: Path, num_layers: int = 3, hidden_size: int = 32) -> Path:
+    """A randomly initialised tiny ModernBERT (final norm after its blocks) with the tiny BERT vocab."""
+    from transformers import BertTokenizer, ModernBertConfig, ModernBertModel
+
+    from tests.conftest import TINY_VOCAB
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(dict.fromkeys(TINY_VOCAB)) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(str(path / "vocab.txt"), model_max_length=64)
+    config = ModernBertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=4, intermediate_size=2 * hidden_size, max_position_embeddings=64,
+        pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3,
+        global_attn_every_n_layers=2, local_attention=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = ModernBertModel(config)
+    with torch.no_grad():  # a non-trivial final norm (fresh LayerNorms are the identity map's scale)
+        model.final_norm.weight.uniform_(0.5, 1.5)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_shallow_layers_train_on_the_vector_they_serve_with_a_final_norm(tmp_path):
+    """ModernBERT applies a final norm after its blocks. The per-layer embedding used in 2D
+    training (forward with all_layers) of block k must equal what a model cut to k blocks
+    serves: encode(layers=k) and a save_truncated(k) copy loaded back."""
+    folder = make_tiny_modernbert(tmp_path / "modernbert")
+    encoder = Encoder(str(folder))
+    assert find_final_norm(encoder.model) == "final_norm"
+    texts = ["the cat sat on the mat", "a man plays guitar", "the dog runs in the park"]
+    trained = encoder.encode(texts, all_layers=True, normalize=False)  # (3, N, D), forward(all_layers)
+    for k in (1, 2, 3):
+        served = encoder.encode(texts, layers=k, normalize=False)  # (N, D): only k blocks run
+        assert torch.allclose(trained[k - 1], served, atol=1e-5), k
+    encoder.save_truncated(tmp_path / "cut2", 2)
+    assert torch.allclose(
+        Encoder(str(tmp_path / "cut2")).encode(texts, normalize=False), trained[1], atol=1e-5
+    )
+    # ...and without the norm the two differ: the check above has something to catch.
+    raw = encoder.model(**encoder.tokenize(texts), output_hidden_states=True).hidden_states[1]
+    raw_pooled = pool(raw, encoder.tokenize(texts)["attention_mask"], "mean").detach()
+    assert (raw_pooled - trained[0]).abs().max() > 1e-2
+
+
+def test_bert_like_models_have_no_final_norm(tiny_model_dir):
+    """BERT: nothing after the blocks, so block l's vector is hidden_states[l] as before."""
+    assert find_final_norm(Encoder(str(tiny_model_dir)).model) is None
