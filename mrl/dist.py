@@ -68,11 +68,6 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def is_main() -> bool:
-    """True on rank 0 (and in a single process): the rank that logs, saves and evaluates."""
-    return not is_distributed() or dist.get_rank() == 0
-
-
 def barrier() -> None:
     """Wait for every rank (no-op in one process)."""
     if is_distributed():

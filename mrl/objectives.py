@@ -38,6 +38,7 @@ from mrl.losses import (
     matryoshka_loss,
     mnrl_loss,
 )
+from mrl.runtime import parse_int_pairs
 
 Config = Any  # a `mrl.config.TrainConfig` (read by attribute only)
 LossFn = Callable[[Tensor, Tensor | None], tuple[Tensor, dict[str, Tensor]]]
@@ -173,19 +174,6 @@ def _layer_dropping(base: BaseLoss, config: Config, dims: list[int], num_layers:
 def _check_layer_dropping(config: Config) -> None:
     if config.n_layers_per_step == 0 or config.n_layers_per_step < -1:
         raise ValueError("--n-layers-per-step must be >= 1, or -1 for every earlier layer")
-
-
-def parse_int_pairs(specs: list[str], flag: str, form: str) -> list[tuple[int, int]]:
-    """``["2:32", "4:64"]`` -> ``[(2, 32), (4, 64)]``; a bad spec is a ValueError naming ``flag``
-    and the expected ``form`` (e.g. "LAYER:DIM (e.g. 4:64)")."""
-    pairs = []
-    for spec in specs:
-        try:
-            a, b = (int(part) for part in spec.split(":"))
-        except ValueError:
-            raise ValueError(f"{flag}: '{spec}' is not {form}") from None
-        pairs.append((a, b))
-    return pairs
 
 
 def parse_pairs(specs: list[str]) -> list[tuple[int, int]]:

@@ -41,6 +41,7 @@ from mrl.quantize import (
     quantize_scalar,
     unpack_signs,
 )
+from mrl.runtime import parse_int_pairs
 
 METRIC_NAMES = ("ndcg@10", "mrr@10", "recall@100", "map@100")
 # Scores of a (Q, chunk) block at most this many elements (64 MB of float32) unless told otherwise.
@@ -402,14 +403,7 @@ def search(
 
 def parse_stages(specs: Sequence[str]) -> list[tuple[int, int]]:
     """``["64:200", "384:10"]`` -> ``[(64, 200), (384, 10)]`` (dim, docs kept)."""
-    stages = []
-    for spec in specs:
-        try:
-            dim, keep = (int(x) for x in spec.split(":"))
-        except ValueError:
-            raise ValueError(f"funnel stage {spec!r}: expected DIM:K, e.g. 64:200") from None
-        stages.append((dim, keep))
-    return stages
+    return parse_int_pairs(list(specs), "funnel stage", "DIM:K, e.g. 64:200")
 
 
 @dataclass

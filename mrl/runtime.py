@@ -1,4 +1,4 @@
-"""Device, precision and memory helpers shared by train.py and eval.py."""
+"""Device, precision, memory and command-line helpers shared by train.py and eval.py."""
 
 from __future__ import annotations
 
@@ -74,3 +74,16 @@ def main_error(message: str) -> None:
     """Print a one-line error and exit non-zero (entry scripts use this for bad input)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def parse_int_pairs(specs: list[str], flag: str, form: str) -> list[tuple[int, int]]:
+    """``["2:32", "4:64"]`` -> ``[(2, 32), (4, 64)]`` (``--layer-dim-pairs``, ``--funnel``); a bad
+    spec is a ValueError naming ``flag`` and the expected ``form``, e.g. "LAYER:DIM (e.g. 4:64)"."""
+    pairs = []
+    for spec in specs:
+        try:
+            a, b = (int(part) for part in spec.split(":"))
+        except ValueError:
+            raise ValueError(f"{flag}: '{spec}' is not {form}") from None
+        pairs.append((a, b))
+    return pairs

@@ -33,7 +33,6 @@ from mrl.dist import (
     gather_with_grad,
     init_distributed,
     is_distributed,
-    is_main,
     rank_slice,
 )
 from mrl.gradcache import gradcache_step
@@ -129,7 +128,6 @@ def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
             "local_rank": info.local_rank,
             "device": str(info.device),
             "is_distributed": is_distributed(),
-            "is_main": is_main(),
             "broadcast": broadcast_object(f"run-from-rank-{info.rank}"),
             "gathered": gather_nograd(torch.full((2,), float(info.rank)), dim=0),
         }
@@ -189,7 +187,6 @@ def test_process_group_helpers(dist_results):
         info = dist_results[r]["info"]
         assert (info["rank"], info["world_size"], info["local_rank"]) == (r, WORLD, r)
         assert info["device"] == "cpu" and info["is_distributed"]
-        assert info["is_main"] == (r == 0)
         assert info["broadcast"] == "run-from-rank-0"
         assert torch.equal(info["gathered"], torch.tensor([0.0, 0.0, 1.0, 1.0]))
 
@@ -241,7 +238,7 @@ def test_single_process_helpers(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert init_distributed("cpu") == DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     assert not torch.distributed.is_initialized()
-    assert not is_distributed() and is_main()
+    assert not is_distributed()
     x = torch.randn(2, 3, 4, requires_grad=True)
     assert gather_with_grad(x, dim=-2) is x
     assert gather_nograd(x) is x
