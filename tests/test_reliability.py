@@ -20,6 +20,7 @@ of scored pairs, on one CPU thread, so runs are bitwise reproducible and take a 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import random
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -464,16 +466,21 @@ def test_bad_input_is_one_error_line_and_writes_nothing(
 
 def poison_step(monkeypatch, at_step: int, value: float, n_dims: int = 3) -> None:
     """Make every CoSENT term of the optimizer step that starts at ``at_step`` (completed steps)
-    equal ``value``. train.py binds cosent_loss at import, so its name there is patched."""
-    real = train.cosent_loss
+    equal ``value``. train.py gets its loss from the objectives table: the entry is patched."""
+    from mrl import objectives
+    from mrl.losses import cosent_loss
+
     calls = []
 
     def loss(columns, scores, scale=20.0):
-        result = real(columns, scores, scale=scale)
+        result = cosent_loss(columns, scores, scale=scale)
         calls.append(None)
         return result * value if (len(calls) - 1) // n_dims == at_step else result
 
-    monkeypatch.setattr(train, "cosent_loss", loss)
+    entry = dataclasses.replace(
+        objectives.BASE_LOSSES["cosent"], bind=lambda config, local: partial(loss, scale=config.scale)
+    )
+    monkeypatch.setitem(objectives.BASE_LOSSES, "cosent", entry)
 
 
 def test_nan_loss_stops_the_run_naming_step_and_batch(tiny_model_dir, data, tmp_path, monkeypatch):
