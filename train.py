@@ -37,7 +37,16 @@ import torch
 
 from mrl.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from mrl.config import TrainConfig, config_diff, parse_config, validate_for_model
-from mrl.data import BatchSampler, DataError, TokenizingCollator, load_source, parse_where, source_name
+from mrl.data import (
+    BatchSampler,
+    DataError,
+    Examples,
+    TokenizingCollator,
+    load_distill_texts,
+    load_source,
+    parse_where,
+    source_name,
+)
 from mrl.dist import (
     barrier,
     broadcast_object,
@@ -220,6 +229,36 @@ def make_batches(config: TrainConfig, train, encoder: Encoder, world_size: int, 
     except ValueError as error:
         main_error(f"--batch-size: {error}")
     return collate, sampler
+
+
+def make_distill_batches(config: TrainConfig, encoder: Encoder, eval_sets: dict, texts_per_batch: int):
+    """``--distill-data``: ``(batch n -> features, number of texts)`` of plain sentences.
+
+    Batch n is a function of (seed, n) only, so a resumed run needs no extra state. Every text of
+    the dev sets and of ``--distill-exclude`` is dropped (see `mrl.data.load_distill_texts`).
+    """
+    exclude = [t for ex in eval_sets.values() for column in ex.columns for t in column]
+    try:
+        texts, dropped = load_distill_texts(config.distill_data, config.distill_exclude, exclude)
+    except (DataError, ValueError) as error:
+        main_error(str(error))
+    print(f"--distill-data: {len(texts)} distinct texts ({dropped} dropped: they are evaluation text)")
+    ids = encoder.token_ids(texts)
+    try:
+        sampler = BatchSampler(
+            Examples([texts], None, "--distill-data", ["text"]),
+            config.distill_batch_size or texts_per_batch,
+            seed=config.seed + 2,
+            lengths=[len(i) for i in ids] if config.group_by_length else None,
+        )
+    except ValueError as error:
+        main_error(f"--distill-batch-size: {error}")
+
+    def batch(n: int) -> dict:
+        batches = sampler.batches(n // len(sampler))  # epoch n // len, batch n % len
+        return encoder.pad([ids[i] for i in batches[n % len(sampler)]])
+
+    return batch, len(texts)
 
 
 def count_steps(config: TrainConfig, sampler: BatchSampler) -> tuple[int, int, int]:
@@ -416,6 +455,13 @@ def main(argv: list[str] | None = None) -> Path:
     local = rank_slice(config.batch_size, rank) if gather else None
     objective = build_objective(config, encoder.dim, encoder.num_layers, loss_rng, local)
     collate, sampler = make_batches(config, train, encoder, world_size, base.in_batch_negatives)
+    distill_batch, n_distill = None, None
+    if config.distill_data:  # plain sentences whose only loss is distillation
+        if world_size > 1:
+            main_error("--distill-data runs in one process for now (torchrun: leave it out)")
+        distill_batch, n_distill = make_distill_batches(
+            config, encoder, eval_sets, config.batch_size * train.n_columns
+        )
     steps_per_epoch, total_steps, warmup_steps = count_steps(config, sampler)
     params, optimizer, schedule = build_optimizer(encoder, config, device, warmup_steps, total_steps)
 
@@ -434,6 +480,7 @@ def main(argv: list[str] | None = None) -> Path:
         "negatives_per_query": (negatives_batch - 1) + negatives_batch * (train.n_columns - 2)
         if base.in_batch_negatives
         else None,
+        "distill_texts": n_distill,
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
         "warmup_steps": warmup_steps,
@@ -553,6 +600,12 @@ def main(argv: list[str] | None = None) -> Path:
                         else:
                             loss, terms = loss_of(encode(features), batch["n_columns"], labels)
                             backward(loss)
+                        if distill_batch is not None:  # one batch of plain sentences: distillation only
+                            extra = distill_batch(step * config.grad_accum + micro)
+                            extra = {k: v.to(device, non_blocking=True) for k, v in extra.items()}
+                            d_loss, d_terms = objective.unlabelled(encode(extra).float())
+                            backward(d_loss)
+                            loss, terms = loss + d_loss.detach(), {**terms, **d_terms}
                     step_loss += loss.detach() / config.grad_accum
                     tokens = int(batch["features"]["attention_mask"].sum())  # a CPU tensor: no sync
                     meter.add(loss, terms, len(batch["texts"]) * world_size, tokens * world_size)

@@ -110,6 +110,36 @@ class TrainConfig:
         None, "fixed mode: LAYER:DIM pairs, e.g. 2:32 4:64 6:384; default: --dims spread over the layers"
     )
 
+    # --- self-distillation: shallow layers / small prefixes learn the full model's similarities -
+    layer_distill: str = _opt(
+        "off",
+        "2D: every trained shallow (layer, dim) cell also learns the final layer's in-batch "
+        "similarities at that dim (teacher detached): kl (row-wise), mse (of the similarity "
+        "matrices) or emb (MSE to the final layer's prefix)",
+        choices=lambda: ("off", *objectives.DISTILLS),
+    )
+    prefix_distill: str = _opt(
+        "off",
+        "every --dims prefix below the full width also learns the full width's in-batch "
+        "similarities (teacher detached): kl or mse",
+        choices=lambda: ("off", *(name for name, e in objectives.DISTILLS.items() if e.prefix)),
+    )
+    distill_weight: float = _opt(1.0, "weight of each distillation term")
+    distill_temperature: float = _opt(0.05, "temperature of the row-wise KL distillation")
+    distill_data: list[str] = _opt(
+        [],
+        "files of plain sentences (any reader; every text column) whose only loss is the "
+        "distillation term, one extra batch per micro-batch; never evaluation text",
+    )
+    distill_exclude: list[str] = _opt(
+        [],
+        "files whose texts are never distilled on (e.g. STS-B dev/test, SICK, BEIR queries); the "
+        "--eval-data sets are always excluded",
+    )
+    distill_batch_size: int | None = _opt(
+        None, "texts per --distill-data batch (default: the texts of one training batch)"
+    )
+
     # --- optimisation ------------------------------------------------------------------------
     epochs: int = _opt(1, "passes over the training data (ignored when --max-steps is set)")
     max_steps: int | None = _opt(None, "stop after this many optimizer steps")

@@ -30,7 +30,7 @@ import difflib
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -549,3 +549,65 @@ def source_name(spec: str) -> str:
         return Path(spec).stem
     name, _, split = spec.partition("@")
     return name.rsplit("/", 1)[-1] + (f"-{split}" if split else "")
+
+
+# ----------------------------------------------------------------------------- distillation text
+
+
+def evaluation_file_reason(path: str | Path) -> str | None:
+    """Why ``path`` holds text we evaluate on (so must never be distilled on), or None.
+
+    STS-B dev and test (``stsb/*dev*``, ``stsb/*test*``), anything under a ``sick`` folder (it is how
+    we judge generalisation), and BEIR queries (``queries.jsonl``, e.g. SciFact's).
+    """
+    path = Path(path).resolve()
+    parts = [part.lower() for part in path.parts]
+    name = path.name.lower()
+    if "stsb" in parts[:-1] and ("dev" in name or "test" in name):
+        return "STS-B dev/test is evaluation data"
+    if "sick" in parts[:-1]:
+        return "SICK is held out to judge generalisation"
+    if name.startswith("queries") and name.endswith((".jsonl", ".json")):
+        return "BEIR queries are evaluation data"
+    return None
+
+
+def file_texts(spec: str | Path) -> list[str]:
+    """Every non-empty text of a file, in file order: the columns of its known layout (e.g.
+    premise, hypothesis; anchor, positive, negative...), else ``title`` and ``text`` (a BEIR
+    corpus or queries file)."""
+    header, rows = read_rows(spec)
+    try:
+        names = _detect_layout(header, str(spec))
+    except DataError:
+        names = [c for c in ("title", "text") if c in header]
+        if "text" not in names:
+            raise DataError(
+                f"{spec}:1: no text columns found in the header ({', '.join(header)}); expected a "
+                "known pair/triplet layout or a 'text' column"
+            ) from None
+    return [text for _, row in rows for name in names if (text := (row.get(name) or "").strip())]
+
+
+def load_distill_texts(
+    specs: Sequence[str], exclude: Sequence[str] = (), exclude_texts: Iterable[str] = ()
+) -> tuple[list[str], int]:
+    """The distinct texts of the files ``specs`` (see `file_texts`), in file order, for
+    distillation-only batches, and how many distinct texts were dropped by ``exclude``.
+
+    A file of evaluation text (`evaluation_file_reason`) is refused. Any text found in the files
+    ``exclude`` (STS-B dev/test, SICK, BEIR queries: whatever the run will be judged on) or in
+    ``exclude_texts`` (the run's dev sets) is dropped: NLI and MSRP share hundreds of sentences
+    with STS-B and SICK, so refusing files is not enough.
+    """
+    excluded = {text for spec in exclude for text in file_texts(spec)} | {t.strip() for t in exclude_texts}
+    texts: dict[str, None] = {}
+    for spec in specs:
+        reason = evaluation_file_reason(spec)
+        if reason:
+            raise DataError(f"{spec}: refusing to distil on it ({reason})")
+        texts.update(dict.fromkeys(file_texts(spec)))
+    kept = [text for text in texts if text not in excluded]
+    if not kept:
+        raise DataError(f"--distill-data {' '.join(map(str, specs))}: no texts left to distil on")
+    return kept, len(texts) - len(kept)

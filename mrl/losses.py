@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 BaseLoss = Callable[[Tensor, Tensor | None], Tensor]
+# A distillation term between two sets of embeddings: (student (N, d), teacher (N, d')) -> scalar.
+Distill = Callable[[Tensor, Tensor], Tensor]
 
 
 def at_least_fp32(x: Tensor) -> Tensor:
@@ -269,6 +271,8 @@ def layer_dropping_loss(
     depth_weighting: str = "proportional",
     detach_kl_target: bool = True,
     generator: torch.Generator | None = None,
+    distill: Distill | None = None,
+    distill_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """2D Matryoshka by random layer dropping (2DMSE v1, Li et al., 2024).
 
@@ -286,6 +290,9 @@ def layer_dropping_loss(
     old upstream versions used "reciprocal" and ``detach_kl_target=False``.
     Returns ``(total, terms)`` with the final layer's ``"d{dim}"`` terms, each sampled layer's
     ``"l{l}"`` Matryoshka term (unweighted) and ``"kl"`` (sum over sampled layers).
+    ``distill`` (layer self-distillation, e.g. ``partial(similarity_distill, kind="kl")``): each
+    sampled layer, at each dim trained this step, also learns the final layer's in-batch
+    similarity structure at that dim; ``distill_weight`` times their sum is added as ``"distill"``.
     """
     if depth_weighting not in DEPTH_WEIGHTINGS:
         raise ValueError(f"depth weighting must be one of {DEPTH_WEIGHTINGS}, got {depth_weighting!r}")
@@ -295,20 +302,29 @@ def layer_dropping_loss(
     total = last_layer_weight * total
     k = None if n_layers_per_step < 0 else n_layers_per_step
     kl_total = total.new_zeros(())
+    distill_total = total.new_zeros(())
     sampled = sample_subset(num_layers - 1, k, generator)
     share = 1.0 / len(sampled) if depth_weighting in AVERAGED_WEIGHTINGS and sampled else 1.0
     for index in sampled:
         layer = index + 1  # 1-based block number (upstream's idx is `index`)
         emb = layer_columns[index]
-        layer_loss, _ = matryoshka_loss(base_loss, emb, labels, dims, weights, n_dims_per_step, generator)
+        layer_loss, layer_terms = matryoshka_loss(
+            base_loss, emb, labels, dims, weights, n_dims_per_step, generator
+        )
         terms[f"l{layer}"] = layer_loss
         weight = prior_layers_weight * share * depth_weight(layer, num_layers, depth_weighting)
         total = total + weight * layer_loss
         if kl_weight > 0:
             kl_total = kl_total + layer_kl(final, emb, kl_temperature, detach_kl_target)
+        if distill is not None:  # the dims this layer was trained at this step (keys "d{dim}")
+            cells = [(layer, int(key[1:])) for key in layer_terms]
+            distill_total = distill_total + layer_distill_loss(layer_columns, cells, distill)
     if kl_weight > 0 and num_layers > 1:
         terms["kl"] = kl_total
         total = total + kl_weight * kl_total
+    if distill is not None and num_layers > 1:
+        terms["distill"] = distill_total
+        total = total + distill_weight * distill_total
     return total, terms
 
 
@@ -322,6 +338,8 @@ def fixed_pairs_loss(
     kl_weight: float = 1.0,
     kl_temperature: float = 0.3,
     detach_kl_target: bool = True,
+    distill: Distill | None = None,
+    distill_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """2D Matryoshka with a fixed (layer, dim) schedule (Starbucks, Zhuang et al., 2024).
 
@@ -333,6 +351,8 @@ def fixed_pairs_loss(
     Returns ``(total, terms)`` with unweighted terms named as in every other mode (one tag
     scheme, so ablation curves overlay): ``"d{d}"`` at the final layer, ``"l{l}_d{d}"`` below
     it; and ``"kl"``.
+    ``distill``: every pair below the final layer also learns the final layer's in-batch similarity
+    structure at its dim (see `layer_distill_loss`), added as ``distill_weight * "distill"``.
     """
     num_layers = layer_columns.shape[0]
     pairs = [(int(layer), int(d)) for layer, d in pairs]
@@ -357,7 +377,145 @@ def fixed_pairs_loss(
         total = total + weight * term
         if kl_weight > 0 and layer < num_layers:
             kl_total = kl_total + layer_kl(final[..., :d], emb[..., :d], kl_temperature, detach_kl_target)
-    if kl_weight > 0 and any(layer < num_layers for layer, _ in schedule):
+    shallow = [(layer, d) for layer, d in schedule if layer < num_layers]
+    if kl_weight > 0 and shallow:
         terms["kl"] = kl_total
         total = total + kl_weight * kl_total
+    if distill is not None and shallow:
+        terms["distill"] = layer_distill_loss(layer_columns, shallow, distill)
+        total = total + distill_weight * terms["distill"]
+    return total, terms
+
+
+# --------------------------------------------------------------------------------------------
+# Self-distillation: shallow layers and small prefixes learn the full model's similarity structure
+# --------------------------------------------------------------------------------------------
+
+DISTILL_KINDS = ("kl", "mse", "emb")
+
+
+def similarity_distill(
+    student: Tensor, teacher: Tensor, kind: str = "kl", temperature: float = 0.05
+) -> Tensor:
+    """How far the student's in-batch similarity structure is from the teacher's (teacher detached).
+
+    student: (N, d), teacher: (N, d') embeddings of the same N texts (re-normalised here); only
+    ``"emb"`` needs d == d'. With ``S[i, j] = cos(x_i, x_j)`` over the N texts, the diagonal
+    (always 1) left out:
+    - ``"kl"``: mean over rows i of ``KL(p_i || q_i)``, ``p_i = softmax_{j != i}(S_t[i, j] / T)``
+      and ``q_i`` the same for the student: each text ranks the others as the teacher does.
+    - ``"mse"``: mean over rows i of ``sum_{j != i} (S_s[i, j] - S_t[i, j]) ** 2``.
+    - ``"emb"``: mean over rows of ``||s_i - t_i||^2`` of the unit vectors (``= 2 - 2 cos``): the
+      student must land on the teacher's embedding, not only reproduce its similarities.
+    The teacher receives no gradient: it is ``teacher.detach()``. Returns a scalar in fp32.
+    """
+    if kind not in DISTILL_KINDS:
+        raise ValueError(f"distillation kind must be one of {DISTILL_KINDS}, got {kind!r}")
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(f"student has {student.shape[0]} rows, teacher {teacher.shape[0]}")
+    s = F.normalize(at_least_fp32(student), dim=-1, eps=1e-12)
+    t = F.normalize(at_least_fp32(teacher.detach()), dim=-1, eps=1e-12)
+    if kind == "emb":
+        if s.shape[-1] != t.shape[-1]:
+            raise ValueError(f"'emb' distillation needs equal widths, got {s.shape[-1]} and {t.shape[-1]}")
+        return ((s - t) ** 2).sum(-1).mean()
+    n = s.shape[0]
+    if n < 2:
+        raise ValueError("similarity distillation needs at least 2 texts in the batch")
+    with no_autocast(s):  # similarities in fp32 under autocast
+        sim_s, sim_t = s @ s.T, t @ t.T  # (N, N)
+    off = ~torch.eye(n, dtype=torch.bool, device=s.device)
+    if kind == "mse":
+        return ((sim_s - sim_t) ** 2).masked_fill(~off, 0.0).sum(-1).mean()
+    # Drop the diagonal: (N, N-1) rows of the other texts' similarities.
+    log_q = F.log_softmax(sim_s[off].view(n, n - 1) / temperature, dim=-1)
+    log_p = F.log_softmax(sim_t[off].view(n, n - 1) / temperature, dim=-1)
+    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+
+
+def layer_distill_loss(layer_columns: Tensor, cells: Sequence[tuple[int, int]], distill: Distill) -> Tensor:
+    """Layer self-distillation: ``sum over (l, d) in cells of distill(prefix(layer l, d), prefix(final, d))``.
+
+    layer_columns: (L, C, B, D) or (L, N, D) pooled embeddings of every block (1-based ``l``); the
+    C*B texts of a batch are one set of N texts, so the similarity structure is over all of them
+    (anchors, positives and negatives alike). The teacher is the final layer at the same dim,
+    detached by ``distill``. Cells at the final layer are skipped (they would be their own
+    teacher). Returns a scalar (0 when no cell is below the final layer).
+    """
+    num_layers, width = layer_columns.shape[0], layer_columns.shape[-1]
+    flat = layer_columns.reshape(num_layers, -1, width)  # (L, N, D)
+    total = flat.new_zeros((), dtype=torch.promote_types(flat.dtype, torch.float32))
+    for layer, d in cells:
+        if not 1 <= layer <= num_layers:
+            raise ValueError(f"layer {layer} is outside 1..{num_layers}")
+        if layer < num_layers:
+            total = total + distill(flat[layer - 1, :, :d], flat[-1, :, :d].detach())
+    return total
+
+
+def prefix_distill_loss(columns: Tensor, dims: Sequence[int], distill: Distill) -> Tensor:
+    """Prefix self-distillation: ``sum over d in dims, d < D, of distill(prefix(E, d), E)``.
+
+    columns: (C, B, D) or (N, D) embeddings of one layer. The teacher is the full width D (the
+    model's own full-width similarity structure), detached by ``distill``: small prefixes learn to
+    rank texts the way the full embedding does, instead of each prefix fitting the labels on its
+    own. ``distill`` must compare similarities (``"kl"`` or ``"mse"``): a prefix cannot equal the
+    full embedding. Returns a scalar (0 when every dim is D).
+    """
+    width = columns.shape[-1]
+    flat = columns.reshape(-1, width)  # (N, D)
+    total = flat.new_zeros((), dtype=torch.promote_types(flat.dtype, torch.float32))
+    for d in dims:
+        if d < width:
+            total = total + distill(flat[:, :d], flat.detach())
+    return total
+
+
+def with_prefix_distill(
+    objective: Callable[[Tensor, Tensor | None], tuple[Tensor, dict[str, Tensor]]],
+    columns: Tensor,
+    labels: Tensor | None,
+    dims: Sequence[int],
+    distill: Distill,
+    weight: float = 1.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``objective(columns, labels)`` plus ``weight * prefix_distill_loss`` of the final layer.
+
+    columns: (C, B, D), or (L, C, B, D) for 2D objectives (the final layer, index -1, is the one
+    whose prefixes learn from its full width). Adds the term ``"prefix_distill"``.
+    """
+    total, terms = objective(columns, labels)
+    final = columns[-1] if columns.ndim == 4 else columns
+    terms["prefix_distill"] = prefix_distill_loss(final, dims, distill)
+    return total + weight * terms["prefix_distill"], terms
+
+
+def unlabelled_distill_loss(
+    emb: Tensor,
+    layer_cells: Sequence[tuple[int, int]],
+    prefix_dims: Sequence[int],
+    layer_distill: Distill | None,
+    prefix_distill: Distill | None = None,
+    layer_weight: float = 1.0,
+    prefix_weight: float = 1.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The only loss of a batch of plain sentences (``--distill-data``): the distillation terms.
+
+    emb: (L, N, D) every layer's embeddings of N texts, or (N, D) the final layer only (then
+    ``layer_cells`` must be empty). ``layer_weight * layer_distill_loss(cells, layer_distill)`` +
+    ``prefix_weight * prefix_distill_loss(final layer, prefix_dims, prefix_distill)``; either part
+    is left out when its cells / dims are empty. Returns ``(total, terms)`` with
+    ``"unlabelled_distill"`` / ``"unlabelled_prefix_distill"``.
+    """
+    layers = emb if emb.ndim == 3 else emb[None]
+    if layer_cells and emb.ndim != 3:
+        raise ValueError("layer distillation on unlabelled text needs every layer: emb of shape (L, N, D)")
+    terms: dict[str, Tensor] = {}
+    total = layers.new_zeros((), dtype=torch.promote_types(layers.dtype, torch.float32))
+    if layer_cells:
+        terms["unlabelled_distill"] = layer_distill_loss(layers, layer_cells, layer_distill)
+        total = total + layer_weight * terms["unlabelled_distill"]
+    if prefix_dims:
+        terms["unlabelled_prefix_distill"] = prefix_distill_loss(layers[-1], prefix_dims, prefix_distill)
+        total = total + prefix_weight * terms["unlabelled_prefix_distill"]
     return total, terms

@@ -8,7 +8,9 @@ This module is the one place that knows them:
   negatives, i.e. duplicate-free batches and candidates gathered across ranks; how many text
   columns) and how its function is bound from the config;
 - each `WrapperEntry` says how its loss is built from the config and which (layer, dim) cells
-  it trains and evaluates, plus its own config checks.
+  it trains and evaluates, plus its own config checks;
+- each `DistillEntry` is a self-distillation term (``--layer-distill``, ``--prefix-distill``):
+  how a student's embeddings are pulled toward the model's own final layer / full width.
 
 `train.py` and `mrl.config.validate` only ask this table (`build_objective`, `validate_config`,
 `validate_for_model`); an unknown name is an error listing the known ones. Adding a base loss or a
@@ -31,12 +33,16 @@ from torch import Tensor
 
 from mrl.losses import (
     BaseLoss,
+    Distill,
     check_dims,
     cosent_loss,
     fixed_pairs_loss,
     layer_dropping_loss,
     matryoshka_loss,
     mnrl_loss,
+    similarity_distill,
+    unlabelled_distill_loss,
+    with_prefix_distill,
 )
 from mrl.runtime import parse_int_pairs
 
@@ -107,6 +113,10 @@ class Objective:
     eval_dims, eval_layers: the (layer, dim) grid evaluated on the dev sets and stored in the
         saved model's metadata (``eval_layers=None``: the final layer only).
     metadata: extra keys for the saved model's metadata and config.json's derived section.
+    shallow_cells: the (layer, dim) cells below the final layer that the wrapper trains; with
+        ``--layer-distill`` they are the students on plain sentences (``--distill-data``).
+    unlabelled: ``emb -> (total, terms)`` for a batch of plain sentences, emb (N, D) or
+        (L, N, D): only the distillation terms; None when no distillation is on.
     """
 
     loss: LossFn
@@ -114,6 +124,8 @@ class Objective:
     eval_dims: list[int]
     eval_layers: list[int] | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    shallow_cells: list[tuple[int, int]] = field(default_factory=list)
+    unlabelled: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]] | None = None
 
 
 def _nothing(*_args: Any) -> None:
@@ -166,9 +178,16 @@ def _layer_dropping(base: BaseLoss, config: Config, dims: list[int], num_layers:
         depth_weighting=config.depth_weighting,
         detach_kl_target=config.detach_kl_target,
         generator=generator,
+        **layer_distill_args(config),
     )
     layers = list(range(1, num_layers + 1))
-    return Objective(loss, all_layers=True, eval_dims=sorted(dims, reverse=True), eval_layers=layers)
+    return Objective(
+        loss,
+        all_layers=True,
+        eval_dims=sorted(dims, reverse=True),
+        eval_layers=layers,
+        shallow_cells=[(layer, d) for layer in layers[:-1] for d in dims],
+    )
 
 
 def _check_layer_dropping(config: Config) -> None:
@@ -199,6 +218,7 @@ def _fixed_pairs(base: BaseLoss, config: Config, dims: list[int], num_layers: in
         kl_weight=config.kl_weight,
         kl_temperature=config.kl_temperature,
         detach_kl_target=config.detach_kl_target,
+        **layer_distill_args(config),
     )
     # Every trained dim is evaluated at every evaluated layer (the pairs add their own dims).
     return Objective(
@@ -207,6 +227,7 @@ def _fixed_pairs(base: BaseLoss, config: Config, dims: list[int], num_layers: in
         eval_dims=sorted(set(dims) | {d for _, d in pairs}, reverse=True),
         eval_layers=sorted({layer for layer, _ in pairs} | {num_layers}),
         metadata={"layer_dim_pairs": pairs},
+        shallow_cells=[(layer, d) for layer, d in pairs if layer < num_layers],
     )
 
 
@@ -246,6 +267,102 @@ WRAPPERS: dict[str, WrapperEntry] = {
 
 
 # --------------------------------------------------------------------------------------------
+# Self-distillation: distill(student (N, d), teacher (N, d')) -> scalar, the teacher detached.
+# The teacher is the model itself: its final layer (--layer-distill, for each shallow cell a 2D
+# wrapper trains) or its full width (--prefix-distill, for each smaller --dims prefix).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistillEntry:
+    """A self-distillation term.
+
+    bind: ``config -> distill(student, teacher)``.
+    prefix: it compares similarities only, so a d-prefix can learn it from the full width
+        (an embedding-level term cannot: the prefix is part of its own teacher).
+    """
+
+    bind: Callable[[Config], Distill]
+    prefix: bool = True
+    help: str = ""
+
+
+DISTILLS: dict[str, DistillEntry] = {
+    "kl": DistillEntry(
+        bind=lambda config: partial(similarity_distill, kind="kl", temperature=config.distill_temperature),
+        help="row-wise KL between the in-batch similarity matrices (temperature --distill-temperature)",
+    ),
+    "mse": DistillEntry(
+        bind=lambda config: partial(similarity_distill, kind="mse"),
+        help="squared error between the in-batch similarity matrices",
+    ),
+    "emb": DistillEntry(
+        bind=lambda config: partial(similarity_distill, kind="emb"),
+        prefix=False,
+        help="squared error between the unit embeddings (layer distillation only)",
+    ),
+}
+
+
+def distill_entry(name: str, flag: str) -> DistillEntry:
+    """The table entry of ``flag name``; an unknown name lists the known ones."""
+    if name not in DISTILLS:
+        raise ValueError(f"{flag} '{name}' is unknown; known: off, {', '.join(DISTILLS)}")
+    return DISTILLS[name]
+
+
+def layer_distill_args(config: Config) -> dict[str, Any]:
+    """Keyword arguments of a 2D wrapper's loss for ``--layer-distill`` (none when it is off)."""
+    if config.layer_distill == "off":
+        return {}
+    distill = distill_entry(config.layer_distill, "--layer-distill").bind(config)
+    return {"distill": distill, "distill_weight": config.distill_weight}
+
+
+def add_distillation(objective: Objective, config: Config, dims: list[int]) -> Objective:
+    """``--prefix-distill`` on the labelled loss, and the loss of ``--distill-data`` batches."""
+    prefix = None
+    if config.prefix_distill != "off":
+        prefix = distill_entry(config.prefix_distill, "--prefix-distill").bind(config)
+        objective.loss = partial(
+            with_prefix_distill, objective.loss, dims=dims, distill=prefix, weight=config.distill_weight
+        )
+    layer = layer_distill_args(config).get("distill")
+    if layer is not None or prefix is not None:
+        objective.unlabelled = partial(
+            unlabelled_distill_loss,
+            layer_cells=objective.shallow_cells if layer is not None else [],
+            prefix_dims=dims if prefix is not None else [],
+            layer_distill=layer,
+            prefix_distill=prefix,
+            layer_weight=config.distill_weight,
+            prefix_weight=config.distill_weight,
+        )
+    return objective
+
+
+def _check_distillation(config: Config) -> None:
+    if config.layer_distill != "off":
+        distill_entry(config.layer_distill, "--layer-distill")
+        if not wrapper_entry(config.two_d).all_layers:
+            raise ValueError(
+                "--layer-distill needs a 2D wrapper (--2d random or fixed): it trains shallow layers"
+            )
+    if config.prefix_distill != "off" and not distill_entry(config.prefix_distill, "--prefix-distill").prefix:
+        raise ValueError(f"--prefix-distill {config.prefix_distill}: a prefix cannot learn it; use kl or mse")
+    if config.distill_data and config.layer_distill == "off" and config.prefix_distill == "off":
+        raise ValueError(
+            "--distill-data needs --layer-distill or --prefix-distill (its only loss is distillation)"
+        )
+    if config.distill_data and config.mini_batch_size:
+        raise ValueError("--distill-data does not combine with --mini-batch-size (GradCache) yet")
+    if config.distill_temperature <= 0:
+        raise ValueError("--distill-temperature must be positive")
+    if config.distill_batch_size is not None and config.distill_batch_size < 2:
+        raise ValueError("--distill-batch-size must be at least 2 (a similarity structure needs 2 texts)")
+
+
+# --------------------------------------------------------------------------------------------
 # What train.py and mrl.config ask
 # --------------------------------------------------------------------------------------------
 
@@ -274,6 +391,7 @@ def validate_config(config: Config) -> None:
     if config.layer_dim_pairs is not None and config.two_d != "fixed":
         raise ValueError("--layer-dim-pairs needs --2d fixed")
     wrapper.validate(config)
+    _check_distillation(config)
 
 
 def validate_for_model(config: Config, model_dim: int, num_layers: int) -> None:
@@ -295,4 +413,5 @@ def build_objective(
     base = base_loss_entry(config.loss)
     base_loss = base.bind(config, local if base.in_batch_negatives else None)
     dims = list(config.dims or [model_dim])
-    return wrapper_entry(config.two_d).build(base_loss, config, dims, num_layers, generator)
+    objective = wrapper_entry(config.two_d).build(base_loss, config, dims, num_layers, generator)
+    return add_distillation(objective, config, dims)
