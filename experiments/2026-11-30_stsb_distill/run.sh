@@ -10,6 +10,9 @@
 # CPU is shared. Usage: bash experiments/2026-11-30_stsb_distill/run.sh [SEED...] (default 12)
 # VARIANTS="a b" picks variants. Runs go to $RUNS (default /tmp/mrl-exp-e), results to results/.
 set -euo pipefail
+# One thread per process: on the shared 2-core machine two threads ran a step 3-4x slower
+# (OpenMP threads spin-waiting for a core); the math is the same.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 data="${MRL_DATA_DIR:-$repo/../shared/data}"
@@ -22,6 +25,9 @@ mkdir -p "$here/results" "$runs"
 # dev/test, SICK or SciFact queries; train.py refuses those).
 distill=("$data/nli/snli-dev.csv" "$data/nli/snli-test.csv" "$data/nli/mnli-dev-matched.csv"
          "$data/msrp/train.csv")
+# ... minus every sentence that also occurs in STS-B dev/test or SICK (539 of them do).
+held_out=("$data/stsb/en-dev.csv" "$data/stsb/en-test.csv" "$data/sick/train.csv" "$data/sick/dev.csv")
+with_data="--distill-data ${distill[*]} --distill-exclude ${held_out[*]}"
 
 # The k-layer baselines start from the first k blocks of the same model.
 truncated() {
@@ -46,6 +52,9 @@ declare -A flags=(
   [2d-all-distill-kl]="$all --2d random --n-layers-per-step -1 --layer-distill kl"
   [2d-all-distill-mse]="$all --2d random --n-layers-per-step -1 --layer-distill mse"
   [2d-all-distill-emb]="$all --2d random --n-layers-per-step -1 --layer-distill emb"
+  # ... plus extra batches of unlabelled sentences whose only loss is the distillation
+  [2d-all-distill-kl-data]="$all --2d random --n-layers-per-step -1 --layer-distill kl $with_data"
+  [2d-all-distill-mse-data]="$all --2d random --n-layers-per-step -1 --layer-distill mse $with_data"
 )
 variants=(${VARIANTS:-layers2-alone layers4-alone})
 for seed in ${seeds[@]}; do
