@@ -69,18 +69,33 @@ def metric_tables(runs: dict[str, dict[int, dict]], cells, metric: str, heatmaps
         return []
     first = next(iter(per_variant.values()))[0]
     dims = sorted({d for _, d in first}, reverse=True)
-    top = max(layer for layer, _ in first)
-    out = [f"### {metric} at the full depth ({top} layers), mean ± std over seeds\n"]
+    # Each model's own last layer (a separately trained k-layer model has k of them).
+    tops = {v: max(layer for layer, _ in per_seed[0]) for v, per_seed in per_variant.items()}
+    depth = f"{tops[next(iter(tops))]} layers" if len(set(tops.values())) == 1 else "each model's last layer"
+    out = [f"### {metric} at the full depth ({depth}), mean ± std over seeds\n"]
     out.append("| variant | seeds | " + " | ".join(f"d={d}" for d in dims) + " |")
     out.append("|---|---|" + "---|" * len(dims))
     for variant, per_seed in per_variant.items():
+        top = tops[variant]
         row = [mean_std([c[(top, d)] for c in per_seed if (top, d) in c]) for d in dims]
         seeds = ",".join(map(str, runs[variant]))
         out.append(f"| {variant} | {seeds} | " + " | ".join(row) + " |")
+    all_layers = sorted({layer for c in per_variant.values() for layer, _ in c[0]}, reverse=True)
+    if len(all_layers) > 1:
+        out.append(f"\n### {metric} at d={dims[0]} by depth (layers kept), mean ± std over seeds\n")
+        out.append("| variant | seeds | " + " | ".join(f"{layer} layers" for layer in all_layers) + " |")
+        out.append("|---|---|" + "---|" * len(all_layers))
+        for variant, per_seed in per_variant.items():
+            row = [
+                mean_std([c[(layer, dims[0])] for c in per_seed]) if (layer, dims[0]) in per_seed[0] else ""
+                for layer in all_layers
+            ]
+            out.append(f"| {variant} | {','.join(map(str, runs[variant]))} | " + " | ".join(row) + " |")
     out.append(f"\n### {metric}: retention vs the full dim (mean over seeds)\n")
     out.append("| variant | " + " | ".join(f"d={d}" for d in dims) + " |")
     out.append("|---|" + "---|" * len(dims))
     for variant, per_seed in per_variant.items():
+        top = tops[variant]
         ratios = {d: [c[(top, d)] / c[(top, dims[0])] for c in per_seed] for d in dims}
         row = [f"{100 * statistics.mean(ratios[d]):.1f}%" for d in dims]
         out.append(f"| {variant} | " + " | ".join(row) + " |")

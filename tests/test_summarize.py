@@ -50,3 +50,18 @@ def test_compare_adds_baseline_rows_and_rejects_unknown_variants(tmp_path):
     assert "| base [a] | 12 | 70.00 |" in summarize.tables(runs)
     with pytest.raises(SystemExit, match="no results/missing"):
         summarize.add_compared(runs, f"{tmp_path / 'a'}:missing")
+
+
+def test_models_of_different_depths_use_their_own_last_layer(tmp_path):
+    # A 3-layer 2D model next to a separately trained 1-layer model (its only layer is its last).
+    write_result(tmp_path, "twod-s12", {(3, 8): 80.0, (3, 4): 70.0, (1, 8): 50.0, (1, 4): 40.0})
+    write_result(tmp_path, "twod-s13", {(3, 8): 82.0, (3, 4): 72.0, (1, 8): 54.0, (1, 4): 44.0})
+    write_result(tmp_path, "layers1-alone-s12", {(1, 8): 60.0, (1, 4): 30.0})
+    text = summarize.tables(summarize.load(tmp_path))
+    assert "at the full depth (each model's last layer)" in text
+    assert "| layers1-alone | 12 | 60.00 | 30.00 |" in text
+    assert "| twod | 12,13 | 81.00 ± 1.41 | 71.00 ± 1.41 |" in text
+    # by depth at the full dim: 3 layers, then 1 layer (std of 50 and 54 = 2.83)
+    assert "| twod | 12,13 | 81.00 ± 1.41 | 52.00 ± 2.83 |" in text
+    assert "| layers1-alone | 12 |  | 60.00 |" in text
+    assert "| layers1-alone | 100.0% | 50.0% |" in text
