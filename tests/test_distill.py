@@ -12,12 +12,14 @@ import math
 import sys
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repo root
 import train  # noqa: E402
+from mrl import objectives  # noqa: E402
 from mrl.config import parse_config  # noqa: E402
 from mrl.data import DataError, evaluation_file_reason, load_distill_texts  # noqa: E402
 from mrl.losses import (  # noqa: E402
@@ -203,12 +205,12 @@ def test_with_prefix_distill_and_the_unlabelled_loss():
     assert total.item() == pytest.approx(cosent_loss(columns, scores).item() + 2 * expected, **TOL)
 
     emb = randn(3, 6, 8, seed=16)  # (L, N, D): plain sentences, every layer
-    total, terms = unlabelled_distill_loss(
-        emb, [(1, 8), (2, 4)], [4], distill, layer_weight=1.0, prefix_weight=3.0
-    )
+    kl = partial(similarity_distill, kind="kl", temperature=0.2)
+    total, terms = unlabelled_distill_loss(emb, [(1, 8), (2, 4)], [4], distill, kl, prefix_weight=3.0)
     layer_part = distill_by_hand(emb[0], emb[2], "mse") + distill_by_hand(emb[1, :, :4], emb[2, :, :4], "mse")
-    prefix_part = distill_by_hand(emb[2, :, :4], emb[2], "mse")
+    prefix_part = distill_by_hand(emb[2, :, :4], emb[2], "kl", 0.2)
     assert terms["unlabelled_distill"].item() == pytest.approx(layer_part, **TOL)
+    assert terms["unlabelled_prefix_distill"].item() == pytest.approx(prefix_part, **TOL)
     assert total.item() == pytest.approx(layer_part + 3 * prefix_part, **TOL)
     with pytest.raises(ValueError, match="every layer"):
         unlabelled_distill_loss(emb[2], [(1, 8)], [], distill)
@@ -256,7 +258,7 @@ def test_distill_texts_refuse_evaluation_files_and_drop_evaluation_sentences(tmp
 
 
 def test_distillation_flags_are_checked():
-    with pytest.raises(ValueError, match="--layer-distill needs --2d"):
+    with pytest.raises(ValueError, match="--layer-distill needs a 2D wrapper"):
         parse_config(["--layer-distill", "kl"])
     with pytest.raises(ValueError, match="--distill-data needs"):
         parse_config(["--distill-data", "x.csv"])
@@ -264,6 +266,8 @@ def test_distillation_flags_are_checked():
         parse_config(["--prefix-distill", "kl", "--distill-data", "x.csv", "--mini-batch-size", "4"])
     with pytest.raises(SystemExit):  # argparse: emb cannot teach a prefix
         parse_config(["--prefix-distill", "emb"])
+    with pytest.raises(ValueError, match="a prefix cannot learn it"):  # the table says so too
+        objectives.validate_config(SimpleNamespace(**{**vars(parse_config([])), "prefix_distill": "emb"}))
 
 
 # --------------------------------------------------------------------------------------------
