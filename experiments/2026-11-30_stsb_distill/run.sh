@@ -52,6 +52,9 @@ declare -A flags=(
   [2d-all-distill-kl]="$all --2d random --n-layers-per-step -1 --layer-distill kl"
   [2d-all-distill-mse]="$all --2d random --n-layers-per-step -1 --layer-distill mse"
   [2d-all-distill-emb]="$all --2d random --n-layers-per-step -1 --layer-distill emb"
+  # ... with every earlier layer's labelled loss at full weight (uniform depth weighting averages
+  # the 5 drawn blocks, so --prior-layers-weight 5 gives each weight 1, like the final layer)
+  [2d-all-uniform-distill-kl]="$all --2d random --n-layers-per-step -1 --depth-weighting uniform --prior-layers-weight 5 --layer-distill kl"
   # ... plus extra batches of unlabelled sentences whose only loss is the distillation
   [2d-all-distill-kl-data]="$all --2d random --n-layers-per-step -1 --layer-distill kl $with_data"
   [2d-all-distill-mse-data]="$all --2d random --n-layers-per-step -1 --layer-distill mse $with_data"
