@@ -190,8 +190,13 @@ def add_compared(runs: dict[str, dict[int, dict]], spec: str) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("experiment", type=Path, help="an experiments/<date>_<slug> folder")
-    parser.add_argument("--compare", nargs="*", default=[], metavar="FOLDER:VARIANT,...",
-                        help="baseline rows from another experiment's results")
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="FOLDER:VARIANT,...",
+        help="baseline rows from another experiment's results",
+    )
     parser.add_argument("--no-heatmaps", action="store_true", help="skip the layers x dims tables")
     parser.add_argument("--plots", action="store_true", help="also write PNG plots (needs matplotlib)")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Losses over embeddings: CoSENT, in-batch negatives, and the Matryoshka / 2D wrappers.
+"""Losses over embeddings: CoSENT, in-batch negatives, the Matryoshka / 2D wrappers, self-distillation.
 
 Every function here is pure: it takes embeddings and labels and returns tensors. Nothing logs,
 reads a config or touches the model; the encoder runs once per step in `train.py` and its output is
@@ -13,6 +13,10 @@ Base losses share one signature, ``base_loss(columns, labels) -> scalar``, so th
 any of them (bind ``scale``/``symmetric`` with ``functools.partial``). They expect unit vectors:
 the wrappers pass ``prefix(columns, d)``; they re-normalise anyway, which is idempotent and makes
 them safe to call on raw embeddings.
+
+Self-distillation terms share ``distill(student (N, d), teacher (N, d')) -> scalar``: the model's
+own final layer (or full width) is the teacher, detached, and a shallow cell (or a small prefix)
+learns its in-batch similarity structure over the N = C*B texts of the batch.
 """
 
 from __future__ import annotations

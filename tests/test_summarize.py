@@ -28,10 +28,19 @@ def write_result(folder: Path, name: str, spearman: dict, ndcg: dict | None = No
 
 def test_tables_mean_std_retention_and_ndcg(tmp_path):
     # seeds 12 and 13: d=8 values 80 and 84 -> mean 82, sample std sqrt(8) = 2.83
-    write_result(tmp_path, "mrl-s12", {(2, 8): 80.0, (2, 4): 60.0, (1, 8): 50.0, (1, 4): 40.0},
-                 {(2, 8): 0.5, (2, 4): 0.25, (1, 8): 0.2, (1, 4): 0.1})
-    write_result(tmp_path, "mrl-s13", {(2, 8): 84.0, (2, 4): 70.0, (1, 8): 52.0, (1, 4): 42.0},
-                 {(2, 8): 0.7, (2, 4): 0.35, (1, 8): 0.2, (1, 4): 0.1}, wall=120)
+    write_result(
+        tmp_path,
+        "mrl-s12",
+        {(2, 8): 80.0, (2, 4): 60.0, (1, 8): 50.0, (1, 4): 40.0},
+        {(2, 8): 0.5, (2, 4): 0.25, (1, 8): 0.2, (1, 4): 0.1},
+    )
+    write_result(
+        tmp_path,
+        "mrl-s13",
+        {(2, 8): 84.0, (2, 4): 70.0, (1, 8): 52.0, (1, 4): 42.0},
+        {(2, 8): 0.7, (2, 4): 0.35, (1, 8): 0.2, (1, 4): 0.1},
+        wall=120,
+    )
     text = summarize.tables(summarize.load(tmp_path))
     assert "| mrl | 12,13 | 82.00 ± 2.83 | 65.00 ± 7.07 |" in text
     # retention: mean of 60/80 and 70/84 = (0.75 + 0.8333) / 2
