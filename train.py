@@ -178,6 +178,7 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
             config.max_seq_length,
             trust_remote_code=config.trust_remote_code,
             length_buckets=config.length_buckets,
+            padding_free=config.padding_free,
         ).to(device)
         validate_for_model(config, encoder.dim, encoder.num_layers)
     except (OSError, ValueError) as error:
@@ -306,7 +307,7 @@ class Meter:
         self.reset()
 
     def reset(self) -> None:
-        self.start, self.samples, self.tokens = time.perf_counter(), 0, 0
+        self.start, self.samples, self.tokens, self.computed = time.perf_counter(), 0, 0, 0
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
@@ -315,12 +316,16 @@ class Meter:
         if self.samples == 0:
             self.start = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], samples: int, tokens: int) -> None:
+    def add(
+        self, loss: torch.Tensor, terms: dict[str, torch.Tensor], samples: int, tokens: int, computed: int = 0
+    ) -> None:
+        """``tokens``: real (non-padding) tokens; ``computed``: what the encoder ran, padding included."""
         for key, value in {"total": loss, **terms}.items():
             self.sums[key] = self.sums.get(key, 0.0) + value.detach()
             self.counts[key] = self.counts.get(key, 0) + 1
         self.samples += samples
         self.tokens += tokens
+        self.computed += computed
 
     def means(self, world_size: int) -> dict[str, float]:
         elapsed = time.perf_counter() - self.start
@@ -336,6 +341,7 @@ class Meter:
         }
         scalars["perf/samples_per_s"] = self.samples / elapsed
         scalars["perf/tokens_per_s"] = self.tokens / elapsed
+        scalars["perf/padding_ratio"] = self.computed / max(1, self.tokens)  # computed / real tokens
         self.reset()
         return scalars
 
@@ -540,8 +546,9 @@ def main(argv: list[str] | None = None) -> Path:
                     sync = (
                         model.no_sync() if world_size > 1 and micro < config.grad_accum - 1 else nullcontext()
                     )
+                    computed_before = encoder.computed_tokens
                     with sync:
-                        if config.mini_batch_size:  # GradCache: activations of one mini-batch at a time
+                        if config.mini_batch_size or config.mini_batch_tokens:  # GradCache
                             loss, terms = gradcache_step(
                                 encode,
                                 features,
@@ -549,13 +556,15 @@ def main(argv: list[str] | None = None) -> Path:
                                 partial(loss_of, n_columns=batch["n_columns"], labels=labels),
                                 backward=backward,
                                 no_sync=model.no_sync if world_size > 1 else nullcontext,
+                                chunk_tokens=config.mini_batch_tokens,
                             )
                         else:
                             loss, terms = loss_of(encode(features), batch["n_columns"], labels)
                             backward(loss)
                     step_loss += loss.detach() / config.grad_accum
                     tokens = int(batch["features"]["attention_mask"].sum())  # a CPU tensor: no sync
-                    meter.add(loss, terms, len(batch["texts"]) * world_size, tokens * world_size)
+                    computed = (encoder.computed_tokens - computed_before) * world_size
+                    meter.add(loss, terms, len(batch["texts"]) * world_size, tokens * world_size, computed)
 
                 if world_size > 1:  # the mean over ranks: what one process with the global batch logs
                     torch.distributed.all_reduce(step_loss)
