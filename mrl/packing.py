@@ -151,7 +151,11 @@ def pack(
 
     config = model.config
     pad_id = config.pad_token_id if config.pad_token_id is not None else 0
-    start = 0 if _POSITION_START[config.model_type] == "zero" else pad_id + 1
+    # RoBERTa-style position ids start after the embeddings' padding index (MPNet fixes it at 1,
+    # whatever the config says).
+    padding_idx = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    padding_idx = pad_id if padding_idx is None else padding_idx
+    start = 0 if _POSITION_START[config.model_type] == "zero" else padding_idx + 1
     total = n_rows * width
     packed = {}
     ids = torch.full((total,), pad_id, dtype=features["input_ids"].dtype, device=device)
