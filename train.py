@@ -51,7 +51,14 @@ from mrl.evaluation import evaluate_sts, format_table
 from mrl.gradcache import gradcache_step
 from mrl.model import Encoder
 from mrl.objectives import BaseLossEntry, base_loss_entry, build_objective
-from mrl.runtime import autocast_for, main_error, peak_memory_gb, quiet_transformers, stop_on_signals
+from mrl.runtime import (
+    autocast_for,
+    cpu_lacks_native_bf16,
+    main_error,
+    peak_memory_gb,
+    quiet_transformers,
+    stop_on_signals,
+)
 from mrl.tracking import Tracker
 
 
@@ -485,6 +492,8 @@ def main(argv: list[str] | None = None) -> Path:
                 f"note: the full dim {encoder.dim} is not in --dims {derived['dims']}: "
                 "full-width output is not trained"
             )
+        if device.type == "cpu" and config.precision == "bf16" and cpu_lacks_native_bf16():
+            tracker.print("note: this CPU has no native bf16 (AVX512-BF16, AMX): bf16 is slower than fp32")
 
         def encode(features):  # (N, S) ids -> (N, D), or (L, N, D) for every block
             with autocast:
