@@ -28,7 +28,9 @@ def load() -> dict[str, dict[int, dict[str, dict[int, float]]]]:
             continue
         result = json.loads(path.read_text())
         sets = {}
-        for name, content in result["sets"].items():
+        for key, content in result["sets"].items():
+            parent = Path(content["source"]).parent.name  # stsb, sick
+            name = {"stsb": "STS-B", "sick": "SICK"}.get(parent, parent) + " " + key.replace("en-", "")
             deepest = max(r["layer"] for r in content["records"])
             sets[name] = {r["dim"]: r["spearman"] for r in content["records"] if r["layer"] == deepest}
         sick = [cells for name, cells in sets.items() if "sick" in name.lower()]
