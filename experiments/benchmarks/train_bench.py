@@ -15,9 +15,9 @@ buckets, packed (the default), with length-grouped batches, in bf16; plain vs Ma
 (random, fixed), all with random packed batches; in-batch negatives on AllNLI triplets, with
 GradCache by texts and by tokens. `--rows` picks rows by a substring of their name.
 The encode rows time `Encoder.encode(layers=k, normalize=False)` on the STS-B test sentences for
-k = 1..L, and fp32 vs bf16 autocast at full depth with the cosine between the two embeddings and
-the STS-B test Spearman of each. The load average (1 min) is printed before and after each row:
-on a shared machine, timings are only comparable at equal load.
+k = 1..L (fp32 vs bf16 encoding: `encode_precision.py`). The load average (1 min) before and
+after each row is in the table: on a shared machine timings compare only at equal load (see
+`step_cost.py` for CPU time per step).
 Nothing here is timed by the test suite; it runs in under 10 minutes on a quiet 2-core CPU.
 """
 
@@ -67,8 +67,8 @@ def train_row(args, name: str, flags: list[str]) -> dict:
     }
 
 
-def encode_rows(args) -> tuple[list[dict], list[dict]]:
-    """Sentences/s of Encoder.encode at each depth k (only k blocks run), batch 64; precision rows."""
+def encode_rows(args) -> list[dict]:
+    """Sentences/s of Encoder.encode at each depth k (only k blocks run), batch 64."""
     import csv
 
     import torch
@@ -92,36 +92,7 @@ def encode_rows(args) -> tuple[list[dict], list[dict]]:
             times.append(time.perf_counter() - start)
         best = min(times)
         results.append({"layers": k, "sentences_per_s": len(texts) / best, "seconds": best})
-    return results, precision_rows(args, encoder, rows, texts)
-
-
-def precision_rows(args, encoder, rows, texts) -> list[dict]:
-    """fp32 vs bf16 autocast encoding at full depth: speed, cosine to fp32, STS-B test Spearman."""
-    from scipy.stats import spearmanr
-
-    from mrl.runtime import autocast_for
-
-    scores = [float(r["score"]) for r in rows]
-    out, reference = [], None
-    for precision in ("fp32", "bf16"):
-        with autocast_for(encoder.device, precision):
-            encoder.encode(texts[:128], batch_size=64)  # warm-up
-            times = []
-            for _ in range(args.encode_repeats):
-                start = time.perf_counter()
-                emb = encoder.encode(texts, batch_size=64)  # (2N, D) unit vectors, float32
-                times.append(time.perf_counter() - start)
-        reference = emb if reference is None else reference
-        a, b = emb[: len(rows)], emb[len(rows) :]
-        out.append({
-            "precision": precision,
-            "sentences_per_s": len(texts) / min(times),
-            "cosine_min": float((emb * reference).sum(-1).min()),
-            "cosine_mean": float((emb * reference).sum(-1).mean()),
-            "spearman": 100 * spearmanr((a * b).sum(-1).numpy(), scores).statistic,
-            "load": f"{os.getloadavg()[0]:.1f}",
-        })  # fmt: skip
-    return out
+    return results
 
 
 def main(argv=None) -> None:
@@ -167,7 +138,7 @@ def main(argv=None) -> None:
     for name, flags in configs:
         train.append(train_row(args, name, flags))
         print(f"{name}: {train[-1]['samples_per_s']:.1f} samples/s", file=sys.stderr, flush=True)
-    encode, precisions = encode_rows(args) if not args.no_encode else ([], [])
+    encode = encode_rows(args) if not args.no_encode else []
 
     head = (
         f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -194,16 +165,6 @@ def main(argv=None) -> None:
         lines += [
             f"| {r['layers']} layer(s) | {r['sentences_per_s']:.0f} | {full / r['sentences_per_s']:.2f} |"
             for r in encode
-        ]
-        lines += [
-            "",
-            "| encode, all layers | sentences/s | cosine to fp32 (min / mean) | STS-B test Spearman | load |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['precision']} | {r['sentences_per_s']:.0f} | {r['cosine_min']:.5f} / "
-            f"{r['cosine_mean']:.6f} | {r['spearman']:.2f} | {r['load']} |"
-            for r in precisions
         ]
     table = "\n".join(lines)
     print(table)
