@@ -60,7 +60,14 @@ from mrl.evaluation import evaluate_sts, format_table
 from mrl.gradcache import gradcache_step
 from mrl.model import Encoder
 from mrl.objectives import BaseLossEntry, base_loss_entry, build_objective
-from mrl.runtime import autocast_for, main_error, peak_memory_gb, quiet_transformers, stop_on_signals
+from mrl.runtime import (
+    autocast_for,
+    cpu_lacks_native_bf16,
+    main_error,
+    peak_memory_gb,
+    quiet_transformers,
+    stop_on_signals,
+)
 from mrl.tracking import Tracker
 
 
@@ -187,6 +194,7 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
             config.max_seq_length,
             trust_remote_code=config.trust_remote_code,
             length_buckets=config.length_buckets,
+            padding_free=config.padding_free,
         ).to(device)
         validate_for_model(config, encoder.dim, encoder.num_layers)
     except (OSError, ValueError) as error:
@@ -345,7 +353,7 @@ class Meter:
         self.reset()
 
     def reset(self) -> None:
-        self.start, self.samples, self.tokens = time.perf_counter(), 0, 0
+        self.start, self.samples, self.tokens, self.computed = time.perf_counter(), 0, 0, 0
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
@@ -354,12 +362,16 @@ class Meter:
         if self.samples == 0:
             self.start = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], samples: int, tokens: int) -> None:
+    def add(
+        self, loss: torch.Tensor, terms: dict[str, torch.Tensor], samples: int, tokens: int, computed: int = 0
+    ) -> None:
+        """``tokens``: real (non-padding) tokens; ``computed``: what the encoder ran, padding included."""
         for key, value in {"total": loss, **terms}.items():
             self.sums[key] = self.sums.get(key, 0.0) + value.detach()
             self.counts[key] = self.counts.get(key, 0) + 1
         self.samples += samples
         self.tokens += tokens
+        self.computed += computed
 
     def means(self, world_size: int) -> dict[str, float]:
         elapsed = time.perf_counter() - self.start
@@ -375,6 +387,7 @@ class Meter:
         }
         scalars["perf/samples_per_s"] = self.samples / elapsed
         scalars["perf/tokens_per_s"] = self.tokens / elapsed
+        scalars["perf/padding_ratio"] = self.computed / max(1, self.tokens)  # computed / real tokens
         self.reset()
         return scalars
 
@@ -526,6 +539,8 @@ def main(argv: list[str] | None = None) -> Path:
                 f"note: the full dim {encoder.dim} is not in --dims {derived['dims']}: "
                 "full-width output is not trained"
             )
+        if device.type == "cpu" and config.precision == "bf16" and cpu_lacks_native_bf16():
+            tracker.print("note: this CPU has no native bf16 (AVX512-BF16, AMX): bf16 is slower than fp32")
 
         def encode(features):  # (N, S) ids -> (N, D), or (L, N, D) for every block
             with autocast:
@@ -587,8 +602,9 @@ def main(argv: list[str] | None = None) -> Path:
                     sync = (
                         model.no_sync() if world_size > 1 and micro < config.grad_accum - 1 else nullcontext()
                     )
+                    computed_before = encoder.computed_tokens
                     with sync:
-                        if config.mini_batch_size:  # GradCache: activations of one mini-batch at a time
+                        if config.mini_batch_size or config.mini_batch_tokens:  # GradCache
                             loss, terms = gradcache_step(
                                 encode,
                                 features,
@@ -596,6 +612,7 @@ def main(argv: list[str] | None = None) -> Path:
                                 partial(loss_of, n_columns=batch["n_columns"], labels=labels),
                                 backward=backward,
                                 no_sync=model.no_sync if world_size > 1 else nullcontext,
+                                chunk_tokens=config.mini_batch_tokens,
                             )
                         else:
                             loss, terms = loss_of(encode(features), batch["n_columns"], labels)
@@ -608,7 +625,8 @@ def main(argv: list[str] | None = None) -> Path:
                             loss, terms = loss + d_loss.detach(), {**terms, **d_terms}
                     step_loss += loss.detach() / config.grad_accum
                     tokens = int(batch["features"]["attention_mask"].sum())  # a CPU tensor: no sync
-                    meter.add(loss, terms, len(batch["texts"]) * world_size, tokens * world_size)
+                    computed = (encoder.computed_tokens - computed_before) * world_size
+                    meter.add(loss, terms, len(batch["texts"]) * world_size, tokens * world_size, computed)
 
                 if world_size > 1:  # the mean over ranks: what one process with the global batch logs
                     torch.distributed.all_reduce(step_loss)

@@ -21,6 +21,7 @@ from typing import Any
 from mrl import objectives
 from mrl.losses import DEPTH_WEIGHTINGS
 from mrl.model import POOLING_MODES
+from mrl.packing import PADDING_FREE_MODES
 from mrl.runtime import AMP_PRECISIONS, main_error  # noqa: F401 (main_error: re-exported for old imports)
 
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -60,12 +61,20 @@ class TrainConfig:
         [0.0, 1.0], "LOW HIGH: a training score outside this range is an error (e.g. 0 5 for raw STS)"
     )
     group_by_length: bool = _opt(
-        True, "batch texts of similar token length together (less padding, ~2x faster on STS-B)"
+        False,
+        "batch texts of similar token length together: less padding, but it changes which pairs "
+        "share a batch and cost 1-1.5 Spearman out of domain at 64/32 dims (README)",
+    )
+    padding_free: str = _opt(
+        "auto",
+        "compute no padding, batches unchanged: pack = texts end to end with block-diagonal "
+        "attention, buckets = adaptive sub-batches by length, auto = pack where the model allows it",
+        choices=PADDING_FREE_MODES,
     )
     length_buckets: int = _opt(
         1,
-        "run each batch as K sub-batches of similar length (less padding, same batches); "
-        "useful with --no-group-by-length",
+        "with --padding-free off: run each batch as K sub-batches of similar length (less "
+        "padding, same batches)",
     )
     max_train_samples: int | None = _opt(None, "use only the first N training rows (quick experiments)")
     eval_data: list[str] = _opt(
@@ -158,6 +167,11 @@ class TrainConfig:
     # --- scale: several GPUs, big contrastive batches, memory --------------------------------
     mini_batch_size: int | None = _opt(
         None, "GradCache: encode the batch N texts at a time (memory of N, gradients of the whole batch)"
+    )
+    mini_batch_tokens: int | None = _opt(
+        None,
+        "GradCache: encode at most N padded tokens at a time (texts sorted by length; one long "
+        "text cannot blow a mini-batch's memory); combines with --mini-batch-size",
     )
     gather_across_devices: bool = _opt(
         True, "under torchrun, score each anchor against every GPU's candidates (global in-batch negatives)"
@@ -380,6 +394,8 @@ def validate(config: TrainConfig) -> None:
         fail("--warmup-ratio must be in [0, 1)")
     if config.mini_batch_size is not None and config.mini_batch_size < 1:
         fail("--mini-batch-size must be at least 1")
+    if config.mini_batch_tokens is not None and config.mini_batch_tokens < 1:
+        fail("--mini-batch-tokens must be at least 1")
     if config.kl_temperature <= 0:
         fail("--kl-temperature must be positive")
     if config.resume and not config.output_dir:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mrl.losses import prefix
+from mrl.packing import PADDING_FREE_MODES, pack, packing_support, plan_buckets, plan_rows
 from mrl.quantize import PRECISIONS, Ranges, calibrate, quantize
 
 POOLING_MODES = ("mean", "cls", "max", "lasttoken")
@@ -108,6 +109,7 @@ class Encoder(nn.Module):
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
         length_buckets: int = 1,
+        padding_free: str = "off",
     ):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -143,6 +145,17 @@ class Encoder(nn.Module):
         )
         self.length_buckets = length_buckets  # see forward() (train.py: --length-buckets)
         self.final_norm = find_final_norm(self.model)  # a name in self.model, or None
+        if padding_free not in PADDING_FREE_MODES:
+            raise ValueError(f"padding_free must be one of {PADDING_FREE_MODES}, got {padding_free!r}")
+        why_not = packing_support(self.model)
+        if padding_free == "pack" and why_not:
+            raise ValueError(f"padding_free='pack' is not available for this model: {why_not}")
+        # "auto": packed rows where the model allows it, else adaptive length buckets.
+        self.padding_free = "buckets" if padding_free == "auto" and why_not else padding_free
+        self.padding_free = "pack" if self.padding_free == "auto" else self.padding_free
+        # Tokens the model computed (padding included) in forward passes with a graph; the
+        # trainer divides by the real tokens to log perf/padding_ratio.
+        self.computed_tokens = 0
         if self.tokenizer.pad_token is None:  # decoder-style tokenizers (last-token pooling)
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -214,24 +227,60 @@ class Encoder(nn.Module):
         each cut to its own longest row: a random training batch of short and long texts then
         computes far fewer padding tokens (results equal up to float rounding; dropout masks
         are drawn per sub-batch).
+
+        ``padding_free`` (constructor) plans this per batch instead (`mrl.packing`): "pack" lays
+        the texts end to end in a few rows with block-diagonal attention, "buckets" picks the
+        number of sub-batches and the cut points from the token lengths, "auto" packs where the
+        model allows it. The batch is the one given, whatever the layout; on a GPU the N lengths
+        are copied to the host to plan it (one small synchronisation per forward).
         """
         mask = features["attention_mask"]
-        buckets = min(self.length_buckets, mask.shape[0])
-        if buckets > 1:
-            # Same rows, less padding: run texts of similar length together, then restore the
-            # order. Which texts share a batch (and so the loss) is unchanged.
+        n = mask.shape[0]
+        groups = None
+        if self.padding_free != "off" and n > 1:
+            lengths = mask.sum(-1).tolist()  # host copy of N ints: the layout is planned on the CPU
+            if self.padding_free == "pack":
+                return self._packed(features, lengths, all_layers)
+            groups = plan_buckets(lengths, self.dim)
+        elif min(self.length_buckets, n) > 1:
             order = mask.sum(-1).argsort(descending=True)  # (N,) longest first
-            parts = []
-            for rows in order.tensor_split(buckets):
-                keep = mask[rows].any(0)  # the token positions some row of this bucket uses
-                parts.append(self._pooled({k: v[rows][:, keep] for k, v in features.items()}, all_layers))
-            inverse = torch.empty_like(order)
-            inverse[order] = torch.arange(len(order), device=order.device)
-            return torch.cat(parts, dim=-2).index_select(-2, inverse)  # (..., N, D) in input order
-        return self._pooled(features, all_layers)
+            groups = [rows.tolist() for rows in order.tensor_split(min(self.length_buckets, n))]
+        if groups is None or len(groups) == 1:
+            return self._pooled(features, all_layers)
+        # Same rows, less padding: run texts of similar length together, then restore the
+        # order. Which texts share a batch (and so the loss) is unchanged.
+        parts = []
+        for rows in groups:
+            rows_t = torch.tensor(rows, device=mask.device)
+            keep = mask[rows_t].any(0)  # the token positions some row of this bucket uses
+            parts.append(self._pooled({k: v[rows_t][:, keep] for k, v in features.items()}, all_layers))
+        order = torch.tensor([i for rows in groups for i in rows], device=mask.device)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(n, device=order.device)
+        return torch.cat(parts, dim=-2).index_select(-2, inverse)  # (..., N, D) in input order
+
+    def _packed(self, features: dict[str, Tensor], lengths: list[int], all_layers: bool) -> Tensor:
+        """The batch as packed rows (see `mrl.packing`), pooled in its padded layout: (N, D) or (L, N, D)."""
+        rows = plan_rows(lengths, self.dim)
+        packed, index = pack(features, lengths, rows, self.model)
+        if torch.is_grad_enabled():
+            self.computed_tokens += packed["input_ids"].numel()
+        out = self.model(**packed, output_hidden_states=all_layers, return_dict=True)
+        mask = features["attention_mask"]
+
+        def unpack(hidden: Tensor) -> Tensor:  # (..., R, T, D) -> (..., N, S, D), padded layout
+            return hidden.flatten(-3, -2)[..., index, :]
+
+        if not all_layers:
+            return pool(unpack(out.last_hidden_state), mask, self.pooling)  # (N, D)
+        hidden = list(out.hidden_states[1:])
+        hidden[-1] = out.last_hidden_state
+        return pool(unpack(torch.stack(hidden)), mask, self.pooling)  # (L, N, D)
 
     def _pooled(self, features: dict[str, Tensor], all_layers: bool) -> Tensor:
         """One pass of the model over ``features``: (N, D) or (L, N, D)."""
+        if torch.is_grad_enabled():
+            self.computed_tokens += features["attention_mask"].numel()
         out = self.model(**features, output_hidden_states=all_layers, return_dict=True)
         mask = features["attention_mask"]
         if not all_layers:

@@ -230,3 +230,90 @@ def test_chunks_are_trimmed_to_their_longest_row(encoder):
 def test_rejects_bad_chunk_size(encoder):
     with pytest.raises(ValueError, match="chunk_size"):
         gradcache_step(encoder, encoder.tokenize(["a cat"]), 0, lambda e: (e.sum(), {}))
+
+
+# --- token budget (--mini-batch-tokens) ------------------------------------------------------
+
+
+def recorded_chunks(encoder, all_texts, all_layers, loss_fn, tokens, chunk_size=None, seed=0):
+    """GradCache with a token budget; also returns the texts of each chunk, in encoding order."""
+    features = encoder.tokenize(all_texts)
+    row_of = {tuple(ids.tolist()): i for i, ids in enumerate(features["input_ids"])}
+    assert len(row_of) == len(all_texts)  # distinct texts: a chunk row maps back to one text
+    seen = []
+
+    width = features["input_ids"].shape[1]
+
+    def encode(f):
+        trimmed = width - f["input_ids"].shape[1]  # chunks are cut to their longest row; pad back
+        seen.append([row_of[tuple(ids.tolist()) + (0,) * trimmed] for ids in f["input_ids"]])
+        return encoder(f, all_layers=all_layers)
+
+    torch.manual_seed(seed)
+    loss, terms = gradcache_step(encode, features, chunk_size, loss_fn, chunk_tokens=tokens)
+    n_chunks = len(seen) // 2
+    assert seen[:n_chunks] == seen[n_chunks:]  # the replay re-encodes the same chunks
+    return loss, grads_and_reset(encoder), seen[:n_chunks]
+
+
+def plain_backprop_of_chunks(encoder, all_texts, all_layers, loss_fn, chunks, seed=0):
+    """The reference: encode the given chunks in order with a graph (each tokenised on its own),
+    put the embeddings back in input order, one loss, one backward."""
+    torch.manual_seed(seed)
+    embs = [encoder(encoder.tokenize([all_texts[i] for i in rows]), all_layers=all_layers) for rows in chunks]
+    order = torch.tensor([i for rows in chunks for i in rows])
+    emb = torch.cat(embs, dim=-2).index_select(-2, torch.argsort(order))
+    loss, _ = loss_fn(emb)
+    loss.backward()
+    return loss.detach(), grads_and_reset(encoder)
+
+
+@pytest.mark.parametrize("case", ["cosent", "mnrl_hard_negative", "2d_layer_dropping"])
+def test_token_budget_matches_plain_backprop_of_the_same_chunks(encoder, case):
+    encoder.train()  # dropout on
+    all_texts, all_layers, loss_fn = make_case(case, encoder)
+    budget = 24
+    loss, grads, chunks = recorded_chunks(encoder, all_texts, all_layers, loss_fn, budget)
+    # Every text once; each chunk within the budget unless it is one text; longest texts first.
+    assert sorted(i for rows in chunks for i in rows) == list(range(len(all_texts)))
+    lengths = [len(ids) for ids in encoder.token_ids(all_texts)]
+    assert len(chunks) > 2
+    for rows in chunks:
+        padded = len(rows) * max(lengths[i] for i in rows)
+        assert padded <= budget or len(rows) == 1
+    firsts = [lengths[rows[0]] for rows in chunks]
+    assert firsts == sorted(firsts, reverse=True)
+    want_loss, want_grads = plain_backprop_of_chunks(encoder, all_texts, all_layers, loss_fn, chunks)
+    assert loss.item() == pytest.approx(want_loss.item(), rel=REL)
+    # 3e-6, not 1e-6: the reordering to input order and back adds one more summation order
+    # (measured worst 1.2e-6, a LayerNorm bias of the 2D case).
+    assert_grads_close(grads, want_grads, rel=3e-6)
+
+
+def test_token_budget_eval_mode_matches_one_forward(encoder):
+    encoder.eval()
+    all_texts, all_layers, loss_fn = make_case("mnrl_symmetric", encoder)
+    loss, grads, chunks = recorded_chunks(encoder, all_texts, all_layers, loss_fn, tokens=30, chunk_size=3)
+    assert max(len(rows) for rows in chunks) <= 3  # both limits hold
+    want_loss, _ = loss_fn(encoder(encoder.tokenize(all_texts)))  # one untrimmed forward
+    want_loss.backward()
+    want = grads_and_reset(encoder)
+    encoder.train()
+    assert loss.item() == pytest.approx(want_loss.item(), rel=REL)
+    assert_grads_close(grads, want, rel=1e-5, per_tensor=False)
+
+
+def test_a_text_longer_than_the_budget_is_a_chunk_of_its_own(encoder):
+    encoder.eval()
+    all_texts = ["the cat sat on the mat and the dog sat in the park with a man"] + texts(1, seed=3)[:5]
+    _, _, chunks = recorded_chunks(encoder, all_texts, False, lambda e: (e.square().sum(), {}), tokens=8)
+    assert chunks[0] == [0]
+    encoder.train()
+
+
+def test_rejects_missing_or_bad_token_budget(encoder):
+    features = encoder.tokenize(["a cat"])
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        gradcache_step(encoder, features, None, lambda e: (e.sum(), {}), chunk_tokens=0)
+    with pytest.raises(ValueError, match="chunk_size, chunk_tokens"):
+        gradcache_step(encoder, features, None, lambda e: (e.sum(), {}))
