@@ -47,6 +47,7 @@ stage costs ``shortlist * d_i`` multiply-adds plus reading that many rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -74,6 +75,20 @@ def import_faiss():
     except ImportError:
         raise ImportError(f"faiss is not installed: {INSTALL_HINT} (or pip install faiss-cpu)") from None
     return faiss
+
+
+@contextlib.contextmanager
+def _blas_for_batches(faiss, threshold: int = 20):
+    """Let FAISS's brute force use BLAS (a matrix product) from ``threshold`` queries on, then
+    restore the setting. faiss-cpu 1.15 ships a threshold of 128,000 queries, below which every
+    query is scored by its own SIMD loop: measured here, 8x the CPU time of the BLAS path for
+    200 queries against 100k x 384 (and the IVF build assigns its docs to cells the same way)."""
+    previous = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = min(previous, threshold)
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = previous
 
 
 def _float_rows(x) -> np.ndarray:
@@ -185,13 +200,14 @@ class MatryoshkaIndex:
             index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
         else:  # binary: FAISS counts bits in whole bytes; pack_bits pads the last byte with zeros
             index = faiss.IndexBinaryFlat(8 * bytes_per_vector(dim, "binary"))
-        if kind in ("ivf", "int8"):
-            rng = np.random.default_rng(seed)
-            rows = np.sort(rng.choice(n, size=min(train_size, n), replace=False))  # sorted: memmap reads
-            index.train(unit_prefix(docs[rows], dim))
-        for rows in _chunks(n, chunk_size):
-            unit = unit_prefix(docs[rows], dim)  # (c, dim)
-            index.add(pack_bits(torch.from_numpy(unit), "ubinary").numpy() if kind == "binary" else unit)
+        with _blas_for_batches(faiss):  # k-means and IVF's assignment of docs to cells
+            if kind in ("ivf", "int8"):
+                rng = np.random.default_rng(seed)
+                rows = np.sort(rng.choice(n, size=min(train_size, n), replace=False))  # sorted: memmap reads
+                index.train(unit_prefix(docs[rows], dim))
+            for rows in _chunks(n, chunk_size):
+                unit = unit_prefix(docs[rows], dim)  # (c, dim)
+                index.add(pack_bits(torch.from_numpy(unit), "ubinary").numpy() if kind == "binary" else unit)
         self.faiss_index = index
         self.ntotal = n
         if self.rerank_dims:
@@ -260,7 +276,8 @@ class MatryoshkaIndex:
             params = faiss.SearchParametersIVF(nprobe=min(nprobe or self.nprobe, self.nlist))
             scores, ids = self.faiss_index.search(unit, first, params=params)
         else:
-            scores, ids = self.faiss_index.search(unit, first)
+            with _blas_for_batches(faiss):
+                scores, ids = self.faiss_index.search(unit, first)
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
         for j, (dim, keep) in enumerate(zip(self.rerank_dims, keeps[1:])):
             scores, ids = self._rerank(q, ids, j, dim, keep, query_batch)
@@ -402,8 +419,9 @@ def flat_search(queries, docs, k: int, dim: int | None = None, chunk_size: int =
     unit = unit_prefix(queries, dim)
     heap = faiss.ResultHeap(unit.shape[0], min(k, docs.shape[0]), keep_max=True)
     for rows in _chunks(docs.shape[0], chunk_size):
-        scores, ids = faiss.knn(unit, unit_prefix(docs[rows], dim), min(k, rows.stop - rows.start),
-                                faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+        with _blas_for_batches(faiss):
+            scores, ids = faiss.knn(unit, unit_prefix(docs[rows], dim), min(k, rows.stop - rows.start),
+                                    faiss.METRIC_INNER_PRODUCT)  # fmt: skip
         heap.add_result(scores, ids + rows.start)
     heap.finalize()
     return torch.from_numpy(heap.D.copy()), torch.from_numpy(heap.I.astype(np.int64))

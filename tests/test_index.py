@@ -71,11 +71,13 @@ def test_flat_equals_brute_force_per_prefix(faiss, dim):
     docs = (rng.standard_normal((500, 48)) * rng.uniform(0.1, 5, (500, 1))).astype(np.float32)  # raw norms
     queries = rng.standard_normal((20, 48)).astype(np.float32)
     want_scores, want_ids = brute_topk(queries, docs, dim, 10)
+    threshold = faiss.cvar.distance_compute_blas_threshold  # lowered while searching, then restored
     for corpus in (docs, torch.from_numpy(docs)):  # numpy or torch in
         scores, ids = MatryoshkaIndex.build(corpus, "flat", dim).search(torch.from_numpy(queries), 10)
         assert ids.dtype == torch.int64 and ids.shape == (20, 10)
         np.testing.assert_array_equal(ids.numpy(), want_ids)
         np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-5)
+    assert faiss.cvar.distance_compute_blas_threshold == threshold
 
 
 def test_flat_search_streams_chunks_and_equals_brute_force(faiss, tmp_path):
