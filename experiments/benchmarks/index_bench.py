@@ -11,15 +11,17 @@ build time, peak memory.
     # quick look: 100k synthetic vectors, no model
     python experiments/benchmarks/index_bench.py --sizes 100000 --skip-scifact
 
-**Synthetic corpus** (Matryoshka-like: the prefix says which cluster a doc is in, the rest of the
-vector orders the docs inside it). N docs of D = 384 dims, in ``N / 256`` clusters:
-``x = unit(w * (c + e))`` with a cluster centre ``c ~ N(0, I)``, noise ``e ~ N(0, I)`` and
-per-dimension weights ``w_j = 1 / (1 + j / 32)`` (the variance decays along the vector: the first
-64 dims hold 72% of it, as a Matryoshka model front-loads information). A query is a noisy copy
-of a random doc, ``unit(x_i + 0.5 * w * u)``. The rows are unit vectors (so the numpy exact search
-scans the corpus as it is stored) and are generated in chunks of 250k rows straight into a
-float32 memmap under ``--data-dir`` (10M x 384 is 15 GB, never in RAM at once); the 1M corpus is
-the first 1M rows of the same file. Seeded: the same data every run.
+**Synthetic corpus** (Matryoshka-like: a short prefix already tells the topic, the full width
+orders the docs within it). N docs of D = 384 dims on a tree: top clusters of 4,096 docs, each
+of 16 sub-clusters of 256, each of 16 leaves of 16 docs. A doc is ``x = unit(w * (c1 + c2 + c3 +
+e))`` with the centres of its top cluster, sub-cluster and leaf ``c1, c2, c3 ~ N(0, s^2 I)`` at
+s = 1, 0.7, 0.5, its own noise ``e ~ N(0, 0.35^2 I)``, and per-dimension weights
+``w_j = 1 / (1 + j / 32)`` (the variance decays along the vector: the first 64 dims hold 72% of
+it, as a Matryoshka model front-loads information). A query is a noisy copy of a random doc
+(noise 0.35 on the same scale, before normalising), so its exact top 10 is mostly its leaf,
+ordered by the noise. The rows are unit vectors (the numpy exact search scans the corpus as
+stored), generated 2^18 rows (64 whole trees, shuffled) at a time straight into a float32 memmap
+under ``--data-dir`` (10M x 384 is 15 GB, never in RAM at once). Seeded: the same data every run.
 
 **SciFact** (BEIR test, 5,183 docs, 300 queries) with ``--model`` (all-MiniLM-L6-v2, max length
 256), which also gives nDCG@10 against the qrels.
@@ -30,8 +32,9 @@ numpy funnel (`mrl.retrieval.FunnelIndex`, 64 dims shortlist -> 384); FAISS exac
 streams the memmap through FAISS's brute force in chunks); FAISS binary + re-rank (Hamming over
 the 384 sign bits in an ``IndexBinaryFlat``, shortlist re-ranked with the float vectors read from
 the memmap); FAISS HNSW funnel at 1M and SciFact (HNSW on the 64-dim prefixes, shortlist re-ranked
-at 384 from the memmap); FAISS IVF funnel at 10M (k-means cells instead of a graph: an HNSW
-build of 10M vectors would take hours on 2 cores); FAISS int8 (scalar quantiser, 384 dims).
+at 384 from the memmap); FAISS IVF funnel at 1M and 10M (k-means cells instead of a graph: an
+HNSW build of 10M vectors would take hours on 2 cores); FAISS int8 (scalar quantiser, 384 dims)
+on SciFact (and at 1M with ``--int8-synthetic``).
 Several operating points (shortlist, ef_search, nprobe) of one built index are separate rows.
 
 **Measures.** Throughput: all the section's queries in one batch (repeated until 1 s has passed,
@@ -73,7 +76,7 @@ from mrl.retrieval import FunnelIndex, exact_search, overlap_at_k, ranking_metri
 
 K = 10
 DIM = 384
-GEN_CHUNK = 250_000
+GEN_CHUNK = 1 << 18  # rows generated at a time: 64 whole trees
 RUN_ID = f"{os.getpid()}-{time.time():.0f}"
 
 
@@ -83,32 +86,43 @@ RUN_ID = f"{os.getpid()}-{time.time():.0f}"
 
 
 def _weights(dim: int = DIM) -> torch.Tensor:
-    return 1 / (1 + torch.arange(dim) / 32)
+    return 1 / (1 + torch.arange(dim) / 32)  # w_j
 
 
-def _centres(n_docs: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(max(1, n_docs // 256), DIM, generator=gen)  # (C, D)
+# Scales of the tree's levels (top cluster, sub-cluster, leaf) and of a doc's own noise; a
+# query's noise is QUERY_NOISE on the same (un-normalised) scale.
+LEVEL_SCALES = (1.0, 0.7, 0.5)
+DOC_NOISE = 0.35
+QUERY_NOISE = 0.35
+BRANCHING = 16  # 16 leaves of 16 docs per sub-cluster, 16 sub-clusters per top cluster
+
+
+def _chunk(index: int, seed: int) -> torch.Tensor:
+    """Chunk ``index`` of the corpus: GEN_CHUNK raw rows (GEN_CHUNK / 4096 whole trees), shuffled."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    x = DOC_NOISE * torch.randn(GEN_CHUNK, DIM, generator=gen)  # (C, D) each doc's own noise
+    for level, scale in enumerate(LEVEL_SCALES):  # top clusters, sub-clusters, leaves
+        group = BRANCHING ** (len(LEVEL_SCALES) - level)  # docs per node: 4096, 256, 16
+        centres = scale * torch.randn(GEN_CHUNK // group, DIM, generator=gen)
+        x += centres.repeat_interleave(group, dim=0)
+    # Shuffled within the chunk, so that a leaf's docs are not neighbours on disk as well.
+    return x[torch.randperm(GEN_CHUNK, generator=gen)] * _weights()
 
 
 def corpus(n_docs: int, data_dir: Path, seed: int = 0) -> np.memmap:
     """The (n_docs, 384) unit float32 corpus as a read-only memmap, generated on first use.
 
-    Rows ``[s, s + 250k)`` come from their own generator (seed, s), so a run can be resumed and
-    the file is the same however it was produced. A ``.done`` marker says the file is complete."""
+    Chunk i (rows ``[i C, (i + 1) C)``, C = 2^18) comes from its own generator (seed, i), so the
+    file is the same however it was produced; a ``.done`` marker says it is complete."""
     path = data_dir / f"synthetic_{n_docs}x{DIM}_seed{seed}.f32"
     done = path.with_suffix(".done")
     if not done.is_file():
         data_dir.mkdir(parents=True, exist_ok=True)
         start_time = time.perf_counter()
         out = np.memmap(path, np.float32, "w+", shape=(n_docs, DIM))
-        centres, weight = _centres(n_docs, seed), _weights()
-        for start in range(0, n_docs, GEN_CHUNK):
+        for i, start in enumerate(range(0, n_docs, GEN_CHUNK)):
             n = min(GEN_CHUNK, n_docs - start)
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
-            cluster = torch.randint(0, centres.shape[0], (n,), generator=gen)
-            x = (centres[cluster] + torch.randn(n, DIM, generator=gen)) * weight  # (n, D)
-            out[start : start + n] = prefix(x, DIM).numpy()
+            out[start : start + n] = prefix(_chunk(i, seed)[:n], DIM).numpy()
             print(f"\r  generated {start + n:,} / {n_docs:,}", end="", flush=True)
         out.flush()
         del out
@@ -119,11 +133,16 @@ def corpus(n_docs: int, data_dir: Path, seed: int = 0) -> np.memmap:
 
 
 def synthetic_queries(docs: np.ndarray, n_queries: int, seed: int = 1) -> torch.Tensor:
-    """Noisy copies of random docs, unit rows (Q, 384)."""
+    """Noisy copies of random docs, unit rows (Q, 384): ``unit(s x_i + QUERY_NOISE * w * u)``, with
+    s the typical norm of an un-normalised doc (the rows are stored normalised)."""
     gen = torch.Generator().manual_seed(seed)
     picked = torch.randint(0, docs.shape[0], (n_queries,), generator=gen).sort().values
     rows = torch.from_numpy(np.asarray(docs[picked.numpy()]))
-    return prefix(rows + 0.5 * torch.randn(n_queries, DIM, generator=gen) * _weights(), DIM)
+    weight = _weights()
+    typical_norm = (weight.square().sum() * (sum(s * s for s in LEVEL_SCALES) + DOC_NOISE**2)).sqrt()
+    return prefix(
+        typical_norm * rows + QUERY_NOISE * torch.randn(n_queries, DIM, generator=gen) * weight, DIM
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,8 +341,13 @@ def numpy_rows(docs_t: torch.Tensor, funnel_keeps, slow: bool) -> list[Row]:
     return [exact, funnel]
 
 
+def _point(knob: str, value: int, keep: int):
+    """A search at one operating point: shortlist ``keep``, ``knob`` (ef_search / nprobe) = value."""
+    return lambda index, q: index.search(q, K, [keep], **{knob: value})[1]
+
+
 def faiss_rows(
-    docs: np.ndarray, flat_in_ram: bool, binary_keeps, first_stage: dict, int8: bool, slow: bool
+    docs: np.ndarray, flat_in_ram: bool, binary_keeps, first_stages: list[dict], int8: bool, slow: bool
 ) -> list[Row]:
     rows = []
     if flat_in_ram:
@@ -362,23 +386,24 @@ def faiss_rows(
             lambda s: s.bytes_per_doc()["rerank"],
         )
     )
-    kind, params, points = first_stage["kind"], first_stage["build"], first_stage["points"]
-    knob = "ef_search" if kind == "hnsw" else "nprobe"
-    rows.append(
-        Row(
-            f"FAISS {kind.upper()} funnel 64 -> 384 ({', '.join(f'{k}={v}' for k, v in params.items())})",
-            lambda: MatryoshkaIndex.build(docs, kind, 64, [DIM], **params),
-            [
-                (
-                    f"{knob} {value}, shortlist {keep}",
-                    (lambda v, kp: lambda s, q: s.search(q, K, [kp], **{knob: v})[1])(value, keep),
-                )
-                for value, keep in points
-            ],
-            lambda s: s.bytes_per_doc()["scan"],
-            lambda s: s.bytes_per_doc()["rerank"],
+    for first in first_stages:
+        kind, params, points = first["kind"], first["build"], first["points"]
+        knob = "ef_search" if kind == "hnsw" else "nprobe"
+        rows.append(
+            Row(
+                f"FAISS {kind.upper()} funnel 64 -> 384 ({', '.join(f'{k}={v}' for k, v in params.items())})",
+                (lambda kd, pr: lambda: MatryoshkaIndex.build(docs, kd, 64, [DIM], **pr))(kind, params),
+                [
+                    (
+                        f"{knob} {value}, shortlist {keep}",
+                        _point(knob, value, keep),
+                    )
+                    for value, keep in points
+                ],
+                lambda s: s.bytes_per_doc()["scan"],
+                lambda s: s.bytes_per_doc()["rerank"],
+            )
         )
-    )
     if int8:
         rows.append(
             Row(
@@ -410,21 +435,13 @@ def synthetic_section(n_docs: int, args) -> list[str]:
     before = load_line("load average (1/5/15 min) before the measurements")
     docs_t = torch.from_numpy(docs)  # (N, D) on the memmap, no copy
     queries = synthetic_queries(docs, n_queries, args.seed + 1)
-    if big:  # IVF, trained on 40 docs per cell
-        nlist = args.nlist_10m
-        first = {
-            "kind": "ivf",
-            "build": {"nlist": nlist, "train_size": 40 * nlist},
-            "points": args.ivf_points,
-        }
-    else:
-        first = {
-            "kind": "hnsw",
-            "build": {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction},
-            "points": args.hnsw_points,
-        }
+    nlist = args.nlist_10m if big else args.nlist_1m
+    first = [{"kind": "ivf", "build": {"nlist": nlist, "train_size": 40 * nlist}, "points": args.ivf_points}]
+    if not big:  # an HNSW build of 10M vectors would take hours here
+        hnsw = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}
+        first.insert(0, {"kind": "hnsw", "build": hnsw, "points": args.hnsw_points})
     rows = numpy_rows(docs_t, args.numpy_funnel_keeps, slow=True) + faiss_rows(
-        docs, not big, args.binary_keeps, first, int8=not big and not args.skip_int8, slow=True
+        docs, not big, args.binary_keeps, first, int8=not big and args.int8_synthetic, slow=True
     )
     records = run_rows(rows, queries, args)
     after = load_line("after")
@@ -460,11 +477,13 @@ def scifact_section(args) -> list[str]:
             docs_np,
             True,
             args.scifact_binary_keeps,
-            {
-                "kind": "hnsw",
-                "build": {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction},
-                "points": args.scifact_hnsw_points,
-            },
+            [
+                {
+                    "kind": "hnsw",
+                    "build": {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction},
+                    "points": args.scifact_hnsw_points,
+                }
+            ],
             int8=True,
             slow=False,
         ),
@@ -491,7 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="encoder folder for SciFact (all-MiniLM-L6-v2)")
     parser.add_argument("--scifact", default=str(Path(__file__).resolve().parents[3] / "shared/data/scifact"))
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, 10_000_000])
     parser.add_argument("--data-dir", default="/tmp/mrl_index_bench", help="where the synthetic memmap lives")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--queries-1m", type=int, default=200, help="queries at sizes <= 2M")
@@ -503,18 +522,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=64)
     parser.add_argument(
-        "--hnsw-points", nargs="+", default=["64:100", "128:200", "256:300"], help="EF:SHORTLIST"
+        "--hnsw-points", nargs="+", default=["64:100", "128:200", "256:300", "512:500"], help="EF:SHORTLIST"
     )
-    parser.add_argument("--nlist-10m", type=int, default=4096)
+    parser.add_argument("--nlist-1m", type=int, default=1024)
+    parser.add_argument("--nlist-10m", type=int, default=2048)
     parser.add_argument(
-        "--ivf-points", nargs="+", default=["16:300", "32:500", "64:1000"], help="NPROBE:SHORTLIST"
+        "--ivf-points", nargs="+", default=["8:100", "16:200", "32:300"], help="NPROBE:SHORTLIST"
     )
-    parser.add_argument("--numpy-funnel-keeps", type=int, nargs="+", default=[300, 1000])
-    parser.add_argument("--binary-keeps", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--skip-int8", action="store_true", help="no int8 row at 1M")
+    parser.add_argument("--numpy-funnel-keeps", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--binary-keeps", type=int, nargs="+", default=[100, 300])
+    parser.add_argument("--int8-synthetic", action="store_true", help="an int8 row at 1M too (slow)")
     parser.add_argument("--scifact-funnel-keeps", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--scifact-binary-keeps", type=int, nargs="+", default=[20, 50, 100, 200])
-    parser.add_argument("--scifact-hnsw-points", nargs="+", default=["1000:1000"], help="EF:SHORTLIST")
+    parser.add_argument(
+        "--scifact-hnsw-points", nargs="+", default=["200:200", "1000:1000"], help="EF:SHORTLIST"
+    )
     parser.add_argument("--cache", default="/tmp/mrl_bench_cache", help="SciFact embedding cache")
     parser.add_argument("--skip-scifact", action="store_true")
     parser.add_argument("--generate-only", action="store_true", help="only write the synthetic corpora")
