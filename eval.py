@@ -13,6 +13,9 @@
     python eval.py --model MODEL --beir ../shared/data/scifact --dims 384 128 64 \
         --precisions float32 int8 binary --rescore 200 --funnel 64:200 384:10
 
+    # the same searches through FAISS (pip install 'mrl[faiss]'), with recall@10 vs exact search
+    python eval.py --model MODEL --beir ../shared/data/scifact --index faiss --precisions float32 int8 binary
+
 Each set is encoded once at full width (all layers in the same pass); every (layer, dim) cell
 slices and re-normalises that output. Retention is Spearman(d) / Spearman(largest dim) (STS) or
 nDCG@10 over the float32 nDCG@10 at the largest dim (retrieval). int8 ranges are calibrated on the
@@ -89,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--funnel-binary", action="store_true", help="funnel: first stage on sign bits (Hamming)"
     )
     parser.add_argument(
+        "--index",
+        choices=("numpy", "faiss"),
+        default="numpy",
+        help="retrieval search: numpy (the reference) or faiss (pip install 'mrl[faiss]'; exact cells "
+        "equal numpy's, every cell adds recall@10 vs exact, the funnel's first stage is HNSW)",
+    )
+    parser.add_argument(
         "--dims",
         type=int,
         nargs="+",
@@ -131,6 +141,16 @@ def main(argv: list[str] | None = None) -> dict:
         stages = parse_stages(args.funnel) if args.funnel else None
     except ValueError as error:
         main_error(f"--funnel: {error}")
+    if args.index == "faiss":  # the search functions of mrl.index, FAISS (an optional extra)
+        try:
+            from mrl.index import FaissFunnel, import_faiss, search_cells
+
+            import_faiss()
+        except ImportError as error:
+            main_error(f"--index faiss: {error}")
+        search_fn, funnel_class = search_cells, FaissFunnel
+    else:
+        search_fn, funnel_class = None, None  # mrl.retrieval's own
     if args.rescore is not None and args.rescore < 1:
         main_error(f"--rescore {args.rescore}: must be at least 1")
     out = Path(args.json) if args.json else None
@@ -223,22 +243,27 @@ def main(argv: list[str] | None = None) -> dict:
             )  # (Lsel, Q, D), (Lsel, N, D): one encoding for every cell
         encode_seconds = time.perf_counter() - start
         records = evaluate_cells(
-            query_emb, doc_emb, data, dims, args.precisions, layers or [encoder.num_layers], args.rescore
-        )
+            query_emb, doc_emb, data, dims, args.precisions, layers or [encoder.num_layers], args.rescore,
+            search_fn, recall_vs_exact=args.index == "faiss",
+        )  # fmt: skip
         entry = {
             "folder": str(folder),
             "queries": len(data),
             "docs": len(data.doc_ids),
             "query_prefix": args.query_prefix,
             "doc_prefix": args.doc_prefix,
+            "index": args.index,
             "encode_seconds": encode_seconds,
             "records": records,
         }
         header = f"{name} ({len(data)} queries, {len(data.doc_ids)} docs, encoded in {encode_seconds:.1f} s)"
+        header += ", searched with faiss" if args.index == "faiss" else ""
         table = format_cells(records)
         text = f"### {header}: x100 (retention = nDCG@10 vs float32 at the largest dim)\n\n{table}\n"
         if stages:
-            entry["funnel"] = evaluate_funnel(query_emb[-1], doc_emb[-1], data, stages, args.funnel_binary)
+            entry["funnel"] = evaluate_funnel(
+                query_emb[-1], doc_emb[-1], data, stages, args.funnel_binary, funnel_class
+            )
             text += f"\nFunnel vs exact search (layer {results['layers'][-1]}):\n\n"
             text += format_funnel(entry["funnel"]) + "\n"
         results["retrieval"][name] = entry

@@ -540,6 +540,8 @@ def evaluate_cells(
     precisions: Sequence[str] = ("float32",),
     layers: Sequence[int] | None = None,
     rescore_k: int | None = None,
+    search_fn=None,
+    recall_vs_exact: bool = False,
 ) -> list[dict]:
     """Score every (layer, dim, precision) cell on one encoding of the set.
 
@@ -548,7 +550,11 @@ def evaluate_cells(
     ``{"layer", "dim", "precision", "bytes", "rescore", "seconds", **metrics, "retention"}``,
     retention being nDCG@10 over the float32 nDCG@10 at the layer's largest dim (when scored).
     int8/uint8 ranges are calibrated on the corpus prefixes at each dim.
+    ``search_fn`` replaces `search` (same signature; e.g. `mrl.index.search_cells`, FAISS), and
+    ``recall_vs_exact`` adds ``"recall@10_vs_exact"``: the share of this module's exact float32
+    top 10 at the same dim that the cell's top 10 holds.
     """
+    search_fn = search_fn or search
     layers = list(layers) if layers is not None else [None] * query_emb.shape[0]
     records = []
     for layer, q_layer, d_layer in zip(layers, query_emb, doc_emb):
@@ -557,8 +563,13 @@ def evaluate_cells(
             for precision in precisions:
                 binary = precision in ("binary", "ubinary")
                 start = time.perf_counter()
-                index = search(q_layer, d_layer, dim, precision, 100, rescore_k if binary else None)
+                index = search_fn(q_layer, d_layer, dim, precision, 100, rescore_k if binary else None)
                 seconds = time.perf_counter() - start
+                if recall_vs_exact:
+                    exact = search(q_layer, d_layer, dim, "float32", 10)
+                    extra = {"recall@10_vs_exact": overlap_at_k(index, exact, min(10, exact.shape[1]))}
+                else:
+                    extra = {}
                 cells.append(
                     {
                         "layer": layer,
@@ -568,6 +579,7 @@ def evaluate_cells(
                         "rescore": rescore_k if binary else None,
                         "seconds": seconds,
                         **ranking_metrics(rankings_from_indices(index, data), data.qrels),
+                        **extra,
                     }
                 )
         full = [c for c in cells if c["precision"] == "float32" and c["dim"] == max(dims)]
@@ -583,18 +595,21 @@ def evaluate_funnel(
     data: BeirData,
     stages: Sequence[tuple[int, int]],
     binary_first: bool = False,
+    index_class=None,
 ) -> dict:
     """A funnel against full-width exact search on one layer's embeddings (Q, D), (N, D).
 
     Both return the funnel's final k docs; reports nDCG@10, MRR@10, the overlap of the funnel's
     top 10 with the exact top 10, multiply-adds and measured seconds per query (all queries in
-    one batch, so this is throughput-style latency on this machine).
+    one batch, so this is throughput-style latency on this machine). ``index_class`` replaces
+    `FunnelIndex` (same interface; e.g. `mrl.index.FaissFunnel`).
     """
+    index_class = index_class or FunnelIndex
     width = docs.shape[-1]
     keep = stages[-1][1]
     results = {}
-    exact = FunnelIndex(docs, [(width, keep)])
-    funnel = FunnelIndex(docs, list(stages), binary_first)
+    exact = index_class(docs, [(width, keep)])
+    funnel = index_class(docs, list(stages), binary_first)
     indices = {}
     for name, index in (("exact", exact), ("funnel", funnel)):
         start = time.perf_counter()
@@ -616,19 +631,26 @@ def evaluate_funnel(
 
 
 def format_cells(records: list[dict]) -> str:
-    """Markdown table of `evaluate_cells` records: one row per (layer, dim, precision)."""
+    """Markdown table of `evaluate_cells` records: one row per (layer, dim, precision), plus a
+    recall@10 vs exact column when the records have one."""
+    vs_exact = any("recall@10_vs_exact" in r for r in records)
     lines = [
-        "| layer | dim | precision | bytes/vec | nDCG@10 | MRR@10 | R@100 | MAP@100 | retention |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| layer | dim | precision | bytes/vec | nDCG@10 | MRR@10 | R@100 | MAP@100 | retention |"
+        + (" R@10 vs exact |" if vs_exact else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if vs_exact else ""),
     ]
     for r in records:
         precision = r["precision"] + (f" +rescore {r['rescore']}" if r.get("rescore") else "")
         retention = "" if r["retention"] is None else f"{100 * r['retention']:.1f}%"
-        lines.append(
+        line = (
             f"| {r['layer']} | {r['dim']} | {precision} | {r['bytes']} | {100 * r['ndcg@10']:.2f} "
             f"| {100 * r['mrr@10']:.2f} | {100 * r['recall@100']:.2f} | {100 * r['map@100']:.2f} "
             f"| {retention} |"
         )
+        if vs_exact:
+            recall = r.get("recall@10_vs_exact")
+            line += " |" if recall is None else f" {100 * recall:.1f}% |"
+        lines.append(line)
     return "\n".join(lines)
 
 
