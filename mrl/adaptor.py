@@ -29,9 +29,11 @@ of the same shape, which is the baseline an adaptor must beat.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,10 @@ from torch import Tensor, nn
 
 from mrl.losses import DEFAULT_SCALE, matryoshka_loss, mnrl_loss, prefix
 
+LOSS_WEIGHT_NAMES = ("sim", "nbr", "rec", "rank")  # --adaptor-weights NAME=W
+
 ADAPTOR_KINDS = ("linear", "mlp")
+ADAPTOR_MODES = ("off", *ADAPTOR_KINDS)  # --adaptor: "off" trains the encoder as usual
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
 # sentence-transformers module types and the activation name its Dense config stores.
@@ -434,3 +439,193 @@ def transform_embeddings(head: str | os.PathLike | nn.Module, emb: Tensor, batch
     with torch.inference_mode():
         out = [module(emb[i : i + batch_size].float()) for i in range(0, emb.shape[0], batch_size)]
     return torch.cat(out) if out else emb.new_zeros((0, emb.shape[-1]))
+
+
+# --------------------------------------------------------------------------------------------
+# Data: the corpus to adapt to, and optional (query, document) pairs
+# --------------------------------------------------------------------------------------------
+
+
+def parse_loss_weights(specs: Sequence[str]) -> dict[str, float]:
+    """``["sim=1", "nbr=0.5"]`` -> ``{"sim": 1.0, "nbr": 0.5, "rec": 0.0, "rank": 0.0}``.
+
+    Names are `LOSS_WEIGHT_NAMES`; a name not given weighs 0. Raises a ValueError naming
+    ``--adaptor-weights`` for a bad spec, an unknown name, a repeat or a negative weight.
+    """
+    weights = dict.fromkeys(LOSS_WEIGHT_NAMES, 0.0)
+    seen = set()
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or name not in weights or name in seen or not number >= 0:
+            raise ValueError(
+                f"--adaptor-weights: '{spec}' is not NAME=WEIGHT with NAME one of "
+                f"{', '.join(LOSS_WEIGHT_NAMES)} (each once) and WEIGHT >= 0"
+            )
+        seen.add(name)
+        weights[name] = number
+    return weights
+
+
+def load_corpus_texts(
+    spec: str | os.PathLike, text_columns: Sequence[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """``(ids, texts)`` of the corpus an adaptor is trained on.
+
+    - a BEIR folder or its ``corpus.jsonl`` (fields ``_id``, ``title``, ``text``): "title text"
+      as BEIR joins them (`mrl.retrieval.load_corpus`), ids are the doc ids;
+    - any other table file (`mrl.data.load_examples`: .csv/.tsv/.jsonl with a header) with
+      ``text_columns`` (default: a ``text`` column, else the detected pair layout): every distinct
+      text of those columns, in order of first appearance; ids are the texts.
+    Errors are one line naming the file (ValueError / `mrl.data.DataError`).
+    """
+    from mrl.data import load_examples, read_rows
+    from mrl.retrieval import load_corpus
+
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "corpus.jsonl"
+    if path.suffix.lower() == ".jsonl" and text_columns is None:
+        header, _ = read_rows(path)
+        if "_id" in header and "text" in header:  # BEIR layout
+            corpus = load_corpus(path)
+            return list(corpus), list(corpus.values())
+    if text_columns is None:
+        header, _ = read_rows(path)
+        text_columns = ["text"] if "text" in header else None
+    examples = load_examples(path, text_columns)
+    texts = list(dict.fromkeys(t for column in examples.columns for t in column))
+    return texts, texts
+
+
+def load_pair_texts(
+    spec: str | os.PathLike, corpus: dict[str, str] | None = None
+) -> tuple[list[str], list[str]]:
+    """``(query texts, document texts)`` of (query, relevant document) pairs, one per pair.
+
+    - a BEIR split folder with ``queries.jsonl`` and ``qrels.tsv`` (or ``qrels/train.tsv``), as
+      SciFact's ``train/``: every qrel with grade > 0; the documents are looked up by id in
+      ``corpus`` (id -> text; a missing one is an error);
+    - a table file with two text columns (query, document), read by `mrl.data.load_examples`
+      (detected layouts: anchor/positive, query/positive, sentence1/sentence2...).
+    """
+    from mrl.data import load_examples
+    from mrl.retrieval import load_qrels, load_queries
+
+    path = Path(spec)
+    if not path.is_dir():
+        examples = load_examples(path)
+        if examples.n_columns < 2:
+            raise ValueError(f"{path}: pairs need two text columns (query, document)")
+        return list(examples.columns[0]), list(examples.columns[1])
+    qrels_path = next((q for q in (path / "qrels.tsv", path / "qrels" / "train.tsv") if q.is_file()), None)
+    if qrels_path is None:
+        raise ValueError(f"{path}: a pairs folder needs queries.jsonl and qrels.tsv (or qrels/train.tsv)")
+    queries = load_queries(path / "queries.jsonl")
+    qrels = load_qrels(qrels_path)
+    corpus = corpus or {}
+    query_texts, doc_texts = [], []
+    for qid, rels in qrels.items():
+        if qid not in queries:
+            raise ValueError(f"{qrels_path}: query {qid!r} is not in {path / 'queries.jsonl'}")
+        for doc_id, grade in rels.items():
+            if grade <= 0:
+                continue
+            if doc_id not in corpus:
+                raise ValueError(f"{qrels_path}: document {doc_id!r} is not in the corpus (--train-data)")
+            query_texts.append(queries[qid])
+            doc_texts.append(corpus[doc_id])
+    if not query_texts:
+        raise ValueError(f"{qrels_path}: no (query, document) pair with a positive grade")
+    return query_texts, doc_texts
+
+
+@dataclass
+class AdaptorData:
+    """The frozen vectors an adaptor trains on (all raw, un-normalised, float32).
+
+    corpus: (N, D). pairs: (2, P, D) query and document of each pair, or None. pair_keys: two
+    lists of P strings naming each side's text, so that a batch of pairs can avoid repeats (a
+    repeated document would be a false negative). dev: ``{name: (emb1 (M, D), emb2 (M, D),
+    scores)}`` STS dev sets. info: counts and sources for the run's config and the model's recipe.
+    """
+
+    corpus: Tensor
+    pairs: Tensor | None = None
+    pair_keys: list[list[str]] | None = None
+    dev: dict[str, tuple[Tensor, Tensor, list[float]]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def embed_adaptor_data(
+    encoder,
+    corpus_spec: str,
+    pairs_spec: str | None = None,
+    dev_sets: dict | None = None,
+    cache_dir: str | Path | None = None,
+    text_columns: Sequence[str] | None = None,
+    batch_size: int = 64,
+    log=print,
+) -> AdaptorData:
+    """Embed the corpus, the pairs' texts and the dev sets with the frozen ``encoder``, each text
+    set at most once across runs (`mrl.embcache.cached_embeddings` under ``cache_dir``).
+
+    corpus_spec: `load_corpus_texts`; pairs_spec: `load_pair_texts` (documents that are corpus
+    texts reuse the corpus vectors); dev_sets: ``{name: mrl.data.Examples}`` with two text
+    columns and scores.
+    """
+    from mrl.embcache import cached_embeddings, texts_key
+
+    ids, texts = load_corpus_texts(corpus_spec, text_columns)
+    if len(texts) < 2:
+        raise ValueError(f"{corpus_spec}: an adaptor needs a corpus of at least 2 texts, got {len(texts)}")
+    corpus = cached_embeddings(encoder, texts, cache_dir, batch_size, show_progress=True, log=log)
+    data = AdaptorData(corpus, info={"corpus": str(corpus_spec), "corpus_texts": len(texts)})
+    data.info["corpus_sha256"] = texts_key(texts)
+    if pairs_spec is not None:
+        queries, docs = load_pair_texts(pairs_spec, dict(zip(ids, texts)))
+        row = {text: i for i, text in enumerate(texts)}
+        # Only texts the corpus lacks are encoded (queries, and documents from a pair file).
+        extra = list(dict.fromkeys(t for t in [*queries, *docs] if t not in row))
+        extra_emb = cached_embeddings(encoder, extra, cache_dir, batch_size, log=log) if extra else None
+        extra_row = {text: i for i, text in enumerate(extra)}
+
+        def lookup(batch: list[str]) -> Tensor:
+            return torch.stack([corpus[row[t]] if t in row else extra_emb[extra_row[t]] for t in batch])
+
+        data.pairs = torch.stack([lookup(queries), lookup(docs)])  # (2, P, D)
+        data.pair_keys = [queries, docs]
+        data.info.update(pairs=str(pairs_spec), n_pairs=len(queries))
+    for name, examples in (dev_sets or {}).items():
+        unique = list(dict.fromkeys([*examples.columns[0], *examples.columns[1]]))
+        emb = cached_embeddings(encoder, unique, cache_dir, batch_size, log=log)
+        index = {text: i for i, text in enumerate(unique)}
+        first = emb[[index[t] for t in examples.columns[0]]]
+        second = emb[[index[t] for t in examples.columns[1]]]
+        data.dev[name] = (first, second, list(examples.scores))
+    return data
+
+
+def load_adaptor_data(embeddings: str | Path, pairs: str | Path | None = None) -> AdaptorData:
+    """Precomputed vectors (a closed API's): the corpus from ``embeddings`` (`mrl.embcache.
+    load_embeddings`), pairs from a .safetensors file holding ``query`` and ``document`` (P, D).
+    Repeated documents are recognised by their bytes."""
+    from mrl.embcache import load_embeddings
+
+    corpus = load_embeddings(embeddings)
+    data = AdaptorData(corpus, info={"corpus": str(embeddings), "corpus_texts": corpus.shape[0]})
+    if pairs is not None:
+        query, document = load_embeddings(pairs, key="query"), load_embeddings(pairs, key="document")
+        if query.shape != document.shape or query.shape[1] != corpus.shape[1]:
+            raise ValueError(
+                f"{pairs}: 'query' {tuple(query.shape)} and 'document' {tuple(document.shape)} must both "
+                f"be (P, {corpus.shape[1]}) like the corpus"
+            )
+        data.pairs = torch.stack([query, document])
+        digest = lambda v: hashlib.sha1(v.numpy().tobytes()).hexdigest()  # noqa: E731
+        data.pair_keys = [[digest(v) for v in side] for side in data.pairs]
+        data.info.update(pairs=str(pairs), n_pairs=query.shape[0])
+    return data
