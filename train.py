@@ -38,7 +38,9 @@ import torch
 
 from mrl.adaptor import (
     Adaptor,
+    NeighbourBatchSampler,
     adaptor_loss,
+    corpus_neighbours,
     embed_adaptor_data,
     head_modules,
     load_adaptor_data,
@@ -439,6 +441,8 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
         similarity_weight=weights["sim"],
         neighbourhood_weight=weights["nbr"],
         k=config.adaptor_k,
+        listwise_weight=weights["list"],
+        temperature=config.adaptor_temperature,
         reconstruction_weight=weights["rec"],
         ranking_weight=weights["rank"],
         scale=config.scale,
@@ -446,7 +450,11 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
     corpus = data.corpus.to(device)  # (N, D)
     pairs = data.pairs.to(device) if data.pairs is not None else None  # (2, P, D)
     try:
-        sampler = BatchSampler(range(len(corpus)), config.batch_size, seed=config.seed, drop_last=True)
+        if config.adaptor_neighbours:  # anchors and their nearest corpus rows (mrl/adaptor.py)
+            neighbours = corpus_neighbours(data.corpus, config.adaptor_neighbours)
+            sampler = NeighbourBatchSampler(neighbours, config.batch_size, seed=config.seed)
+        else:
+            sampler = BatchSampler(range(len(corpus)), config.batch_size, seed=config.seed, drop_last=True)
         pair_sampler = None
         if pairs is not None:
             keyed = Examples(data.pair_keys, None, str(config.adaptor_pairs), ["query", "document"])
@@ -586,6 +594,8 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
             **adaptor.config(),
             "loss_weights": weights,
             "k": config.adaptor_k,
+            "temperature": config.adaptor_temperature,
+            "neighbours": config.adaptor_neighbours,
             "dims": dims,
             "dim_weights": config.dim_weights,
             "base_model": None if config.adaptor_embeddings else config.model,

@@ -17,6 +17,8 @@ weighted **sum** over the Matryoshka dims):
   (every pair of the batch), mean absolute difference (the paper's pairwise loss);
 - `neighbourhood_loss`: the same, only on each row's top-k neighbours by the original cosine
   (the paper's top-k loss: retrieval lives in the head of the similarity distribution);
+- `listwise_loss` (ours, not in the paper): KL between each row's softmax over the batch at full
+  width and at the d-prefix, a soft top-k at a retrieval temperature;
 - `reconstruction_loss`: ``mean ||f(e) - x||^2``, a pull towards the identity;
 - with query-document pairs, the in-batch-negatives ranking loss (`mrl.losses.mnrl_loss`) at each
   prefix, through `mrl.losses.matryoshka_loss` (`adaptor_loss` wires all four together).
@@ -45,7 +47,7 @@ from torch import Tensor, nn
 
 from mrl.losses import DEFAULT_SCALE, matryoshka_loss, mnrl_loss, prefix
 
-LOSS_WEIGHT_NAMES = ("sim", "nbr", "rec", "rank")  # --adaptor-weights NAME=W
+LOSS_WEIGHT_NAMES = ("sim", "nbr", "list", "rec", "rank")  # --adaptor-weights NAME=W
 
 ADAPTOR_KINDS = ("linear", "mlp")
 ADAPTOR_MODES = ("off", *ADAPTOR_KINDS)  # --adaptor: "off" trains the encoder as usual
@@ -233,6 +235,39 @@ def neighbourhood_loss(
     return total, terms
 
 
+def listwise_loss(
+    original: Tensor,
+    adapted: Tensor,
+    dims: Sequence[int],
+    temperature: float = 0.05,
+    weights: Sequence[float] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Listwise neighbourhood preservation: each row's softmax over the other rows, d-prefix vs full.
+
+    For row i, ``p_i = softmax_j(cos(e_i, e_j) / T)`` and ``q_i = softmax_j(cos_d(f_i, f_j) / T)``
+    over j != i; the term at dim d is ``mean_i KL(p_i || q_i)``. A soft top-k: with a retrieval
+    temperature (T = 0.05, the scale 20 of the ranking loss) nearly all of p's mass sits on the
+    nearest few rows, so the term asks the prefix to rank each row's neighbours as the full
+    embedding does, and cares little about far pairs (which the pairwise loss spends most of its
+    effort on). Not in Yoon et al.; added because it ranks better at small dims on SciFact
+    (experiments/2026-11-30_scifact_adaptor). Returns ``(total, {"d{d}": unweighted term})``.
+    """
+    target = cosine_matrix(original).detach()  # (B, B)
+    eye = torch.eye(target.shape[0], dtype=torch.bool, device=target.device)
+    if target.shape[0] < 2:
+        raise ValueError("listwise_loss needs a batch of at least 2 rows")
+    log_p = torch.log_softmax(target.masked_fill(eye, float("-inf")) / temperature, dim=-1)  # (B, B)
+    terms, total = {}, target.new_zeros(())
+    for d, w in zip(dims, _dim_weights(dims, weights)):
+        sims = cosine_matrix(prefix(adapted, d))  # (B, B)
+        log_q = torch.log_softmax(sims.masked_fill(eye, float("-inf")) / temperature, dim=-1)
+        # The diagonal has p = 0 (and -inf logs): leave it out of the sum.
+        term = (log_p.exp() * (log_p - log_q)).masked_fill(eye, 0.0).sum(-1).mean()
+        terms[f"d{d}"] = term
+        total = total + w * term
+    return total, terms
+
+
 def reconstruction_loss(original: Tensor, adapted: Tensor, normalize_input: bool = True) -> Tensor:
     """``mean_i ||f(e_i) - x_i||^2`` with ``x = norm(e)`` (or e): how far the adaptor moved the
     embeddings (0 at initialisation). original, adapted: (B, D). A scalar."""
@@ -249,6 +284,8 @@ def adaptor_loss(
     similarity_weight: float = 1.0,
     neighbourhood_weight: float = 1.0,
     k: int = 10,
+    listwise_weight: float = 0.0,
+    temperature: float = 0.05,
     reconstruction_weight: float = 0.0,
     normalize_input: bool = True,
     pairs: Tensor | None = None,
@@ -261,8 +298,9 @@ def adaptor_loss(
     adapted (query, document) embeddings of P pairs with distinct texts, scored with the
     in-batch-negatives loss at every prefix (`mrl.losses.matryoshka_loss` over
     `mrl.losses.mnrl_loss`). Returns ``(total, terms)`` with keys ``sim_d{d}``, ``nbr_d{d}``,
-    ``rank_d{d}`` (unweighted terms), ``rec``, and ``d{d}``: the sum at dim d of its terms with their
-    loss weights (not the dim weight), so that ``total = sum_d w_d * d{d} + rec weight * rec``.
+    ``list_d{d}``, ``rank_d{d}`` (unweighted terms), ``rec``, and ``d{d}``: the sum at dim d of
+    its terms with their loss weights (not the dim weight), so that
+    ``total = sum_d w_d * d{d} + rec weight * rec``.
     """
     dim_weights = _dim_weights(dims, weights)
     total = adapted.new_zeros((), dtype=torch.promote_types(adapted.dtype, torch.float32))
@@ -274,6 +312,9 @@ def adaptor_loss(
     if neighbourhood_weight:
         nbr = neighbourhood_loss(original, adapted, dims, k, dim_weights)
         parts.append(("nbr", neighbourhood_weight, nbr))
+    if listwise_weight:
+        listwise = listwise_loss(original, adapted, dims, temperature, dim_weights)
+        parts.append(("list", listwise_weight, listwise))
     if pairs is not None and ranking_weight:
         base = partial(mnrl_loss, scale=scale)
         parts.append(("rank", ranking_weight, matryoshka_loss(base, pairs, None, dims, dim_weights)))
@@ -447,7 +488,7 @@ def transform_embeddings(head: str | os.PathLike | nn.Module, emb: Tensor, batch
 
 
 def parse_loss_weights(specs: Sequence[str]) -> dict[str, float]:
-    """``["sim=1", "nbr=0.5"]`` -> ``{"sim": 1.0, "nbr": 0.5, "rec": 0.0, "rank": 0.0}``.
+    """``["sim=1", "nbr=0.5"]`` -> ``{"sim": 1.0, "nbr": 0.5, "list": 0.0, "rec": 0.0, "rank": 0.0}``.
 
     Names are `LOSS_WEIGHT_NAMES`; a name not given weighs 0. Raises a ValueError naming
     ``--adaptor-weights`` for a bad spec, an unknown name, a repeat or a negative weight.
@@ -541,6 +582,56 @@ def load_pair_texts(
     if not query_texts:
         raise ValueError(f"{qrels_path}: no (query, document) pair with a positive grade")
     return query_texts, doc_texts
+
+
+def corpus_neighbours(corpus: Tensor, m: int) -> Tensor:
+    """(N, m): the indices of each row's ``m`` nearest other rows by full-width cosine, nearest
+    first. Exact search in chunks (`mrl.retrieval.exact_search`), so no (N, N) matrix is built.
+    The row itself is left out even when a duplicate vector ties with it."""
+    from mrl.retrieval import exact_search
+
+    n = corpus.shape[0]
+    if not 1 <= m < n:
+        raise ValueError(f"neighbours per row must be in 1..{n - 1} (the corpus has {n} rows), got {m}")
+    unit = F.normalize(corpus.float(), dim=-1, eps=1e-12)
+    _, index = exact_search(unit, unit, m + 1)  # (N, m + 1), usually the row itself first
+    is_self = index == torch.arange(n)[:, None]
+    # A stable sort on "is it the row itself" moves it last and keeps the others in rank order.
+    order = is_self.to(torch.int8).argsort(dim=-1, stable=True)
+    return index.gather(1, order)[:, :m]
+
+
+class NeighbourBatchSampler:
+    """Batches of ``anchors`` random corpus rows plus each anchor's ``m`` nearest neighbours.
+
+    Random rows of a large corpus are mostly unrelated, so in a random batch the top-k and
+    listwise losses see few real neighbours; here every anchor brings its own neighbourhood
+    (from `corpus_neighbours`), so they preserve the rankings that retrieval uses. An epoch is
+    one pass over the rows as anchors (``N // anchors`` batches, the rest dropped), shuffled by
+    (seed, epoch) as `mrl.data.BatchSampler` does, so a resumed run rebuilds it exactly. A row
+    that is near two anchors appears once (batches hold at most ``anchors * (1 + m)`` rows).
+    """
+
+    def __init__(self, neighbours: Tensor, batch_size: int, seed: int = 0):
+        self.neighbours = neighbours  # (N, m)
+        self.n, m = neighbours.shape
+        self.anchors = max(1, batch_size // (1 + m))
+        if self.anchors > self.n:
+            raise ValueError(f"{self.anchors} anchors a batch but only {self.n} rows")
+        self.seed = seed
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed((self.seed * 0x9E3779B1 + epoch) % 2**32)
+        order = torch.randperm(self.n, generator=generator)
+        batches = []
+        for start in range(0, self.n - self.anchors + 1, self.anchors):
+            anchors = order[start : start + self.anchors]
+            rows = torch.cat([anchors, self.neighbours[anchors].flatten()])
+            batches.append(torch.unique(rows).tolist())  # sorted, each row once
+        return batches
+
+    def __len__(self) -> int:
+        return self.n // self.anchors
 
 
 @dataclass

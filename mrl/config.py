@@ -131,10 +131,17 @@ class TrainConfig:
     adaptor_hidden: int | None = _opt(None, "adaptor mlp: hidden units (default: the embedding dim)")
     adaptor_weights: list[str] = _opt(
         ["sim=1", "nbr=1", "rec=0", "rank=1"],
-        "adaptor loss weights NAME=W: sim (pairwise similarity), nbr (top-k neighbourhood), "
-        "rec (reconstruction), rank (in-batch negatives on the pairs); an absent name weighs 0",
+        "adaptor loss weights NAME=W: sim (pairwise similarity), nbr (top-k neighbourhood), list "
+        "(listwise neighbourhood), rec (reconstruction), rank (in-batch negatives on the pairs); "
+        "an absent name weighs 0",
     )
-    adaptor_k: int = _opt(10, "adaptor: neighbours per row in the top-k neighbourhood loss")
+    adaptor_k: int = _opt(10, "adaptor: neighbours per row in the top-k neighbourhood loss (nbr)")
+    adaptor_temperature: float = _opt(0.05, "adaptor: temperature of the listwise loss (list)")
+    adaptor_neighbours: int = _opt(
+        0,
+        "adaptor: build each batch from B/(1+M) random anchors and each one's M nearest corpus "
+        "neighbours (0: B random rows)",
+    )
     adaptor_pair_batch_size: int = _opt(64, "adaptor: pairs per step for the ranking loss")
     embedding_cache: str | None = _opt(
         None,
@@ -433,6 +440,10 @@ def validate_adaptor(config: TrainConfig) -> None:
     for name in ("adaptor_k", "adaptor_pair_batch_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if config.adaptor_temperature <= 0:
+        raise ValueError("--adaptor-temperature must be positive")
+    if config.adaptor_neighbours < 0 or config.adaptor_neighbours >= config.batch_size:
+        raise ValueError("--adaptor-neighbours must be in 0..--batch-size - 1")
     if config.batch_size < 2:
         raise ValueError("--batch-size: the adaptor's similarity losses need at least 2 rows a step")
     if config.adaptor_pairs is None and weights["rank"] and not (weights["sim"] or weights["nbr"]):

@@ -18,10 +18,13 @@ from mrl.adaptor import (
     ST_NORMALIZE,
     Adaptor,
     Dense,
+    NeighbourBatchSampler,
     adaptor_loss,
+    corpus_neighbours,
     dense_head,
     fit_pca,
     head_modules,
+    listwise_loss,
     load_head,
     neighbourhood_loss,
     pca_dense,
@@ -211,6 +214,34 @@ def test_neighbourhood_loss_matches_loops(tiny_batch):
     assert capped["d3"].item() == pytest.approx(_brute_pair_loss(orig, adapted, 3), rel=1e-10)
 
 
+def _brute_listwise(orig: torch.Tensor, adapted: torch.Tensor, d: int, temperature: float) -> float:
+    """mean_i KL(softmax_j cos(e_i, e_j) / T || softmax_j cos(f_i[:d], f_j[:d]) / T), j != i, by loops."""
+    e, f = orig.tolist(), adapted.tolist()
+    total = 0.0
+    for i in range(len(e)):
+        others = [j for j in range(len(e)) if j != i]
+        p = [math.exp(_cos(e[i], e[j]) / temperature) for j in others]
+        q = [math.exp(_cos(f[i][:d], f[j][:d]) / temperature) for j in others]
+        p = [x / sum(p) for x in p]
+        q = [x / sum(q) for x in q]
+        total += sum(a * math.log(a / b) for a, b in zip(p, q))
+    return total / len(e)
+
+
+def test_listwise_loss_matches_loops(tiny_batch):
+    orig, adapted = tiny_batch
+    dims, weights = [8, 3], [2.0, 0.5]
+    total, terms = listwise_loss(orig, adapted, dims, temperature=0.2, weights=weights)
+    expected = {d: _brute_listwise(orig, adapted, d, 0.2) for d in dims}
+    for d in dims:
+        assert terms[f"d{d}"].item() == pytest.approx(expected[d], rel=1e-9)
+    assert total.item() == pytest.approx(2.0 * expected[8] + 0.5 * expected[3], rel=1e-9)
+    # Zero for the identity at full width; positive when a prefix reorders the neighbours.
+    same = Adaptor(8).double()(orig)
+    assert listwise_loss(orig, same, [8])[0].item() == pytest.approx(0, abs=1e-9)
+    assert listwise_loss(orig, same, [2])[0].item() > 0
+
+
 def test_losses_are_zero_for_the_identity(tiny_batch):
     orig, _ = tiny_batch
     adapted = Adaptor(8).double()(orig)
@@ -257,6 +288,8 @@ def test_adaptor_loss_combines_the_terms(tiny_batch):
         similarity_weight=0.5,
         neighbourhood_weight=2.0,
         k=3,
+        listwise_weight=0.25,
+        temperature=0.5,
         reconstruction_weight=0.1,
         pairs=pairs,
         ranking_weight=1.5,
@@ -269,10 +302,12 @@ def test_adaptor_loss_combines_the_terms(tiny_batch):
         sim = _brute_pair_loss(orig, adapted, d)
         nbr = _brute_pair_loss(orig, adapted, d, neighbours)
         rank = _brute_ranking(pairs[0], pairs[1], d, 10.0)
+        lst = _brute_listwise(orig, adapted, d, 0.5)
+        assert terms[f"list_d{d}"].item() == pytest.approx(lst, rel=1e-9)
         assert terms[f"sim_d{d}"].item() == pytest.approx(sim, rel=1e-9)
         assert terms[f"nbr_d{d}"].item() == pytest.approx(nbr, rel=1e-9)
         assert terms[f"rank_d{d}"].item() == pytest.approx(rank, rel=1e-9)
-        per_dim = 0.5 * sim + 2.0 * nbr + 1.5 * rank
+        per_dim = 0.5 * sim + 2.0 * nbr + 0.25 * lst + 1.5 * rank
         assert terms[f"d{d}"].item() == pytest.approx(per_dim, rel=1e-9)
         expected_total += w * per_dim
     assert terms["rec"].item() == pytest.approx(rec, rel=1e-12)
@@ -296,7 +331,15 @@ def test_gradients_of_the_losses_through_the_adaptor():
             adapted = torch.func.functional_call(adaptor, params, (orig,))
             pairs = torch.func.functional_call(adaptor, params, (pairs_in,))
             total, _ = adaptor_loss(
-                orig, adapted, [5, 2], k=2, reconstruction_weight=0.3, pairs=pairs, scale=5.0
+                orig,
+                adapted,
+                [5, 2],
+                k=2,
+                listwise_weight=0.7,
+                temperature=0.3,
+                reconstruction_weight=0.3,
+                pairs=pairs,
+                scale=5.0,
             )
             return total
 
@@ -382,3 +425,39 @@ def test_model_without_head_is_unchanged(tiny_model_dir, tmp_path):
     assert len(json.loads((tmp_path / "m" / "modules.json").read_text())) == 2
     with pytest.raises(ValueError, match="no adaptor"):
         transform_embeddings(tmp_path / "m", torch.randn(2, 32))
+
+
+# --------------------------------------------------------------------------------------------
+# Neighbourhood batches
+# --------------------------------------------------------------------------------------------
+
+
+def test_corpus_neighbours_match_a_brute_force_sort():
+    torch.manual_seed(10)
+    corpus = torch.randn(30, 6)
+    assert corpus_neighbours(corpus, 4).tolist() == _brute_neighbours(corpus.double(), 4)
+    corpus[7] = 2 * corpus[3]  # a duplicate direction: ties with the row itself
+    got = corpus_neighbours(corpus, 4)
+    assert all(i not in row for i, row in enumerate(got.tolist()))
+    assert got[3, 0] == 7 and got[7, 0] == 3
+    with pytest.raises(ValueError, match="1..29"):
+        corpus_neighbours(corpus, 30)
+
+
+def test_neighbour_batches_hold_each_anchor_and_its_neighbours():
+    torch.manual_seed(11)
+    neighbours = corpus_neighbours(torch.randn(40, 5), 3)
+    sampler = NeighbourBatchSampler(neighbours, batch_size=16, seed=5)  # 4 anchors a batch
+    assert len(sampler) == 10
+    batches = sampler.batches(0)
+    assert len(batches) == 10
+    anchors_seen = set()
+    for batch in batches:
+        assert len(batch) == len(set(batch)) <= 16
+        # Each batch is the union of 4 anchors' neighbourhoods (anchor + its 3 neighbours).
+        anchors = [i for i in batch if set(neighbours[i].tolist()) <= set(batch)]
+        assert len(anchors) >= 4
+        anchors_seen.update(anchors)
+    assert len(anchors_seen) >= 40 - 4  # (nearly) every row was an anchor once this epoch
+    assert sampler.batches(0) == batches  # a function of (seed, epoch): resumable
+    assert sampler.batches(1) != batches

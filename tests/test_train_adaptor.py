@@ -58,7 +58,7 @@ def adaptor_args(model: Path, beir: dict, cache: Path) -> list[str]:
         "--adaptor-pairs", str(beir["pairs"]),
         "--eval-data", str(beir["dev"]),
         "--embedding-cache", str(cache),
-        "--adaptor-weights", "sim=1", "nbr=1", "rec=0.1", "rank=0.5",
+        "--adaptor-weights", "sim=1", "nbr=1", "list=0.3", "rec=0.1", "rank=0.5",
         "--adaptor-k", "3",
         "--adaptor-pair-batch-size", "6",
         "--dims", *DIMS,
@@ -99,7 +99,7 @@ def test_run_directory_tags_and_recipe(run_a):
     assert config["derived"]["steps_per_epoch"] == 5 and config["derived"]["total_steps"] == 7
     tags = {tag for m in read_metrics(run_a) for tag in m}
     for dim in DIMS:
-        for tag in ("train/adaptor_loss_d", "train/adaptor_loss_sim_d", "train/adaptor_loss_nbr_d"):
+        for tag in ("train/adaptor_loss_d", "train/adaptor_loss_sim_d", "train/adaptor_loss_list_d"):
             assert f"{tag}{dim}" in tags
         assert f"train/adaptor_loss_rank_d{dim}" in tags
         assert f"val/sts-dev/spearman_d{dim}" in tags
@@ -109,7 +109,7 @@ def test_run_directory_tags_and_recipe(run_a):
     assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling", "Normalize", "Dense"]
     recipe = json.loads((run_a / "model" / "mrl_config.json").read_text())["adaptor"]
     assert recipe["kind"] == "linear" and recipe["trained_steps"] == 7
-    assert recipe["loss_weights"] == {"sim": 1.0, "nbr": 1.0, "rec": 0.1, "rank": 0.5}
+    assert recipe["loss_weights"] == {"sim": 1.0, "nbr": 1.0, "list": 0.3, "rec": 0.1, "rank": 0.5}
     assert recipe["data"]["corpus_texts"] == 40
 
 
@@ -174,6 +174,8 @@ def test_precomputed_embeddings_need_no_encoder(tmp_path, monkeypatch):
             "--dims", *DIMS,
             "--max-steps", "4",
             "--batch-size", "10",
+            "--adaptor-weights", "list=1",
+            "--adaptor-neighbours", "4",
             "--adaptor-pair-batch-size", "4",
             "--output-dir", str(out),
         ]
@@ -181,6 +183,9 @@ def test_precomputed_embeddings_need_no_encoder(tmp_path, monkeypatch):
     assert not (out / "model").exists()
     recipe = json.loads((out / "adaptor" / "adaptor.json").read_text())
     assert recipe["kind"] == "mlp" and recipe["hidden"] == 16 and recipe["base_model"] is None
+    assert recipe["neighbours"] == 4
+    config = json.loads((out / "config.json").read_text())
+    assert config["derived"]["steps_per_epoch"] == 15  # 2 anchors (+ 4 neighbours each) of 30 rows
     emb = torch.from_numpy(corpus)
     expected = final_adaptor(out, "mlp", 16)(emb).detach()
     torch.testing.assert_close(transform_embeddings(out / "adaptor", emb), expected)
@@ -213,6 +218,7 @@ def test_ordinary_training_keeps_a_loaded_head_frozen(run_a, beir, tmp_path):
         ({"--adaptor-pairs": ["{tmp}"]}, "qrels.tsv"),
         ({"--dims": ["64", "8"]}, "--dims"),
         ({"--2d": ["random"]}, "--2d"),
+        ({"--adaptor-neighbours": ["8"]}, "--adaptor-neighbours"),
     ],
 )
 def test_bad_adaptor_input_is_one_line_and_writes_nothing(
