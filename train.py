@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import signal
 import subprocess
@@ -35,6 +36,17 @@ from pathlib import Path
 
 import torch
 
+from mrl.adaptor import (
+    Adaptor,
+    NeighbourBatchSampler,
+    adaptor_loss,
+    corpus_neighbours,
+    embed_adaptor_data,
+    head_modules,
+    load_adaptor_data,
+    parse_loss_weights,
+    save_head,
+)
 from mrl.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from mrl.config import TrainConfig, config_diff, parse_config, validate_for_model
 from mrl.data import (
@@ -56,8 +68,9 @@ from mrl.dist import (
     init_distributed,
     rank_slice,
 )
-from mrl.evaluation import evaluate_sts, format_table
+from mrl.evaluation import correlations, evaluate_sts, format_table
 from mrl.gradcache import gradcache_step
+from mrl.losses import check_dims
 from mrl.model import Encoder
 from mrl.objectives import BaseLossEntry, base_loss_entry, build_objective
 from mrl.runtime import (
@@ -204,6 +217,10 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
     pooler = getattr(encoder.model, "pooler", None)
     if isinstance(pooler, torch.nn.Module):
         pooler.requires_grad_(False)
+    if encoder.head is not None:
+        # A head after pooling (a Dense layer, an adaptor) stays as it is: checkpoints hold the
+        # transformer's weights only, and the saved model writes the head back unchanged.
+        encoder.head.requires_grad_(False)
     if config.gradient_checkpointing:
         encoder.model.gradient_checkpointing_enable()
     model = encoder
@@ -433,6 +450,249 @@ def evaluate(encoder, eval_sets: dict, dims: list[int], layers: list[int] | None
     return scalars, records
 
 
+# ---------------------------------------------------------------------------------------------
+# --adaptor: a Matryoshka-Adaptor on frozen embeddings (mrl/adaptor.py), its own small loop
+# ---------------------------------------------------------------------------------------------
+
+
+def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: torch.device) -> Path:
+    """Train only ``f(e) = e + g(e)`` on embeddings of a frozen encoder (or precomputed ones).
+
+    The corpus (and pairs, and dev sets) are embedded once, cached on disk by model and content
+    (`mrl.embcache`), so a second run starts in seconds; the loop then only touches vectors.
+    Per step: B corpus rows (B, D) -> f -> `mrl.adaptor.adaptor_loss` over the Matryoshka dims
+    (similarity / neighbourhood / reconstruction, and the pairs' ranking loss) -> AdamW.
+    Saves ``model/`` (the encoder with the adaptor after pooling: Normalize + Dense for a linear
+    one) or, from precomputed embeddings, ``adaptor/`` (the head alone, for
+    `mrl.adaptor.transform_embeddings`). Checkpoints hold the adaptor, optimizer, schedule and both
+    data positions, so ``--resume`` continues exactly.
+    """
+    torch.manual_seed(config.seed)  # the MLP's first layer; nothing else here is random
+    cache_dir = config.embedding_cache or os.environ.get("MRL_EMBEDDING_CACHE") or "~/.cache/mrl/embeddings"
+    cache_dir = Path(cache_dir).expanduser()
+    encoder = None
+    start = time.perf_counter()
+    try:
+        if config.adaptor_embeddings:
+            if config.eval_data:
+                main_error("--eval-data needs an encoder; with --adaptor-embeddings give --eval-data (none)")
+            data = load_adaptor_data(config.adaptor_embeddings, config.adaptor_pairs)
+        else:
+            dev_sets = {
+                source_name(s): load_source(s, "validation", score_column="score") for s in config.eval_data
+            }
+            encoder, _ = build_encoder(config, device, world_size=1)
+            encoder.requires_grad_(False)
+            data = embed_adaptor_data(
+                encoder,
+                config.train_data,
+                config.adaptor_pairs,
+                dev_sets,
+                cache_dir,
+                config.text_columns,
+                config.eval_batch_size,
+            )
+    except (DataError, ValueError, ImportError, FileNotFoundError) as error:
+        main_error(str(error).splitlines()[0])
+    embed_seconds = time.perf_counter() - start
+    dim = data.corpus.shape[1]
+    try:
+        check_dims(config.dims or [dim], dim, flag="--dims")
+    except ValueError as error:
+        main_error(str(error))
+    dims = list(config.dims or [dim])
+    weights = parse_loss_weights(config.adaptor_weights)
+    if weights["rank"] and data.pairs is None and not config.resume:
+        print("note: --adaptor-weights gives rank a weight but there are no --adaptor-pairs; it is unused")
+    adaptor = Adaptor(dim, config.adaptor, config.adaptor_hidden).to(device)
+    objective = partial(
+        adaptor_loss,
+        dims=dims,
+        weights=config.dim_weights,
+        similarity_weight=weights["sim"],
+        neighbourhood_weight=weights["nbr"],
+        k=config.adaptor_k,
+        listwise_weight=weights["list"],
+        temperature=config.adaptor_temperature,
+        reconstruction_weight=weights["rec"],
+        ranking_weight=weights["rank"],
+        scale=config.scale,
+    )
+    corpus = data.corpus.to(device)  # (N, D)
+    pairs = data.pairs.to(device) if data.pairs is not None else None  # (2, P, D)
+    try:
+        if config.adaptor_neighbours:  # anchors and their nearest corpus rows (mrl/adaptor.py)
+            neighbours = corpus_neighbours(data.corpus, config.adaptor_neighbours)
+            sampler = NeighbourBatchSampler(neighbours, config.batch_size, seed=config.seed)
+        else:
+            sampler = BatchSampler(range(len(corpus)), config.batch_size, seed=config.seed, drop_last=True)
+        pair_sampler = None
+        if pairs is not None:
+            keyed = Examples(data.pair_keys, None, str(config.adaptor_pairs), ["query", "document"])
+            # In-batch negatives: no query or document twice in a batch (a false negative).
+            batch = min(config.adaptor_pair_batch_size, len(keyed))
+            pair_sampler = BatchSampler(keyed, batch, seed=config.seed, drop_last=True, avoid_duplicates=True)
+    except ValueError as error:
+        main_error(f"--batch-size / --adaptor-pair-batch-size: {error}")
+    steps_per_epoch = len(sampler)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    warmup_steps = round(config.warmup_ratio * total_steps)
+    params, optimizer, schedule = build_optimizer(adaptor, config, device, warmup_steps, total_steps)
+    derived = {
+        "adaptor": adaptor.config(),
+        "data": data.info,
+        "model_dim": dim,
+        "dims": dims,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "warmup_steps": warmup_steps,
+    }
+
+    step, cursor, pair_cursor, folder = 0, (0, 0), (0, 0), None
+    if config.resume:
+        try:
+            folder, saved_weights, state = load_checkpoint(run_dir, log=print)
+            adaptor.load_state_dict(saved_weights)
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            step, cursor, pair_cursor = state["step"], tuple(state["cursor"]), tuple(state["pair_cursor"])
+        except FileNotFoundError:
+            print(f"--resume: {run_dir} has no checkpoint yet; starting it again from step 0")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(
+            run_dir / "config.json", json.dumps({**config.to_dict(), "derived": derived}, indent=2)
+        )
+        write_text_atomic(run_dir / "run.json", json.dumps(run_info(device, argv), indent=2))
+    resumed_step = step if folder else None
+    tracker = Tracker(run_dir, purge_step=(step + 1 if folder else 0) if config.resume else None)
+    tracker.print(
+        f"resuming at step {step} from {folder}" if folder else f"adaptor run: {json.dumps(derived)}"
+    )
+    tracker.print(f"embeddings ready in {embed_seconds:.1f} s (cache: {cache_dir})")
+
+    def evaluate_dev() -> dict[str, float]:  # STS dev Spearman of the adapted cached vectors
+        scalars = {}
+        with torch.no_grad():
+            for name, (first, second, scores) in data.dev.items():
+                a, b = adaptor(first.to(device)).cpu(), adaptor(second.to(device)).cpu()
+                for d in dims:
+                    scalars[f"val/{name}/spearman_d{d}"] = correlations(a, b, scores, d)["spearman"]
+        return scalars
+
+    corpus_rows = batch_stream(sampler, range(len(corpus)), torch.tensor, *cursor, rows=slice(None))
+    pair_rows = (
+        batch_stream(pair_sampler, range(pairs.shape[1]), torch.tensor, *pair_cursor, rows=slice(None))
+        if pair_sampler
+        else None
+    )
+    meter = Meter()
+    train_start = time.perf_counter()
+    try:
+        with stop_on_signals() as stop:
+            while True:
+                last_step = step == total_steps
+                if (
+                    data.dev
+                    and step != resumed_step
+                    and (last_step or step == 0 or (config.eval_every and step % config.eval_every == 0))
+                ):
+                    scalars = evaluate_dev()
+                    tracker.scalars(step, scalars)
+                    tracker.print(
+                        f"step {step} eval: " + "  ".join(f"{t[4:]}={v:.2f}" for t, v in scalars.items())
+                    )
+                save_due = config.save_every and step > 0 and step % config.save_every == 0
+                if step != resumed_step and (last_step or save_due or stop):
+                    state = {
+                        "step": step,
+                        "cursor": list(cursor),
+                        "pair_cursor": list(pair_cursor),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                    }
+                    save_checkpoint(run_dir, step, adaptor, state, config.keep_last)
+                if stop and not last_step:
+                    name = signal.Signals(stop["signal"]).name
+                    tracker.print(f"{name}: saved a checkpoint at step {step}; continue with --resume")
+                    raise SystemExit(128 + stop["signal"])
+                if last_step:
+                    break
+                meter.start_clock()
+
+                rows, cursor = next(corpus_rows)
+                original = corpus[rows]  # (B, D) frozen vectors
+                batch_pairs = None
+                if pair_rows is not None:
+                    pair_index, pair_cursor = next(pair_rows)
+                    batch_pairs = adaptor(pairs[:, pair_index])  # (2, P, D) adapted query, document
+                loss, terms = objective(original, adaptor(original), pairs=batch_pairs)
+                if not torch.isfinite(loss):
+                    raise SystemExit(f"error: non-finite adaptor loss at step {step}")
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    params, config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+                )
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step()
+                step += 1
+                meter.add(loss, terms, len(rows), 0)
+
+                if step % config.log_every == 0 or step == total_steps:
+                    scalars = {
+                        key.replace("train/loss", "train/adaptor_loss"): value
+                        for key, value in meter.means(1).items()
+                        if key != "perf/tokens_per_s"
+                    }
+                    scalars.update(
+                        {
+                            "train/lr": schedule.get_last_lr()[0],
+                            "train/grad_norm": grad_norm.item(),
+                            "perf/max_mem_gb": peak_memory_gb(device),
+                        }
+                    )
+                    tracker.scalars(step, scalars)
+                    tracker.print(
+                        f"step {step}/{total_steps} adaptor loss {scalars['train/adaptor_loss']:.4f} "
+                        f"lr {scalars['train/lr']:.3e} grad_norm {scalars['train/grad_norm']:.3f}"
+                    )
+        train_seconds = time.perf_counter() - train_start
+        tracker.scalars(step, {"perf/train_seconds": train_seconds, "perf/embed_seconds": embed_seconds})
+
+        # ---- the adapted model (or the adaptor alone), with its recipe --------------------------
+        recipe = {
+            **adaptor.config(),
+            "loss_weights": weights,
+            "k": config.adaptor_k,
+            "temperature": config.adaptor_temperature,
+            "neighbours": config.adaptor_neighbours,
+            "dims": dims,
+            "dim_weights": config.dim_weights,
+            "base_model": None if config.adaptor_embeddings else config.model,
+            "data": data.info,
+            "trained_steps": step,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "seed": config.seed,
+        }
+        adaptor.eval()
+        if encoder is not None:
+            encoder.attach_head(head_modules(adaptor))
+            encoder.save(run_dir / "model", {"dims": sorted(dims, reverse=True), "adaptor": recipe})
+            where = run_dir / "model"
+        else:
+            where = run_dir / "adaptor"
+            where.mkdir(parents=True, exist_ok=True)
+            entries = save_head(where, head_modules(adaptor))
+            write_text_atomic(where / "modules.json", json.dumps(entries, indent=2) + "\n")
+            write_text_atomic(where / "adaptor.json", json.dumps(recipe, indent=2) + "\n")
+        tracker.print(f"done in {train_seconds:.1f} s of training: adaptor saved to {where}")
+        return run_dir
+    finally:
+        tracker.close()
+
+
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -448,6 +708,14 @@ def main(argv: list[str] | None = None) -> Path:
     rank, world_size, device = dist_info.rank, dist_info.world_size, dist_info.device
     main_process = rank == 0
     run_dir = prepare_run_dir(config)
+    if config.adaptor != "off":  # only a small head on frozen, cached embeddings (mrl/adaptor.py)
+        if world_size > 1:
+            main_error("--adaptor trains in one process (a few MB of cached vectors); run it with python")
+        quiet_transformers()
+        try:
+            return train_adaptor(config, argv, run_dir, device)
+        finally:
+            cleanup()
 
     # ---- runtime: seeds, precision ----------------------------------------------------------
     quiet_transformers()

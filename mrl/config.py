@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mrl import objectives
+from mrl.adaptor import ADAPTOR_MODES, parse_loss_weights
 from mrl.losses import DEPTH_WEIGHTINGS
 from mrl.model import POOLING_MODES
 from mrl.packing import PADDING_FREE_MODES
@@ -147,6 +148,42 @@ class TrainConfig:
     )
     distill_batch_size: int | None = _opt(
         None, "texts per --distill-data batch (default: the texts of one training batch)"
+    )
+    # --- Matryoshka-Adaptor: train only a small head on frozen embeddings (mrl/adaptor.py) ----
+    adaptor: str = _opt(
+        "off",
+        "train only an adaptor f(e) = e + g(e) on the frozen encoder's embeddings of the --train-data "
+        "corpus (encoded once, cached): 'linear' (saved as a Dense layer) or 'mlp'; other defaults "
+        "change with it (see ADAPTOR_DEFAULTS)",
+        choices=ADAPTOR_MODES,
+    )
+    adaptor_embeddings: str | None = _opt(
+        None, "adaptor: precomputed corpus embeddings (.npy or .safetensors, N x D), e.g. a closed API's"
+    )
+    adaptor_pairs: str | None = _opt(
+        None,
+        "adaptor: (query, document) pairs for the ranking loss: a BEIR split folder (queries.jsonl, "
+        "qrels.tsv; documents from the corpus), a file with two text columns, or with "
+        "--adaptor-embeddings a .safetensors holding 'query' and 'document' (P x D)",
+    )
+    adaptor_hidden: int | None = _opt(None, "adaptor mlp: hidden units (default: the embedding dim)")
+    adaptor_weights: list[str] = _opt(
+        ["sim=1", "nbr=1", "rec=0", "rank=1"],
+        "adaptor loss weights NAME=W: sim (pairwise similarity), nbr (top-k neighbourhood), list "
+        "(listwise neighbourhood), rec (reconstruction), rank (in-batch negatives on the pairs); "
+        "an absent name weighs 0",
+    )
+    adaptor_k: int = _opt(10, "adaptor: neighbours per row in the top-k neighbourhood loss (nbr)")
+    adaptor_temperature: float = _opt(0.05, "adaptor: temperature of the listwise loss (list)")
+    adaptor_neighbours: int = _opt(
+        0,
+        "adaptor: build each batch from B/(1+M) random anchors and each one's M nearest corpus "
+        "neighbours (0: B random rows)",
+    )
+    adaptor_pair_batch_size: int = _opt(64, "adaptor: pairs per step for the ranking loss")
+    embedding_cache: str | None = _opt(
+        None,
+        "adaptor: folder of cached embeddings (default: $MRL_EMBEDDING_CACHE or ~/.cache/mrl/embeddings)",
     )
 
     # --- optimisation ------------------------------------------------------------------------
@@ -309,6 +346,18 @@ def _check_type(f: dataclasses.Field, value: Any, where: str) -> Any:
     return one(value)
 
 
+# Defaults that --adaptor changes (a config file or a flag still wins): an adaptor is a few
+# thousand parameters on cached vectors, so larger batches, a larger learning rate and many passes
+# over the corpus; no dev set unless given (precomputed embeddings have no encoder to embed one).
+ADAPTOR_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3,
+    "batch_size": 256,
+    "epochs": 20,
+    "warmup_ratio": 0.05,
+    "eval_data": [],
+}
+
+
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     """The resolved config: dataclass defaults < --config file < command-line flags; validated.
 
@@ -322,6 +371,9 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         config_file = str(saved_run_config)
     values = read_config_file(config_file) if config_file else {}
     values.update({key: value for key, value in args.items() if value is not None})
+    if values.get("adaptor", "off") != "off":
+        # Training a small head on cached vectors wants other defaults than fine-tuning an encoder.
+        values = {**ADAPTOR_DEFAULTS, **values}
     config = TrainConfig(**values)
     validate(config)
     return config
@@ -407,6 +459,51 @@ def validate(config: TrainConfig) -> None:
     for spec in config.where:
         if "=" not in spec:
             fail(f"--where '{spec}' is not COLUMN=VALUE")
+    validate_adaptor(config)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def validate_adaptor(config: TrainConfig) -> None:
+    """The --adaptor flags: used only with --adaptor, and sane (each error names the flag)."""
+    if config.adaptor == "off":
+        given = [
+            flag_name(f)
+            for f in dataclasses.fields(TrainConfig)
+            if f.name.startswith("adaptor_") and getattr(config, f.name) != _default(f)
+        ]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with --adaptor linear|mlp")
+        return
+    weights = parse_loss_weights(config.adaptor_weights)
+    if not any(weights.values()):
+        raise ValueError("--adaptor-weights: every loss weighs 0; nothing would be trained")
+    if config.adaptor_hidden is not None and (config.adaptor != "mlp" or config.adaptor_hidden < 1):
+        raise ValueError("--adaptor-hidden needs --adaptor mlp and a positive number of units")
+    for name in ("adaptor_k", "adaptor_pair_batch_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if config.adaptor_temperature <= 0:
+        raise ValueError("--adaptor-temperature must be positive")
+    if config.adaptor_neighbours < 0 or config.adaptor_neighbours >= config.batch_size:
+        raise ValueError("--adaptor-neighbours must be in 0..--batch-size - 1")
+    if config.batch_size < 2:
+        raise ValueError("--batch-size: the adaptor's similarity losses need at least 2 rows a step")
+    if config.adaptor_pairs is None and weights["rank"] and not (weights["sim"] or weights["nbr"]):
+        raise ValueError("--adaptor-weights: only 'rank' weighs, but no --adaptor-pairs are given")
+    unsupported = {
+        "--2d": config.two_d != "off",
+        "--grad-accum": config.grad_accum != 1,
+        "--mini-batch-size": config.mini_batch_size is not None,
+        "--n-dims-per-step": config.n_dims_per_step is not None,
+        "--compile": config.compile,
+        "--precision": config.precision != "fp32",
+    }
+    bad = [flag for flag, used in unsupported.items() if used]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: not used by --adaptor (it trains in fp32 on cached vectors)")
 
 
 def validate_for_model(config: TrainConfig, model_dim: int, num_layers: int) -> None:

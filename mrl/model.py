@@ -8,6 +8,10 @@ normalisation happen in the loss and at inference (`mrl.losses.prefix`), never h
 A saved model is a folder that `AutoModel`/`AutoTokenizer` load, that also carries the small JSON
 files the sentence-transformers library reads (modules.json, 1_Pooling/, sentence_bert_config.json),
 and our own ``mrl_config.json`` with the trained dims, layers and pooling.
+
+A model may carry a **head** after pooling (modules.json entries after Pooling: Normalize, Dense,
+or our MLP adaptor; see `mrl.adaptor`): it is loaded, applied to every pooled output, and saved
+again in the same layout. A trailing Normalize is not a head (prefixes are normalised anyway).
 """
 
 from __future__ import annotations
@@ -59,12 +63,12 @@ def pool(hidden: Tensor, attention_mask: Tensor, mode: str = "mean") -> Tensor:
     raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
 
 
-def _read_side_file(name_or_path: str, filename: str) -> dict[str, Any] | None:
-    """A JSON file stored next to the weights (local folder or hub repo), or None if absent."""
+def _side_path(name_or_path: str, filename: str) -> Path | None:
+    """A file stored next to the weights (local folder, or hub repo via the HF cache), or None."""
     local = Path(name_or_path)
     if local.is_dir():
         path = local / filename
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return path if path.is_file() else None
     from transformers.utils import cached_file
 
     try:
@@ -76,7 +80,32 @@ def _read_side_file(name_or_path: str, filename: str) -> dict[str, Any] | None:
         )
     except OSError:
         return None
-    return json.loads(Path(path).read_text(encoding="utf-8")) if path else None
+    return Path(path) if path else None
+
+
+def _read_side_file(name_or_path: str, filename: str) -> dict[str, Any] | None:
+    """A JSON file stored next to the weights (local folder or hub repo), or None if absent."""
+    path = _side_path(name_or_path, filename)
+    return json.loads(path.read_text(encoding="utf-8")) if path else None
+
+
+def _load_head(name_or_path: str) -> nn.Sequential | None:
+    """The modules after pooling listed in the folder's modules.json (`mrl.adaptor.load_head`)."""
+    from mrl.adaptor import load_head
+
+    entries = _read_side_file(name_or_path, "modules.json")
+    if not entries:
+        return None
+    if Path(name_or_path).is_dir():
+        return load_head(name_or_path, entries)
+    # A hub repo: fetch each head module's files into the HF cache, then load from there.
+    folder = None
+    for entry in entries:
+        for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+            path = _side_path(name_or_path, f"{entry['path']}/{name}") if entry["path"] else None
+            if path is not None:
+                folder = path.parents[1]  # the snapshot folder holding every module folder
+    return load_head(folder or name_or_path, entries)
 
 
 def _pooling_from_st_config(config: dict[str, Any]) -> str | None:
@@ -143,6 +172,8 @@ class Encoder(nn.Module):
         self.do_lower_case = bool(
             do_lower_case if do_lower_case is not None else st_config.get("do_lower_case")
         )
+        # Modules after pooling (Dense, an adaptor), applied to every pooled output; None for most.
+        self.head: nn.Sequential | None = _load_head(name_or_path)
         self.length_buckets = length_buckets  # see forward() (train.py: --length-buckets)
         self.final_norm = find_final_norm(self.model)  # a name in self.model, or None
         if padding_free not in PADDING_FREE_MODES:
@@ -161,8 +192,15 @@ class Encoder(nn.Module):
 
     @property
     def dim(self) -> int:
-        """Width D of the full embedding."""
-        return int(self.model.config.hidden_size)
+        """Width D of the full embedding (the head's output width when a Dense head changes it)."""
+        widths = [m.out_features for m in self.head or [] if hasattr(m, "out_features")]
+        return int(widths[-1]) if widths else int(self.model.config.hidden_size)
+
+    def attach_head(self, modules: Sequence[nn.Module]) -> None:
+        """Run ``modules`` after pooling from now on, after any head the model already has
+        (e.g. `mrl.adaptor.head_modules(adaptor)`); `save` writes them into modules.json."""
+        kept = list(self.head or []) + list(modules)
+        self.head = nn.Sequential(*kept).to(self.device) if kept else None
 
     @property
     def num_layers(self) -> int:
@@ -272,10 +310,13 @@ class Encoder(nn.Module):
             return hidden.flatten(-3, -2)[..., index, :]
 
         if not all_layers:
-            return pool(unpack(out.last_hidden_state), mask, self.pooling)  # (N, D)
-        hidden = list(out.hidden_states[1:])
-        hidden[-1] = out.last_hidden_state
-        return pool(unpack(torch.stack(hidden)), mask, self.pooling)  # (L, N, D)
+            pooled = pool(unpack(out.last_hidden_state), mask, self.pooling)  # (N, D)
+        else:
+            hidden = list(out.hidden_states[1:])
+            hidden[-1] = out.last_hidden_state
+            pooled = pool(unpack(torch.stack(hidden)), mask, self.pooling)  # (L, N, D)
+        # The head (if any) acts on the last axis, as in `_pooled`.
+        return self.head(pooled) if self.head is not None else pooled
 
     def _pooled(self, features: dict[str, Tensor], all_layers: bool) -> Tensor:
         """One pass of the model over ``features``: (N, D) or (L, N, D)."""
@@ -284,16 +325,19 @@ class Encoder(nn.Module):
         out = self.model(**features, output_hidden_states=all_layers, return_dict=True)
         mask = features["attention_mask"]
         if not all_layers:
-            return pool(out.last_hidden_state, mask, self.pooling)  # (N, D)
-        hidden = list(out.hidden_states[1:])  # L tensors (N, S, D); [0] is the embedding layer
-        # Block l's vector is what a model cut to its first l blocks outputs (`truncated_blocks`,
-        # `save_truncated`, encode(layers=l)): its final norm, if it has one, applies to block l.
-        # Upstream pools the raw hidden_states[l]; for models without a final norm it is the same.
-        if self.final_norm is not None:
-            norm = self.model.get_submodule(self.final_norm)
-            hidden = [norm(h) for h in hidden[:-1]] + [hidden[-1]]
-        hidden[-1] = out.last_hidden_state
-        return pool(torch.stack(hidden), mask, self.pooling)  # (L, N, D)
+            pooled = pool(out.last_hidden_state, mask, self.pooling)  # (N, D)
+        else:
+            hidden = list(out.hidden_states[1:])  # L tensors (N, S, D); [0] is the embedding layer
+            # Block l's vector is what a model cut to its first l blocks outputs (`truncated_blocks`,
+            # `save_truncated`, encode(layers=l)): its final norm, if it has one, applies to block l.
+            # Upstream pools the raw hidden_states[l]; for models without a final norm it is the same.
+            if self.final_norm is not None:
+                norm = self.model.get_submodule(self.final_norm)
+                hidden = [norm(h) for h in hidden[:-1]] + [hidden[-1]]
+            hidden[-1] = out.last_hidden_state
+            pooled = pool(torch.stack(hidden), mask, self.pooling)  # (L, N, D)
+        # The head (if any) acts on the last axis, so every layer's embedding goes through it.
+        return self.head(pooled) if self.head is not None else pooled
 
     def encode(
         self,
@@ -397,13 +441,15 @@ class Encoder(nn.Module):
         """Write a folder that `AutoModel` and the sentence-transformers library both load.
 
         HF files (config.json, model.safetensors, tokenizer files), the sentence-transformers
-        module layout (transformer at "", pooling at "1_Pooling"; no Normalize module, so that
-        ``truncate_dim`` there slices the raw vector and the cosine re-normalises it), and our
-        ``mrl_config.json`` with ``metadata`` (trained dims, layers...).
+        module layout (transformer at "", pooling at "1_Pooling", then the head's modules if any;
+        no final Normalize module, so that ``truncate_dim`` there slices the raw vector and the
+        cosine re-normalises it), and our ``mrl_config.json`` with ``metadata`` (trained dims,
+        layers, the adaptor's recipe...).
         """
         import transformers
 
         import mrl
+        from mrl.adaptor import save_head
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -413,8 +459,10 @@ class Encoder(nn.Module):
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         ]
+        if self.head is not None:
+            modules += save_head(path, list(self.head), first_index=2)
         pooling_config = {
-            "word_embedding_dimension": self.dim,
+            "word_embedding_dimension": int(self.model.config.hidden_size),
             "pooling_mode_cls_token": self.pooling == "cls",
             "pooling_mode_mean_tokens": self.pooling == "mean",
             "pooling_mode_max_tokens": self.pooling == "max",
