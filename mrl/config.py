@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -139,6 +140,11 @@ class TrainConfig:
     precision: str = _opt("fp32", "autocast precision; fp16 adds a GradScaler", choices=AMP_PRECISIONS)
     device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     seed: int = _opt(12, "seeds data order, dropout and dim/layer sampling")
+    dist_timeout: float = _opt(
+        1800.0,
+        "under torchrun: seconds to wait for the other processes to start (and for any collective) "
+        "before stopping with an error",
+    )
 
     # --- evaluation, logging, checkpoints ------------------------------------------------------
     eval_every: int = _opt(
@@ -155,6 +161,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
 # Fields that may change between a run and its --resume without changing the result.
 RESUME_MAY_DIFFER = {
     "resume",
@@ -165,6 +174,7 @@ RESUME_MAY_DIFFER = {
     "keep_last",
     "eval_batch_size",
     "device",
+    "dist_timeout",
 }
 
 
@@ -184,9 +194,19 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (its usage block is what --help is for)."""
+
+    def error(self, message: str):
+        hint = ""
+        if "expected one argument" in message or "expected at least one argument" in message:
+            hint = "; a negative number needs the = form, e.g. --lr=-1e-5"
+        self.exit(2, f"error: {message}{hint} (--help lists every flag)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """argparse generated from TrainConfig; every default is None so we can tell what was given."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         description="Train a Matryoshka (or 2D) sentence embedding model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=None,
@@ -215,7 +235,12 @@ def read_config_file(path: str) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"--config {path}: no such file")
-    text = file.read_text(encoding="utf-8")
+    if file.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"--config {path}: {file.stat().st_size} bytes; a config file is a few KB")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--config {path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     try:
         if file.suffix == ".toml":
             import tomllib
@@ -277,9 +302,15 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         # `--resume --output-dir RUN` alone continues RUN with the config it was started with.
         config_file = str(saved_run_config)
     values = read_config_file(config_file) if config_file else {}
-    values.update({key: value for key, value in args.items() if value is not None})
+    given = {key for key, value in args.items() if value is not None}
+    values.update({key: args[key] for key in given})
     config = TrainConfig(**values)
-    validate(config)
+    try:
+        validate(config)
+    except ValueError as error:
+        # A value from the file is named as a flag: say where it came from.
+        from_file = [k for k in values if k not in given and flag_name(_FIELDS[k]) in str(error)]
+        raise ValueError(f"{error} (set in --config {config_file})" if from_file else str(error)) from None
     return config
 
 
@@ -361,6 +392,58 @@ def validate(config: TrainConfig) -> None:
     for spec in config.where:
         if "=" not in spec:
             fail(f"--where '{spec}' is not COLUMN=VALUE")
+    check_numbers(config)
+
+
+def check_numbers(config: TrainConfig) -> None:
+    """Every float setting is finite and in its range, and the combinations can work, before
+    anything is created: a bad value must never surface later as a "non-finite loss" next to
+    the texts of an innocent batch. Each error names the flag and the value."""
+
+    def number(name: str, value: float, low: float, strict: bool = False, high: float | None = None) -> None:
+        flag = "--" + name.replace("_", "-")
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} {value}: must be a finite number")
+        if value < low or (strict and value == low) or (high is not None and value > high):
+            bound = f"{'>' if strict else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+            raise ValueError(f"{flag} {value:g}: must be {bound}")
+
+    number("lr", config.lr, 0.0, strict=True)
+    # A temperature outside [1e-4, 1e4] makes the softmax one-hot or uniform, so nothing learns
+    # (measured on the tiny model: scale 1e-30 gives a zero gradient; scale 1e30 a gradient norm
+    # that overflows float32, so clipping zeroes it; temperature 1e-44 a NaN loss). Usual: 20-100.
+    number("scale", config.scale, 1e-4, high=1e4)
+    number("weight_decay", config.weight_decay, 0.0)
+    number("max_grad_norm", config.max_grad_norm, 0.0)
+    number("kl_weight", config.kl_weight, 0.0)
+    number("kl_temperature", config.kl_temperature, 1e-4, high=1e4)
+    number("last_layer_weight", config.last_layer_weight, 0.0)
+    number("prior_layers_weight", config.prior_layers_weight, 0.0)
+    number("warmup_ratio", config.warmup_ratio, 0.0)
+    number("dist_timeout", config.dist_timeout, 0.0, strict=True)
+    if config.lr * config.weight_decay >= 1:
+        raise ValueError(
+            f"--weight-decay {config.weight_decay:g} with --lr {config.lr:g}: AdamW multiplies every "
+            f"weight by 1 - lr x weight_decay = {1 - config.lr * config.weight_decay:g} each step "
+            "(must stay above 0)"
+        )
+    if config.dim_weights is not None:
+        bad = [w for w in config.dim_weights if not (math.isfinite(w) and w >= 0)]
+        if bad:
+            raise ValueError(f"--dim-weights {config.dim_weights}: each must be a finite number >= 0")
+        if sum(config.dim_weights) == 0:
+            raise ValueError("--dim-weights are all 0: the loss would be 0 and nothing would train")
+    if config.two_d == "random" and config.last_layer_weight == 0 and config.prior_layers_weight == 0:
+        raise ValueError("--last-layer-weight and --prior-layers-weight are both 0: nothing would train")
+    if config.score_range is not None and any(math.isnan(v) for v in config.score_range):
+        raise ValueError(f"--score-range {config.score_range}: NaN is not a bound")
+    if config.max_train_samples is not None and config.max_train_samples < 1:
+        raise ValueError(f"--max-train-samples {config.max_train_samples}: must be at least 1")
+    if not 0 <= config.seed < 2**63:
+        raise ValueError(f"--seed {config.seed}: must be in [0, 2**63)")
+    n_dims = len(config.dims) if config.dims else 1
+    if config.n_dims_per_step is not None and config.n_dims_per_step > n_dims:
+        raise ValueError(f"--n-dims-per-step {config.n_dims_per_step}: there are only {n_dims} dims")
 
 
 def validate_for_model(config: TrainConfig, model_dim: int, num_layers: int) -> None:
