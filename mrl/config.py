@@ -22,7 +22,7 @@ from typing import Any
 from mrl import objectives
 from mrl.losses import DEPTH_WEIGHTINGS
 from mrl.model import POOLING_MODES
-from mrl.runtime import AMP_PRECISIONS, main_error  # noqa: F401 (main_error: re-exported for old imports)
+from mrl.runtime import AMP_PRECISIONS, OneLineParser, main_error  # noqa: F401 (main_error: re-exported)
 
 SCHEDULERS = ("linear", "cosine", "constant")
 
@@ -192,16 +192,6 @@ def _field_type(f: dataclasses.Field) -> tuple[type, bool, bool]:
 
 def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (its usage block is what --help is for)."""
-
-    def error(self, message: str):
-        hint = ""
-        if "expected one argument" in message or "expected at least one argument" in message:
-            hint = "; a negative number needs the = form, e.g. --lr=-1e-5"
-        self.exit(2, f"error: {message}{hint} (--help lists every flag)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -378,6 +378,15 @@ def check_text(text: str, source: str, line: int, column: str) -> None:
             )
 
 
+def check_tokenized(examples: Examples, encoder, token_ids: dict[str, list[int]] | None = None) -> None:
+    """`check_token_ids` with ``encoder``'s tokenizer; ``token_ids`` ({text: ids}) if already
+    computed, else every distinct text is tokenised once here."""
+    if token_ids is None:
+        texts = list(dict.fromkeys(text for column in examples.columns for text in column))
+        token_ids = dict(zip(texts, encoder.token_ids(texts)))
+    check_token_ids(examples, token_ids.__getitem__, encoder.tokenizer)
+
+
 def check_token_ids(examples: Examples, token_ids: Callable[[str], Sequence[int]], tokenizer) -> None:
     """Raise a DataError (file:line, column) for the first text whose token ids are all special
     tokens of ``tokenizer`` ([CLS], [SEP], [PAD], ...): nothing of it is left for the model, e.g.

@@ -249,6 +249,26 @@ def data_fingerprint(spec: str, examples) -> dict[str, Any]:
     return {"rows": len(examples), "hash": digest.hexdigest()[:32], "hashed": "loaded texts and scores"}
 
 
+def check_data(run_dir: str | os.PathLike, spec: str, examples, resume: bool) -> dict[str, Any]:
+    """The training data's fingerprint; with ``resume``, a ValueError (one line saying what
+    changed) when it differs from the one the run recorded in its config.json. A run recorded
+    before fingerprints existed is not checked."""
+    now = data_fingerprint(spec, examples)
+    if resume:
+        try:
+            saved = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+            recorded = saved.get("derived", {}).get("train_data_fingerprint")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        changes = fingerprint_changes(recorded, now) if recorded else []
+        if changes:
+            raise ValueError(
+                f"--resume: the training data {spec} changed since the run started ({', '.join(changes)}); "
+                "restore it or start a new run"
+            )
+    return now
+
+
 def fingerprint_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs between a recorded fingerprint and the current one (empty: the same data)."""
     changes = []

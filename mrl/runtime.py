@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import resource
 import signal
@@ -92,3 +93,13 @@ def main_error(message: str) -> None:
     """Print a one-line error and exit non-zero (entry scripts use this for bad input)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (its usage block is what --help is for)."""
+
+    def error(self, message: str):
+        hint = ""
+        if "expected one argument" in message or "expected at least one argument" in message:
+            hint = "; a negative number needs the = form, e.g. --lr=-1e-5"
+        self.exit(2, f"error: {message}{hint} (--help lists every flag)\n")
