@@ -81,11 +81,21 @@ def init_distributed(device_name: str = "auto", timeout: datetime.timedelta | No
     # torch's C++ side logs every failed connection attempt with a stack trace on fd 2: hold that
     # output back while joining; it is replayed if the start succeeds, dropped for our one line.
     sys.stderr.flush()
-    terminal = os.dup(2)
     held = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
-    os.dup2(held.fileno(), 2)
+    try:
+        terminal = os.dup(2)
+        os.dup2(held.fileno(), 2)
+    except OSError:  # no fd 2 to redirect (a detached process): nothing to hold back either
+        terminal = None
+
+    def say_what_we_wait_for() -> None:
+        if terminal is None:
+            print(waiting, file=sys.stderr, flush=True)
+        else:
+            os.write(terminal, (waiting + "\n").encode())
+
     # Nothing is printed when the start is quick; a slow one says what it is waiting for.
-    notice = threading.Timer(STARTUP_NOTICE_S, lambda: os.write(terminal, (waiting + "\n").encode()))
+    notice = threading.Timer(STARTUP_NOTICE_S, say_what_we_wait_for)
     notice.daemon = True
     notice.start()
     failure = None
@@ -100,11 +110,12 @@ def init_distributed(device_name: str = "auto", timeout: datetime.timedelta | No
     finally:
         notice.cancel()
         notice.join()
-        os.dup2(terminal, 2)
-        os.close(terminal)
-        if failure is None:
-            held.seek(0)
-            os.write(2, held.read())
+        if terminal is not None:
+            os.dup2(terminal, 2)
+            os.close(terminal)
+            if failure is None:
+                held.seek(0)
+                os.write(2, held.read())
         held.close()
     if failure:
         raise DistStartError(failure)

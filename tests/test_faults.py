@@ -20,6 +20,7 @@ Every run trains the tiny random BERT of conftest.py on one CPU thread (bitwise 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import errno
 import json
@@ -42,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # train.py and eval.py live in the repo root
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
-from mrl import checkpoint, data, dist, rundir, tracking  # noqa: E402
+from mrl import checkpoint, data, dist, objectives, rundir, tracking  # noqa: E402
 from mrl.config import TrainConfig, parse_config  # noqa: E402
 from mrl.model import Encoder  # noqa: E402
 from tests.conftest import make_tiny_model  # noqa: E402
@@ -308,8 +309,10 @@ def test_under_torchrun_a_refused_lock_stops_every_rank(tiny_model_dir, files, t
 
 
 def test_a_run_that_fails_in_process_releases_its_lock(tiny_model_dir, files, tmp_path, monkeypatch):
-    real = train.cosent_loss
-    monkeypatch.setattr(train, "cosent_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    # A NaN loss ends the run inside main (train.py takes its loss from the objectives table).
+    entry = objectives.BASE_LOSSES["cosent"]
+    poisoned = lambda config, local: lambda *a: entry.bind(config, local)(*a) * float("nan")  # noqa: E731
+    monkeypatch.setitem(objectives.BASE_LOSSES, "cosent", dataclasses.replace(entry, bind=poisoned))
     run = tmp_path / "run"
     with pytest.raises(SystemExit):
         train.main(run_args(tiny_model_dir, files["train"], run))
