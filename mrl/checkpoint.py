@@ -171,6 +171,8 @@ def load_checkpoint(
     readable (a resume must then stop, not start again).
     """
     root = Path(run_dir) / CHECKPOINT_DIR
+    if root.exists() and not root.is_dir():
+        raise CheckpointUnreadable(f"{root} is a file, not the folder of checkpoints")
     candidates = list(reversed(list_checkpoints(run_dir)))
     pointer = root / LATEST
     try:

@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
 def read_config_file(path: str) -> dict[str, Any]:
     """Field values from a JSON or TOML file; unknown keys are an error naming the file and key."""
     file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"--config {path}: is a folder, not a JSON or TOML file")
     if not file.is_file():
         raise ValueError(f"--config {path}: no such file")
     if file.stat().st_size > MAX_CONFIG_BYTES:
@@ -238,8 +240,8 @@ def read_config_file(path: str) -> dict[str, Any]:
             values = tomllib.loads(text)
         else:
             values = json.loads(text)
-    except ValueError as error:
-        raise ValueError(f"--config {path}: cannot parse: {error}") from None
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"--config {path}: cannot parse: {str(error) or 'nested too deeply'}") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {path}: expected a table/object of field names")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -398,17 +400,19 @@ def check_numbers(config: TrainConfig) -> None:
             bound = f"{'>' if strict else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
             raise ValueError(f"{flag} {value:g}: must be {bound}")
 
-    number("lr", config.lr, 0.0, strict=True)
+    # AdamW moves every weight by about lr a step: beyond 1 no model survives its first steps.
+    number("lr", config.lr, 0.0, strict=True, high=1.0)
     # A temperature outside [1e-4, 1e4] makes the softmax one-hot or uniform, so nothing learns
     # (measured on the tiny model: scale 1e-30 gives a zero gradient; scale 1e30 a gradient norm
     # that overflows float32, so clipping zeroes it; temperature 1e-44 a NaN loss). Usual: 20-100.
     number("scale", config.scale, 1e-4, high=1e4)
     number("weight_decay", config.weight_decay, 0.0)
     number("max_grad_norm", config.max_grad_norm, 0.0)
-    number("kl_weight", config.kl_weight, 0.0)
+    # Loss weights beyond 1e6 act as a learning-rate change of that size and overflow fp16.
+    number("kl_weight", config.kl_weight, 0.0, high=1e6)
     number("kl_temperature", config.kl_temperature, 1e-4, high=1e4)
-    number("last_layer_weight", config.last_layer_weight, 0.0)
-    number("prior_layers_weight", config.prior_layers_weight, 0.0)
+    number("last_layer_weight", config.last_layer_weight, 0.0, high=1e6)
+    number("prior_layers_weight", config.prior_layers_weight, 0.0, high=1e6)
     number("warmup_ratio", config.warmup_ratio, 0.0)
     number("dist_timeout", config.dist_timeout, 0.0, strict=True)
     if config.lr * config.weight_decay >= 1:
@@ -418,9 +422,9 @@ def check_numbers(config: TrainConfig) -> None:
             "(must stay above 0)"
         )
     if config.dim_weights is not None:
-        bad = [w for w in config.dim_weights if not (math.isfinite(w) and w >= 0)]
+        bad = [w for w in config.dim_weights if not (math.isfinite(w) and 0 <= w <= 1e6)]
         if bad:
-            raise ValueError(f"--dim-weights {config.dim_weights}: each must be a finite number >= 0")
+            raise ValueError(f"--dim-weights {config.dim_weights}: each must be a finite number in [0, 1e6]")
         if sum(config.dim_weights) == 0:
             raise ValueError("--dim-weights are all 0: the loss would be 0 and nothing would train")
     if config.two_d == "random" and config.last_layer_weight == 0 and config.prior_layers_weight == 0:

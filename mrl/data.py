@@ -219,13 +219,16 @@ def _read_jsonl(lines, source: str) -> tuple[list[str], list[Row]]:
             continue
         try:
             record = json.loads(chunk)
+            if not isinstance(record, dict):
+                kind = type(record).__name__
+                raise DataError(f"{source}:{line}: expected a JSON object per line, got {kind}")
+            rows.append((line, {key: _as_text(value) for key, value in record.items()}))
         except json.JSONDecodeError as e:
             message = f"{source}:{line}: not valid JSON ({e.msg}); expected one object per line"
             raise DataError(message) from None
-        if not isinstance(record, dict):
-            raise DataError(f"{source}:{line}: expected a JSON object per line, got {type(record).__name__}")
+        except RecursionError:  # e.g. [[[[...]]]] thousands deep: hostile, not data
+            raise DataError(f"{source}:{line}: JSON nested too deeply") from None
         header.update(dict.fromkeys(record))
-        rows.append((line, {key: _as_text(value) for key, value in record.items()}))
     if not rows:
         raise DataError(f"{source}: empty file (expected one JSON object per line)")
     return list(header), rows

@@ -92,6 +92,8 @@ def _read_jsonl(path: Path) -> dict[str, tuple[int, dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
+        except RecursionError:  # e.g. [[[[...]]]] thousands deep: hostile, not data
+            raise ValueError(f"{path}:{number}: JSON nested too deeply") from None
         if not isinstance(row, dict) or "_id" not in row:
             raise ValueError(f"{path}:{number}: needs an object with an '_id' field")
         if not isinstance(row["_id"], (str, int)) or isinstance(row["_id"], bool) or str(row["_id"]) == "":

@@ -36,6 +36,9 @@ LOCK_FILE = ".lock"
 # Faults of the storage, not of the program: they get one line instead of a traceback.
 WRITE_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
+# flock errors that mean "this filesystem has no locks", not "somebody holds it".
+NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
 _held: dict[str, RunLock] = {}  # real path of a run folder -> the lock this process holds on it
 
 
@@ -101,6 +104,17 @@ class RunLock:
                     f"{self.run_dir} is in use by another training ({_describe_holder(self.path)}); "
                     "wait for it to end, or pick another --output-dir"
                 ) from None
+            except OSError as error:
+                if error.errno not in NO_LOCKS:
+                    os.close(fd)
+                    raise
+                # Some network filesystems have no flock: train anyway, but say what is not guarded.
+                print(
+                    f"note: {self.run_dir} is on a filesystem without file locks ({error.strerror}); "
+                    "a second training started on it would not be stopped",
+                    file=sys.stderr,
+                )
+                break
             # The previous holder may have unlinked the file between our open and our lock:
             # then we locked an orphan inode and must try again on the current file.
             try:

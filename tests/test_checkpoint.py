@@ -242,7 +242,8 @@ def test_every_checkpoint_unreadable_is_not_the_same_as_none(tmp_path):
     save_checkpoint(tmp_path, 1, make_model(1), {"step": 1}, keep_last=2)
     (tmp_path / "checkpoints" / "step_00000001" / "model.safetensors").write_bytes(b"")
     messages = []
-    with pytest.raises(CheckpointUnreadable, match="step_00000001/model.safetensors: SafetensorError") as info:
+    unreadable = "step_00000001/model.safetensors: SafetensorError"
+    with pytest.raises(CheckpointUnreadable, match=unreadable) as info:
         load_checkpoint(tmp_path, log=messages.append)
     assert not isinstance(info.value, FileNotFoundError)
     assert len(messages) == 1

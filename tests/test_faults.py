@@ -308,6 +308,18 @@ def test_under_torchrun_a_refused_lock_stops_every_rank(tiny_model_dir, files, t
     assert sorted(p.name for p in taken.iterdir()) == []  # nothing written; our lock file went
 
 
+def test_a_filesystem_without_locks_trains_and_says_so(tiny_model_dir, files, tmp_path, capsys, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(rundir.fcntl, "flock", no_locks)
+    out = tmp_path / "run"
+    train.main(run_args(tiny_model_dir, files["train"], out))
+    err = capsys.readouterr().err
+    assert f"note: {out} is on a filesystem without file locks" in err
+    assert (out / "model" / "model.safetensors").is_file() and not (out / ".lock").exists()
+
+
 def test_a_run_that_fails_in_process_releases_its_lock(tiny_model_dir, files, tmp_path, monkeypatch):
     # A NaN loss ends the run inside main (train.py takes its loss from the objectives table).
     entry = objectives.BASE_LOSSES["cosent"]
@@ -405,6 +417,7 @@ OTHER_RESUME_CASES = [
     ("config-json-not-json", ["config.json", "cannot parse"]),
     ("config-json-a-list", ["config.json", "expected a table/object"]),
     ("config-json-a-folder", ["no config.json"]),
+    ("checkpoints-a-file", ["is a file, not the folder of checkpoints"]),
 ]
 
 
@@ -417,6 +430,10 @@ def test_resume_refuses_what_it_cannot_honour(finished, tmp_path, capsys, case, 
         (run / "config.json").write_text("{")
     elif case == "config-json-a-list":
         (run / "config.json").write_text("[]")
+    elif case == "checkpoints-a-file":
+        shutil.rmtree(run / "checkpoints")
+        shutil.rmtree(run / "model")
+        (run / "checkpoints").write_text("not a folder\n")
     else:
         (run / "config.json").unlink()
         (run / "config.json").mkdir()
@@ -570,6 +587,7 @@ NUMBER_CASES = [
     ("lr-inf", ["--lr", "inf"], "--lr"),
     ("lr-negative", ["--lr=-1e-5"], "--lr"),
     ("lr-zero", ["--lr", "0"], "--lr"),
+    ("lr-absurd", ["--lr", "10"], "--lr"),
     ("scale-zero", ["--scale", "0"], "--scale"),
     ("scale-negative", ["--scale=-20"], "--scale"),
     ("scale-nan", ["--scale", "nan"], "--scale"),
@@ -586,6 +604,8 @@ NUMBER_CASES = [
     ("dim-weights-inf", ["--dims", "32", "16", "--dim-weights", "inf", "1"], "--dim-weights"),
     ("dim-weights-negative", ["--dims", "32", "16", "--dim-weights", "1", "-1"], "--dim-weights"),
     ("dim-weights-all-zero", ["--dims", "32", "16", "--dim-weights", "0", "0"], "--dim-weights"),
+    ("dim-weights-overflowing", ["--dims", "32", "16", "--dim-weights", "1e300", "1e300"], "--dim-weights"),
+    ("kl-weight-huge", ["--kl-weight", "1e7"], "--kl-weight"),
     ("last-layer-weight-nan", ["--2d", "random", "--last-layer-weight", "nan"], "--last-layer-weight"),
     ("prior-layers-weight-neg", ["--2d", "random", "--prior-layers-weight=-2"], "--prior-layers-weight"),
     (
@@ -639,6 +659,7 @@ FILE_CASES = [
     ("warmup_ratio", float("nan")),
     ("max_train_samples", 0),
     ("dist_timeout", 0.0),
+    ("lr", 1e10),
 ]
 
 
@@ -1344,6 +1365,7 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path, monkeypatch):
 
 HOSTILE_CASES = [
     ("binary-blob-named-csv", ".csv", ":1:"),
+    ("json-nested-too-deeply", ".jsonl", ":3: JSON nested too deeply"),
     ("unterminated-quote", ".csv", "field larger than field limit"),
     ("enormous-line-in-training-data", ".jsonl", ":2: line longer than"),
 ]
@@ -1354,6 +1376,9 @@ def test_hostile_training_files_are_one_line(tiny_model_dir, tmp_path, capsys, c
     path = tmp_path / f"data{suffix}"
     if case == "binary-blob-named-csv":
         path.write_bytes(bytes(random.Random(0).randrange(256) for _ in range(1 << 16)) * 80)  # 5 MiB
+    elif case == "json-nested-too-deeply":
+        ok = '{"sentence1": "a cat", "sentence2": "a dog", "score": 0.5}\n'
+        path.write_text(ok * 2 + '{"sentence1": ' + "[" * 200000 + "]" * 200000 + "}\n")
     elif case == "unterminated-quote":
         path.write_text('sentence1,sentence2,score\n"a cat sat' + ",a dog\n" * 40000)
     else:
@@ -1380,11 +1405,22 @@ def test_an_enormous_line_in_a_beir_file_fails_at_its_line(
     )
 
 
-def test_an_enormous_config_file_is_refused_by_its_size(tiny_model_dir, files, tmp_path, capsys):
+CONFIG_FILE_CASES = [
+    ("enormous", '{"lr": 1e-5, "note": "' + "x" * (2 << 20) + '"}', "bytes"),
+    ("nested-too-deeply", '{"lr": ' + "[" * 200000 + "]" * 200000 + "}", "cannot parse"),
+    ("a-folder", None, "is a folder"),
+]
+
+
+@pytest.mark.parametrize("case, text, expected", CONFIG_FILE_CASES, ids=[c[0] for c in CONFIG_FILE_CASES])
+def test_hostile_config_files_are_one_line(tiny_model_dir, files, tmp_path, capsys, case, text, expected):
     config = tmp_path / "config.json"
-    config.write_text('{"lr": 1e-5, "note": "' + "x" * (2 << 20) + '"}')
+    if text is None:
+        config.mkdir()
+    else:
+        config.write_text(text)
     argv = ["--config", str(config), *run_args(tiny_model_dir, files["train"], tmp_path / "out")]
-    refused(lambda: train.main(argv), capsys, tmp_path, 2, ["--config", "bytes"])
+    refused(lambda: train.main(argv), capsys, tmp_path, 2, ["--config", str(config), expected])
 
 
 # ============================================================================================
