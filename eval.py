@@ -35,11 +35,12 @@ import time
 from pathlib import Path
 
 from mrl.checkpoint import write_text_atomic
-from mrl.data import DataError, load_source, source_name
+from mrl.data import DataError, check_tokenized, load_source, source_name
 from mrl.evaluation import evaluate_sts, format_table
 from mrl.model import POOLING_MODES, Encoder
 from mrl.quantize import PRECISIONS
 from mrl.retrieval import (
+    check_stages,
     embed_beir,
     evaluate_cells,
     evaluate_funnel,
@@ -48,11 +49,19 @@ from mrl.retrieval import (
     load_beir,
     parse_stages,
 )
-from mrl.runtime import AMP_PRECISIONS, autocast_for, main_error, pick_device, quiet_transformers
+from mrl.rundir import check_writable, one_line_faults
+from mrl.runtime import (
+    AMP_PRECISIONS,
+    OneLineParser,
+    autocast_for,
+    main_error,
+    pick_device,
+    quiet_transformers,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="run's model folder, any encoder folder, or hub id")
     parser.add_argument(
         "--sts",
@@ -132,13 +141,17 @@ def default_dims(model_dim: int) -> list[int]:
     return dims
 
 
+@one_line_faults()  # a full disk or a read-only place while writing --json: one line
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    # ---- every flag is checked here, before the model is loaded and anything is encoded ----
     if not args.sts and not args.beir:
         main_error("give --sts and/or --beir")
     try:
         stages = parse_stages(args.funnel) if args.funnel else None
+        if stages:
+            check_stages(stages)
     except ValueError as error:
         main_error(f"--funnel: {error}")
     if args.index == "faiss":  # the search functions of mrl.index, FAISS (an optional extra)
@@ -151,22 +164,54 @@ def main(argv: list[str] | None = None) -> dict:
         search_fn, funnel_class = search_cells, FaissFunnel
     else:
         search_fn, funnel_class = None, None  # mrl.retrieval's own
+    if (args.funnel or args.rescore is not None or args.funnel_binary) and not args.beir:
+        main_error("--funnel, --funnel-binary and --rescore apply to retrieval: add --beir")
+    if args.funnel_binary and not args.funnel:
+        main_error("--funnel-binary needs --funnel")
     if args.rescore is not None and args.rescore < 1:
         main_error(f"--rescore {args.rescore}: must be at least 1")
+    if args.rescore is not None and not {"binary", "ubinary"} & set(args.precisions):
+        main_error(f"--rescore re-ranks binary shortlists; --precisions {args.precisions} has no binary")
+    for flag, value in (("--batch-size", args.batch_size), ("--max-seq-length", args.max_seq_length)):
+        if value is not None and value < 1:
+            main_error(f"{flag} {value}: must be at least 1")
+    if args.dims is not None and (min(args.dims) < 1 or len(set(args.dims)) != len(args.dims)):
+        main_error(f"--dims {args.dims}: must be positive and unique")
+    if args.layers and args.layers != ["all"] and not all(x.lstrip("-").isdigit() for x in args.layers):
+        main_error(f"--layers {args.layers}: give layer numbers or 'all'")
     out = Path(args.json) if args.json else None
-    if out is not None and not args.overwrite:
-        for path in (out, out.with_suffix(".md")):
-            if path.exists():
-                main_error(f"--json: {path} exists; choose another path or pass --overwrite")
+    if out is not None:
+        if out.suffix.lower() == ".md":
+            main_error(f"--json {out}: its Markdown table would be written to the same file; use .json")
+        try:
+            for path in (out, out.with_suffix(".md")):
+                check_writable(path, "--json", folder=False)
+        except ValueError as error:
+            main_error(str(error))
+        if not args.overwrite:
+            for path in (out, out.with_suffix(".md")):
+                if path.exists():
+                    main_error(f"--json: {path} exists; choose another path or pass --overwrite")
+    for flag, names in (
+        ("--sts", [source_name(spec) for spec in args.sts]),
+        ("--beir", [Path(folder).name for folder in args.beir]),
+    ):
+        if len(set(names)) != len(names):  # results are keyed by name: one would replace the other
+            main_error(f"{flag}: two sets have the same name ({', '.join(names)}); rename one")
+    try:
+        device = pick_device(args.device)
+    except ValueError as error:
+        main_error(f"--device {error}")
 
     quiet_transformers()
-    device = pick_device(args.device)
     try:
         encoder = Encoder(
             args.model, args.pooling, args.max_seq_length, trust_remote_code=args.trust_remote_code
         ).to(device)
     except (OSError, ValueError) as error:
         main_error(f"--model: {str(error).splitlines()[0]}")
+    if encoder.name_or_path != args.model:
+        print(f"note: {args.model} is a training run; evaluating its final model {encoder.name_or_path}")
     meta = encoder.metadata
     dims = args.dims or meta.get("dims") or default_dims(encoder.dim)
     bad = [d for d in dims if not 1 <= d <= encoder.dim]
@@ -192,6 +237,10 @@ def main(argv: list[str] | None = None) -> dict:
     for ex in sets.values():
         if ex.n_columns != 2 or ex.scores is None:
             main_error(f"--sts {ex.source}: needs 2 text columns and a score column")
+        try:  # a text of nothing but special tokens would be scored as [CLS] [SEP]
+            check_tokenized(ex, encoder)
+        except DataError as error:
+            main_error(str(error))
     if stages:
         bad = [d for d, _ in stages if not 1 <= d <= encoder.dim]
         if bad:

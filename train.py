@@ -22,6 +22,7 @@ Per step: tokenise the C text columns of B rows together (column-major) -> one e
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -47,19 +48,28 @@ from mrl.adaptor import (
     parse_loss_weights,
     save_head,
 )
-from mrl.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from mrl.checkpoint import (
+    STATE_KEYS,
+    CheckpointUnreadable,
+    load_checkpoint,
+    save_checkpoint,
+    save_folder_atomic,
+    write_text_atomic,
+)
 from mrl.config import TrainConfig, config_diff, parse_config, validate_for_model
 from mrl.data import (
     BatchSampler,
     DataError,
     Examples,
     TokenizingCollator,
+    check_tokenized,
     load_distill_texts,
     load_source,
     parse_where,
     source_name,
 )
 from mrl.dist import (
+    DistStartError,
     barrier,
     broadcast_object,
     cleanup,
@@ -73,6 +83,14 @@ from mrl.gradcache import gradcache_step
 from mrl.losses import check_dims
 from mrl.model import Encoder
 from mrl.objectives import BaseLossEntry, base_loss_entry, build_objective
+from mrl.rundir import (
+    check_data,
+    check_writable,
+    claim_run_dir,
+    is_effectively_empty,
+    lock_holder,
+    one_line_faults,
+)
 from mrl.runtime import (
     autocast_for,
     cpu_lacks_native_bf16,
@@ -142,15 +160,25 @@ def run_info(device: torch.device, argv: list[str]) -> dict:
 def prepare_run_dir(config: TrainConfig) -> Path:
     """The run directory: never overwrite an experiment; ``--resume`` only with the run's own config."""
     run_dir = Path(config.output_dir or broadcast_object(str(Path("runs", time.strftime("%Y%m%d-%H%M%S")))))
+    try:  # a file, a path under a file, a read-only place: refused before any work
+        check_writable(run_dir, "--output-dir")
+    except ValueError as error:
+        main_error(str(error))
+    holder = lock_holder(run_dir)  # creates nothing; the lock itself is taken before the first write
+    if holder:
+        main_error(f"--output-dir {run_dir} is in use by another training ({holder}); wait for it to end")
     if config.resume:
         if not (run_dir / "config.json").is_file():
             main_error(f"--resume: {run_dir} has no config.json (is it a run directory?)")
-        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        try:
+            saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        except (ValueError, OSError) as error:
+            main_error(f"--resume: {run_dir / 'config.json'} is unreadable ({error})")
         changed = config_diff(saved, config)
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
             main_error(f"--resume: config differs from the run's config.json ({details})")
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif run_dir.exists() and not is_effectively_empty(run_dir):
         main_error(f"--output-dir {run_dir} already exists and is not empty; pick another or add --resume")
     return run_dir
 
@@ -195,6 +223,8 @@ def load_data(config: TrainConfig, base: BaseLossEntry):
     for ex in eval_sets.values():
         if ex.n_columns != 2 or ex.scores is None:
             main_error(f"--eval-data {ex.source}: needs 2 text columns and a score column")
+    if len(eval_sets) < len(config.eval_data):  # two dev sets of one name would overwrite each other
+        main_error(f"--eval-data {config.eval_data}: two sets have the same name; rename one file")
     return train, eval_sets
 
 
@@ -238,6 +268,10 @@ def make_batches(config: TrainConfig, train, encoder: Encoder, world_size: int, 
     """``(collate, sampler)``: every training text is tokenised once; a step only pads."""
     unique_texts = list(dict.fromkeys(text for column in train.columns for text in column))
     token_ids = dict(zip(unique_texts, encoder.token_ids(unique_texts)))
+    try:  # a text of nothing but special tokens would train on [CLS] [SEP] alone
+        check_tokenized(train, encoder, token_ids)
+    except DataError as error:
+        main_error(str(error))
     collate = TokenizingCollator(lambda texts: encoder.pad([token_ids[t] for t in texts]))
     # A pair is padded to its longest column (all columns go through one forward).
     lengths = [max(len(token_ids[column[i]]) for column in train.columns) for i in range(len(train))]
@@ -343,8 +377,12 @@ def restore(run_dir: Path, encoder, optimizer, schedule, scaler, loss_rng, rank:
     Returns ``(step, cursor, folder)``, or None when the run has no checkpoint yet.
     """
     try:
-        folder, weights, state = load_checkpoint(run_dir, log=print)
+        folder, weights, state = load_checkpoint(run_dir, log=print, model=encoder.model, required=STATE_KEYS)
+    except CheckpointUnreadable as error:  # never silently start again: the run stays as it is
+        main_error(f"--resume: {error}; nothing was changed")
     except FileNotFoundError:
+        if (run_dir / "model").exists():
+            main_error(f"--resume: {run_dir} has a final model/ but no checkpoint; nothing to resume")
         print(f"--resume: {run_dir} has no checkpoint yet; starting it again from step 0")
         return None
     encoder.model.load_state_dict(weights)
@@ -693,6 +731,8 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
         tracker.close()
 
 
+# Disk full, read-only...: one line, and the run lock is released however main ends.
+@one_line_faults("; nothing half-written was left behind (after fixing it, --resume continues the run)")
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -702,9 +742,11 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---- processes: one, or one per GPU under torchrun (rank 0 logs, evaluates and saves) ----
     try:
-        dist_info = init_distributed(config.device)
+        dist_info = init_distributed(config.device, datetime.timedelta(seconds=config.dist_timeout))
     except ValueError as error:
         main_error(f"--device: {error}")
+    except DistStartError as error:
+        main_error(str(error))
     rank, world_size, device = dist_info.rank, dist_info.world_size, dist_info.device
     main_process = rank == 0
     run_dir = prepare_run_dir(config)
@@ -729,7 +771,16 @@ def main(argv: list[str] | None = None) -> Path:
     # ---- data, model, objective (the loss, bound once), batches, optimizer --------------------
     base = base_loss_entry(config.loss)
     train, eval_sets = load_data(config, base)
+    try:  # --resume on changed training data would silently mix two datasets
+        fingerprint = check_data(run_dir, config.train_data, train, config.resume)
+    except ValueError as error:
+        main_error(str(error))
     encoder, model = build_encoder(config, device, world_size)
+    try:
+        for ex in eval_sets.values():
+            check_tokenized(ex, encoder)
+    except DataError as error:
+        main_error(str(error))
     # With gathered columns an in-batch-negatives loss scores only this rank's anchors (rows
     # `local` of the global batch) against every rank's candidates; see mrl/losses.py, mrl/dist.py.
     gather = world_size > 1 and config.gather_across_devices
@@ -765,6 +816,7 @@ def main(argv: list[str] | None = None) -> Path:
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
         "warmup_steps": warmup_steps,
+        "train_data_fingerprint": fingerprint,
     }
 
     # ---- fresh run or resume ------------------------------------------------------------------
@@ -774,9 +826,13 @@ def main(argv: list[str] | None = None) -> Path:
         else None
     )
     step, cursor, folder = restored or (0, (0, 0), None)
-    barrier()  # every rank has checked the run dir before rank 0 creates it
+    # Rank 0 creates (fresh run) and locks the run dir for the life of the run; the broadcast is
+    # also the barrier, so every rank stops if a second training holds it.
+    refused = claim_run_dir(run_dir, fresh=not config.resume) if main_process else None
+    refused = broadcast_object(refused)
+    if refused:
+        main_error(refused)
     if not config.resume and main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(
             run_dir / "config.json", json.dumps({**config.to_dict(), "derived": derived}, indent=2)
         )
@@ -946,8 +1002,8 @@ def main(argv: list[str] | None = None) -> Path:
             "loss": config.loss,
             "trained_steps": step,
         }
-        if main_process:
-            encoder.save(run_dir / "model", metadata)
+        if main_process:  # written beside, then renamed: a full disk leaves the old model/ or none
+            save_folder_atomic(run_dir / "model", lambda folder: encoder.save(folder, metadata))
         if last_records:
             write_text_atomic(run_dir / "eval_dev.json", json.dumps(last_records, indent=2))
             for name, recs in last_records.items():

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from mrl.adaptor import ADAPTOR_MODES, parse_loss_weights
 from mrl.losses import DEPTH_WEIGHTINGS
 from mrl.model import POOLING_MODES
 from mrl.packing import PADDING_FREE_MODES
-from mrl.runtime import AMP_PRECISIONS, main_error  # noqa: F401 (main_error: re-exported for old imports)
+from mrl.runtime import AMP_PRECISIONS, OneLineParser, main_error  # noqa: F401 (main_error: re-exported)
 
 SCHEDULERS = ("linear", "cosine", "constant")
 
@@ -220,6 +221,11 @@ class TrainConfig:
     precision: str = _opt("fp32", "autocast precision; fp16 adds a GradScaler", choices=AMP_PRECISIONS)
     device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     seed: int = _opt(12, "seeds data order, dropout and dim/layer sampling")
+    dist_timeout: float = _opt(
+        1800.0,
+        "under torchrun: seconds to wait for the other processes to start (and for any collective) "
+        "before stopping with an error",
+    )
 
     # --- evaluation, logging, checkpoints ------------------------------------------------------
     eval_every: int = _opt(
@@ -236,6 +242,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
 # Fields that may change between a run and its --resume without changing the result.
 RESUME_MAY_DIFFER = {
     "resume",
@@ -246,6 +255,7 @@ RESUME_MAY_DIFFER = {
     "keep_last",
     "eval_batch_size",
     "device",
+    "dist_timeout",
 }
 
 
@@ -267,7 +277,7 @@ def flag_name(f: dataclasses.Field) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """argparse generated from TrainConfig; every default is None so we can tell what was given."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         description="Train a Matryoshka (or 2D) sentence embedding model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=None,
@@ -294,9 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
 def read_config_file(path: str) -> dict[str, Any]:
     """Field values from a JSON or TOML file; unknown keys are an error naming the file and key."""
     file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"--config {path}: is a folder, not a JSON or TOML file")
     if not file.is_file():
         raise ValueError(f"--config {path}: no such file")
-    text = file.read_text(encoding="utf-8")
+    if file.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"--config {path}: {file.stat().st_size} bytes; a config file is a few KB")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--config {path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     try:
         if file.suffix == ".toml":
             import tomllib
@@ -304,8 +321,8 @@ def read_config_file(path: str) -> dict[str, Any]:
             values = tomllib.loads(text)
         else:
             values = json.loads(text)
-    except ValueError as error:
-        raise ValueError(f"--config {path}: cannot parse: {error}") from None
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"--config {path}: cannot parse: {str(error) or 'nested too deeply'}") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {path}: expected a table/object of field names")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -370,12 +387,18 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         # `--resume --output-dir RUN` alone continues RUN with the config it was started with.
         config_file = str(saved_run_config)
     values = read_config_file(config_file) if config_file else {}
-    values.update({key: value for key, value in args.items() if value is not None})
+    given = {key for key, value in args.items() if value is not None}
+    values.update({key: args[key] for key in given})
     if values.get("adaptor", "off") != "off":
         # Training a small head on cached vectors wants other defaults than fine-tuning an encoder.
         values = {**ADAPTOR_DEFAULTS, **values}
     config = TrainConfig(**values)
-    validate(config)
+    try:
+        validate(config)
+    except ValueError as error:
+        # A value from the file is named as a flag: say where it came from.
+        from_file = [k for k in values if k not in given and flag_name(_FIELDS[k]) in str(error)]
+        raise ValueError(f"{error} (set in --config {config_file})" if from_file else str(error)) from None
     return config
 
 
@@ -460,6 +483,7 @@ def validate(config: TrainConfig) -> None:
         if "=" not in spec:
             fail(f"--where '{spec}' is not COLUMN=VALUE")
     validate_adaptor(config)
+    check_numbers(config)
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -504,6 +528,59 @@ def validate_adaptor(config: TrainConfig) -> None:
     bad = [flag for flag, used in unsupported.items() if used]
     if bad:
         raise ValueError(f"{', '.join(bad)}: not used by --adaptor (it trains in fp32 on cached vectors)")
+
+
+def check_numbers(config: TrainConfig) -> None:
+    """Every float setting is finite and in its range, and the combinations can work, before
+    anything is created: a bad value must never surface later as a "non-finite loss" next to
+    the texts of an innocent batch. Each error names the flag and the value."""
+
+    def number(name: str, value: float, low: float, strict: bool = False, high: float | None = None) -> None:
+        flag = "--" + name.replace("_", "-")
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} {value}: must be a finite number")
+        if value < low or (strict and value == low) or (high is not None and value > high):
+            bound = f"{'>' if strict else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+            raise ValueError(f"{flag} {value:g}: must be {bound}")
+
+    # AdamW moves every weight by about lr a step: beyond 1 no model survives its first steps.
+    number("lr", config.lr, 0.0, strict=True, high=1.0)
+    # A temperature outside [1e-4, 1e4] makes the softmax one-hot or uniform, so nothing learns
+    # (measured on the tiny model: scale 1e-30 gives a zero gradient; scale 1e30 a gradient norm
+    # that overflows float32, so clipping zeroes it; temperature 1e-44 a NaN loss). Usual: 20-100.
+    number("scale", config.scale, 1e-4, high=1e4)
+    number("weight_decay", config.weight_decay, 0.0)
+    number("max_grad_norm", config.max_grad_norm, 0.0)
+    # Loss weights beyond 1e6 act as a learning-rate change of that size and overflow fp16.
+    number("kl_weight", config.kl_weight, 0.0, high=1e6)
+    number("kl_temperature", config.kl_temperature, 1e-4, high=1e4)
+    number("last_layer_weight", config.last_layer_weight, 0.0, high=1e6)
+    number("prior_layers_weight", config.prior_layers_weight, 0.0, high=1e6)
+    number("warmup_ratio", config.warmup_ratio, 0.0)
+    number("dist_timeout", config.dist_timeout, 0.0, strict=True)
+    if config.lr * config.weight_decay >= 1:
+        raise ValueError(
+            f"--weight-decay {config.weight_decay:g} with --lr {config.lr:g}: AdamW multiplies every "
+            f"weight by 1 - lr x weight_decay = {1 - config.lr * config.weight_decay:g} each step "
+            "(must stay above 0)"
+        )
+    if config.dim_weights is not None:
+        bad = [w for w in config.dim_weights if not (math.isfinite(w) and 0 <= w <= 1e6)]
+        if bad:
+            raise ValueError(f"--dim-weights {config.dim_weights}: each must be a finite number in [0, 1e6]")
+        if sum(config.dim_weights) == 0:
+            raise ValueError("--dim-weights are all 0: the loss would be 0 and nothing would train")
+    if config.two_d == "random" and config.last_layer_weight == 0 and config.prior_layers_weight == 0:
+        raise ValueError("--last-layer-weight and --prior-layers-weight are both 0: nothing would train")
+    if config.score_range is not None and any(math.isnan(v) for v in config.score_range):
+        raise ValueError(f"--score-range {config.score_range}: NaN is not a bound")
+    if config.max_train_samples is not None and config.max_train_samples < 1:
+        raise ValueError(f"--max-train-samples {config.max_train_samples}: must be at least 1")
+    if not 0 <= config.seed < 2**63:
+        raise ValueError(f"--seed {config.seed}: must be in [0, 2**63)")
+    n_dims = len(config.dims) if config.dims else 1
+    if config.n_dims_per_step is not None and config.n_dims_per_step > n_dims:
+        raise ValueError(f"--n-dims-per-step {config.n_dims_per_step}: there are only {n_dims} dims")
 
 
 def validate_for_model(config: TrainConfig, model_dim: int, num_layers: int) -> None:

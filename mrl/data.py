@@ -27,9 +27,11 @@ from __future__ import annotations
 import codecs
 import csv
 import difflib
-import io
+import itertools
 import json
 import math
+import re
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,7 @@ class Examples:
     scores: list[float] | None  # N scores, or None for unscored pairs / tuples
     source: str
     column_names: list[str]  # the C names the columns were read from
+    lines: list[int] | None = None  # N line numbers in the source (for error messages), if known
 
     def __post_init__(self):
         lengths = {len(col) for col in self.columns}
@@ -86,49 +89,85 @@ class Examples:
 # ----------------------------------------------------------------------------- reading files
 
 
+# A physical line longer than this is refused (file:line) before it is held in memory: no text
+# of an embedding dataset comes near it, and a hostile or mislabelled file (one huge line, a
+# binary blob) must fail fast instead of filling the memory. CSV fields have csv's own limit.
+MAX_LINE_BYTES = 4 << 20
+
+
 def read_rows(path: str | Path) -> tuple[list[str], list[Row]]:
     """Read a CSV (``.csv``), TSV (``.tsv``) or JSON-lines (``.jsonl``/``.json``) file with a header.
 
     Returns ``(header, rows)`` where each row is ``(line, {column: value})``. Text must be UTF-8
     (a BOM is allowed). Blank lines are skipped. A JSONL header is the union of the records' keys,
-    and a record may lack some of them.
+    and a record may lack some of them. The file is streamed line by line; a line longer than
+    `MAX_LINE_BYTES` is an error, so memory beyond the rows kept never grows with the file.
     """
     path = Path(path)
     source = str(path)
+    if path.is_dir():
+        raise DataError(f"{source}: is a folder, not a data file (.csv, .tsv, .jsonl or .json)")
+    if not path.exists():
+        raise DataError(f"{source}: no such file")
     if path.suffix.lower() not in _FORMATS:
         raise DataError(f"{source}: unknown file type {path.suffix!r}; expected .csv, .tsv, .jsonl or .json")
     try:
-        raw = path.read_bytes()
+        f = open(path, "rb")  # noqa: SIM115 (closed below, after the generator is consumed)
     except FileNotFoundError:
         raise DataError(f"{source}: no such file") from None
     except OSError as e:
         raise DataError(f"{source}: cannot read ({e.strerror})") from None
-    text = _decode(raw, source)
-    if not text.strip():
-        raise DataError(f"{source}: empty file (expected a header line)")
-    delimiter = _FORMATS[path.suffix.lower()]
-    if delimiter is None:
-        return _read_jsonl(text, source)
-    return _read_delimited(text, source, delimiter)
+    with f:
+        lines = text_lines(f, source)
+        delimiter = _FORMATS[path.suffix.lower()]
+        if delimiter is None:
+            header, rows = _read_jsonl(lines, source)
+        else:
+            header, rows = _read_delimited(lines, source, delimiter)
+    return header, rows
 
 
-def _decode(raw: bytes, source: str) -> str:
-    # Strip the BOM ourselves so byte offsets in the error below are offsets into the file.
-    body = raw[len(codecs.BOM_UTF8) :] if raw.startswith(codecs.BOM_UTF8) else raw
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        offset = e.start + len(raw) - len(body)
-        line = raw[:offset].count(b"\n") + 1
-        where = f"{source}:{line}: not UTF-8 (byte 0x{raw[offset]:02x} at offset {offset})"
-        raise DataError(f"{where}; re-save the file as UTF-8") from None
+def text_lines(f, source: str):
+    """The decoded lines of binary file ``f`` (line ends kept), checked one at a time.
+
+    Splits on "\n" and, as universal newlines do, on a lone "\r"; line numbers count both.
+    A UTF-8 error names the line and the byte offset in the file (BOM included).
+    """
+    offset = 0
+    for number in itertools.count(1):
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES:
+            raise DataError(
+                f"{source}:{number}: line longer than {MAX_LINE_BYTES >> 20} MiB; no text of an embedding "
+                "dataset is that long (is this really a text file of the type its name says?)"
+            )
+        body = raw[len(codecs.BOM_UTF8) :] if offset == 0 and raw.startswith(codecs.BOM_UTF8) else raw
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            at = offset + len(raw) - len(body) + e.start
+            where = f"{source}:{number}: not UTF-8 (byte 0x{body[e.start]:02x} at offset {at})"
+            raise DataError(f"{where}; re-save the file as UTF-8") from None
+        offset += len(raw)
+        yield text
 
 
-def _read_delimited(text: str, source: str, delimiter: str) -> tuple[list[str], list[Row]]:
+def _universal_lines(lines):
+    """Split further on a lone "\r" (old Mac line ends), keeping the ends, as newline="" does."""
+    for line in lines:
+        if "\r" in line.rstrip("\r\n"):
+            yield from re.split(r"(?<=\r)(?!\n)", line)
+        else:
+            yield line
+
+
+def _read_delimited(lines, source: str, delimiter: str) -> tuple[list[str], list[Row]]:
     # TSV files in the wild (STS-B, BEIR qrels) hold literal unbalanced quotes, so quotes are only
-    # special in CSV. newline="" lets csv see quoted newlines and keeps line_num physical.
+    # special in CSV. Lines keep their ends so csv sees quoted newlines and line_num stays physical.
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(_universal_lines(lines), delimiter=delimiter, quoting=quoting)
     header: list[str] | None = None
     rows: list[Row] = []
     end = 0  # last physical line consumed; a record starts on the next one
@@ -155,6 +194,8 @@ def _read_delimited(text: str, source: str, delimiter: str) -> tuple[list[str], 
             raise DataError(f"{source}:{start}: {n} fields but the header has {m} ({columns}); {hint}")
         else:
             rows.append((start, dict(zip(header, fields))))
+    if header is None:
+        raise DataError(f"{source}: empty file (expected a header line)")
     if not rows:
         raise DataError(f"{source}: no rows after the header")
     return header, rows
@@ -169,22 +210,27 @@ def _check_header(names: list[str], source: str, line: int) -> list[str]:
     return names
 
 
-def _read_jsonl(text: str, source: str) -> tuple[list[str], list[Row]]:
+def _read_jsonl(lines, source: str) -> tuple[list[str], list[Row]]:
     header: dict[str, None] = {}  # an ordered set: keys in order of first appearance
     rows: list[Row] = []
-    # Split on "\n" only: a JSON string cannot hold a raw newline, and a trailing "\r" is whitespace.
-    for line, chunk in enumerate(text.split("\n"), start=1):
+    # Lines end at "\n" only: a JSON string cannot hold a raw newline, and a trailing "\r" is whitespace.
+    for line, chunk in enumerate(lines, start=1):
         if not chunk.strip():
             continue
         try:
             record = json.loads(chunk)
+            if not isinstance(record, dict):
+                kind = type(record).__name__
+                raise DataError(f"{source}:{line}: expected a JSON object per line, got {kind}")
+            rows.append((line, {key: _as_text(value) for key, value in record.items()}))
         except json.JSONDecodeError as e:
             message = f"{source}:{line}: not valid JSON ({e.msg}); expected one object per line"
             raise DataError(message) from None
-        if not isinstance(record, dict):
-            raise DataError(f"{source}:{line}: expected a JSON object per line, got {type(record).__name__}")
+        except RecursionError:  # e.g. [[[[...]]]] thousands deep: hostile, not data
+            raise DataError(f"{source}:{line}: JSON nested too deeply") from None
         header.update(dict.fromkeys(record))
-        rows.append((line, {key: _as_text(value) for key, value in record.items()}))
+    if not rows:
+        raise DataError(f"{source}: empty file (expected one JSON object per line)")
     return list(header), rows
 
 
@@ -293,9 +339,7 @@ def _to_examples(
             text = row.get(name)
             if text is None:  # only JSONL / hub records can lack a key
                 raise DataError(f"{source}:{line}: no field {name!r} in this record")
-            # An empty text still encodes (to the special tokens only) and silently poisons the loss.
-            if not text.strip():
-                raise DataError(f"{source}:{line}: column {name!r} is empty")
+            check_text(text, source, line, name)
             column.append(text)
         if scores is not None:
             score = _parse_score(row.get(score_column, ""), source, line, score_column)
@@ -305,7 +349,62 @@ def _to_examples(
                     f"[{score_range[0]:g}, {score_range[1]:g}] (another scale? set --score-range LOW HIGH)"
                 )
             scores.append(score)
-    return Examples(columns, scores, source, names)
+    return Examples(columns, scores, source, names, [line for line, _ in rows])
+
+
+# Characters that render as nothing although Unicode does not file them as spaces or format
+# characters: Hangul fillers, the braille blank, variation selectors.
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800") | frozenset(
+    chr(c) for r in (range(0xFE00, 0xFE10), range(0xE0100, 0xE01F0)) for c in r
+)
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` shows nothing: only whitespace, control characters (Cc), format
+    characters such as zero-width spaces and joiners, bidi marks, soft hyphens, BOMs (Cf), or
+    other invisible fillers."""
+    return all(ch.isspace() or ch in _INVISIBLE or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+
+
+def check_text(text: str, source: str, line: int, column: str) -> None:
+    """Raise a DataError naming file:line and column for a text that is empty in any real sense
+    (it would still encode, to the special tokens only, and silently poison the loss) or that
+    holds a lone surrogate (a JSON escape such as "\\ud800"; no tokenizer can encode it)."""
+    if is_blank(text):
+        shown = f" (only invisible characters: {text[:12]!r})" if text.strip() else ""
+        raise DataError(f"{source}:{line}: column {column!r} is empty{shown}")
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) == "Cs":
+            raise DataError(
+                f"{source}:{line}: column {column!r}: a lone surrogate {ch!r} at character {i + 1} "
+                "is not valid Unicode"
+            )
+
+
+def check_tokenized(examples: Examples, encoder, token_ids: dict[str, list[int]] | None = None) -> None:
+    """`check_token_ids` with ``encoder``'s tokenizer; ``token_ids`` ({text: ids}) if already
+    computed, else every distinct text is tokenised once here."""
+    if token_ids is None:
+        texts = list(dict.fromkeys(text for column in examples.columns for text in column))
+        token_ids = dict(zip(texts, encoder.token_ids(texts)))
+    check_token_ids(examples, token_ids.__getitem__, encoder.tokenizer)
+
+
+def check_token_ids(examples: Examples, token_ids: Callable[[str], Sequence[int]], tokenizer) -> None:
+    """Raise a DataError (file:line, column) for the first text whose token ids are all special
+    tokens of ``tokenizer`` ([CLS], [SEP], [PAD], ...): nothing of it is left for the model, e.g.
+    only characters the tokenizer drops (accents, controls). [UNK] counts as content: a text
+    the vocabulary does not cover (Chinese for an English model) is data, not an empty text."""
+    special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+    for name, column in zip(examples.column_names, examples.columns):
+        for i, text in enumerate(column):
+            ids = token_ids(text)
+            if all(t in special for t in ids):
+                line = examples.lines[i] if examples.lines else i + 1
+                raise DataError(
+                    f"{examples.source}:{line}: column {name!r} is empty after tokenisation "
+                    f"(only special tokens left: {text[:40]!r})"
+                )
 
 
 def _detect_layout(header: list[str], source: str) -> list[str]:
@@ -528,24 +627,50 @@ def load_source(
     disk; anything else is a hub dataset id, optionally ``ID@split`` (overrides ``split``),
     e.g. ``sentence-transformers/stsb@validation``.
     """
-    if Path(spec).suffix.lower() in _FORMATS or Path(spec).is_file():
+    if is_local(spec):
         return load_examples(spec, text_columns, score_column, where, score_range, read_scores=read_scores)
     name, _, split_override = spec.partition("@")
-    return load_hub_examples(
-        name,
-        subset,
-        split_override or split,
-        text_columns,
-        score_column,
-        where,
-        score_range,
-        read_scores=read_scores,
+    try:
+        return load_hub_examples(
+            name,
+            subset,
+            split_override or split,
+            text_columns,
+            score_column,
+            where,
+            score_range,
+            read_scores=read_scores,
+        )
+    except ImportError as error:
+        # Say both readings: the user may have meant a file that is not there.
+        raise DataError(f"{spec}: no such local file; as a hub dataset id, {error}") from None
+
+
+# Suffixes of files that are certainly not hub dataset ids (they are refused by read_rows with
+# the list of the types it reads, instead of sending a mistyped path to the hub).
+_FILE_SUFFIXES = {".txt", ".parquet", ".arrow", ".gz", ".bz2", ".xz", ".zip", ".tar", ".xlsx", ".xls", ".npy"}
+
+
+def is_local(spec: str) -> bool:
+    """True when ``spec`` names a local path, not a hub dataset id: it exists (file or folder),
+    has a data-file suffix, or is path-like (absolute, ./ or ../ or ~, more than one "/", or its
+    parent folder exists here). A folder or a missing path is thus never sent to the hub."""
+    path = Path(spec)
+    if path.suffix.lower() in _FORMATS or path.suffix.lower() in _FILE_SUFFIXES or path.exists():
+        return True
+    name = spec.partition("@")[0]
+    parent = Path(name).parent
+    return (
+        name.startswith(("/", ".", "~"))
+        or name.endswith("/")
+        or name.count("/") > 1
+        or (parent != Path(".") and parent.is_dir())
     )
 
 
 def source_name(spec: str) -> str:
     """A short name for logs and TensorBoard tags: the file stem, or ``dataset-split`` for hub ids."""
-    if Path(spec).suffix.lower() in _FORMATS or Path(spec).is_file():
+    if is_local(spec):
         return Path(spec).stem
     name, _, split = spec.partition("@")
     return name.rsplit("/", 1)[-1] + (f"-{split}" if split else "")

@@ -20,6 +20,8 @@ import contextlib
 import copy
 import json
 import os
+import pickle
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -143,16 +145,28 @@ class Encoder(nn.Module):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
-        name_or_path = str(name_or_path)
-        if _looks_like_path(name_or_path) and not Path(name_or_path).exists():
-            raise FileNotFoundError(f"model folder {name_or_path} does not exist")
-        if Path(name_or_path).is_dir() and not (Path(name_or_path) / "config.json").is_file():
-            raise FileNotFoundError(f"{name_or_path} has no config.json: not a transformers model folder")
+        name_or_path = resolve_model_path(str(name_or_path))
         self.name_or_path = name_or_path
-        self.model = AutoModel.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, **(model_kwargs or {})
-        )
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        try:
+            self.model = AutoModel.from_pretrained(
+                name_or_path, trust_remote_code=trust_remote_code, **(model_kwargs or {})
+            )
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        except pickle.UnpicklingError as error:
+            # transformers loads .bin weights with torch.load(weights_only=True), which refuses a
+            # pickle that would call a function; say so in one line instead of torch's essay.
+            found = re.search(r"GLOBAL (\S+)", str(error))
+            what = f" (it calls {found.group(1)})" if found else ""
+            raise ValueError(
+                f"{name_or_path}: its weights are a pickle that would run code when loaded{what}; refused "
+                "(load only safetensors, or pickles of plain tensors)"
+            ) from None
+        except (OSError, ValueError):
+            raise
+        except Exception as error:  # e.g. SafetensorError for a truncated model.safetensors
+            reason = (str(error).strip().splitlines() or [""])[0][:300]
+            what = f"{type(error).__name__}: {reason}"
+            raise ValueError(f"{name_or_path}: cannot load the model ({what})") from None
         self.metadata: dict[str, Any] = _read_side_file(name_or_path, METADATA_FILE) or {}
         st_config = _read_side_file(name_or_path, "sentence_bert_config.json") or {}
         pooling_config = _read_side_file(name_or_path, "1_Pooling/config.json") or {}
@@ -168,6 +182,12 @@ class Encoder(nn.Module):
         # Never beyond the model's position embeddings: longer inputs would crash mid-run.
         requested = max_seq_length or st_config.get("max_seq_length") or 512
         self.max_seq_length = int(min(requested, model_limit))
+        special = self.tokenizer.num_special_tokens_to_add()
+        if self.max_seq_length <= special:
+            raise ValueError(
+                f"max_seq_length (--max-seq-length) {self.max_seq_length} leaves no room for text: the "
+                f"tokenizer adds {special} special tokens to every text"
+            )
         # Some sentence-transformers models lower-case text before a cased tokenizer sees it.
         self.do_lower_case = bool(
             do_lower_case if do_lower_case is not None else st_config.get("do_lower_case")
@@ -500,6 +520,28 @@ class Encoder(nn.Module):
             (METADATA_FILE, ours),
         ]:
             (path / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+
+def resolve_model_path(name: str) -> str:
+    """``name`` checked as a local model folder when it looks like a path: a missing path, a
+    file, or a folder without config.json raise FileNotFoundError (one line). A training run
+    folder (checkpoints/, run.json) stands for its final model ``RUN/model``; one without a
+    final model yet is refused with what to do. Hub ids pass through unchanged."""
+    path = Path(name)
+    if _looks_like_path(name) and not path.exists():
+        raise FileNotFoundError(f"model folder {name} does not exist")
+    if path.exists() and not path.is_dir():
+        raise FileNotFoundError(f"{name} is a file, not a model folder (a folder with config.json)")
+    if path.is_dir() and ((path / "checkpoints").is_dir() or (path / "run.json").is_file()):
+        if (path / "model" / "config.json").is_file():
+            return str(path / "model")
+        raise FileNotFoundError(
+            f"{name} is a training run without a final model yet (no {path / 'model'}); "
+            f"finish it with: python train.py --output-dir {name} --resume"
+        )
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{name} has no config.json: not a transformers model folder")
+    return name
 
 
 def _looks_like_path(name: str) -> bool:

@@ -237,7 +237,11 @@ def _check_fixed_pairs(config: Config) -> None:
             "--dim-weights and --n-dims-per-step apply to --2d off/random; fixed mode sums its pairs"
         )
     if config.layer_dim_pairs is not None:
-        parse_pairs(config.layer_dim_pairs)
+        pairs = parse_pairs(config.layer_dim_pairs)
+        # fixed_pairs_loss refuses repeats; say so now, not at the first step (issue 14).
+        repeated = sorted({f"{layer}:{d}" for layer, d in pairs if pairs.count((layer, d)) > 1})
+        if repeated:
+            raise ValueError(f"--layer-dim-pairs repeats {', '.join(repeated)}")
 
 
 def _check_fixed_pairs_for_model(config: Config, model_dim: int, num_layers: int) -> None:

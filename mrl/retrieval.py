@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mrl.data import DataError, is_blank, text_lines
 from mrl.evaluation import encode_layers
 from mrl.losses import prefix
 from mrl.quantize import (
@@ -67,77 +68,122 @@ class BeirData:
         return len(self.query_ids)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _lines(path: Path):
+    """(line number, text) of a UTF-8 file, streamed; bounded by `mrl.data.MAX_LINE_BYTES` per
+    line, and a non-UTF-8 byte, a folder or a missing file are errors naming the path (and line)."""
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
-            if not isinstance(row, dict) or "_id" not in row:
-                raise ValueError(f"{path}:{number}: needs an object with an '_id' field")
-            rows.append(row)
+    try:
+        with path.open("rb") as f:
+            yield from enumerate(text_lines(f, str(path)), 1)
+    except DataError as error:
+        raise ValueError(str(error)) from None
+
+
+def _read_jsonl(path: Path) -> dict[str, tuple[int, dict]]:
+    """{id: (line, record)} of a BEIR JSONL file; a repeated ``_id`` is an error naming both lines
+    (keeping either record would silently change the metrics)."""
+    rows: dict[str, tuple[int, dict]] = {}
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
+        except RecursionError:  # e.g. [[[[...]]]] thousands deep: hostile, not data
+            raise ValueError(f"{path}:{number}: JSON nested too deeply") from None
+        if not isinstance(row, dict) or "_id" not in row:
+            raise ValueError(f"{path}:{number}: needs an object with an '_id' field")
+        if not isinstance(row["_id"], (str, int)) or isinstance(row["_id"], bool) or str(row["_id"]) == "":
+            raise ValueError(f"{path}:{number}: '_id' must be a non-empty string or integer: {row['_id']!r}")
+        key = str(row["_id"])
+        if key in rows:
+            raise ValueError(f"{path}:{number}: _id {key!r} repeats line {rows[key][0]}")
+        rows[key] = (number, row)
+    if not rows:
+        raise ValueError(f"{path}: no records")
     return rows
 
 
 def load_corpus(path: str | Path) -> dict[str, str]:
     """corpus.jsonl -> {doc id: "title text"} (BEIR joins title and text with a space)."""
-    path = Path(path)
-    corpus = {}
-    for row in _read_jsonl(path):
-        corpus[str(row["_id"])] = (str(row.get("title") or "") + " " + str(row.get("text") or "")).strip()
-    return corpus
+    return {
+        key: (str(row.get("title") or "") + " " + str(row.get("text") or "")).strip()
+        for key, (_, row) in _read_jsonl(Path(path)).items()
+    }
 
 
 def load_queries(path: str | Path) -> dict[str, str]:
-    """queries.jsonl -> {query id: text}."""
-    return {str(row["_id"]): str(row.get("text") or "") for row in _read_jsonl(Path(path))}
+    """queries.jsonl -> {query id: text}; a query with no visible text is an error (file:line)."""
+    queries = {}
+    for key, (number, row) in _read_jsonl(Path(path)).items():
+        text = str(row.get("text") or "")
+        if is_blank(text):
+            raise ValueError(f"{path}:{number}: query {key!r} has no text")
+        queries[key] = text
+    return queries
 
 
-def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
-    """qrels TSV ``query-id corpus-id score`` (a header line is skipped) -> {qid: {doc id: grade}}."""
+def load_qrels(path: str | Path, lines: dict | None = None) -> dict[str, dict[str, int]]:
+    """qrels TSV ``query-id corpus-id score`` (a header line is skipped) -> {qid: {doc id: grade}}.
+
+    Grades are integers (a fraction or a non-finite number is an error, not silently cut); a
+    (query, doc) pair given twice is an error naming both lines. ``lines``, if given, receives
+    ``{(qid, doc id): line}`` for error messages about unknown ids.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
     qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            parts = line.rstrip("\r\n").split("\t")
-            if not line.strip():
+    seen: dict[tuple[str, str], int] = {} if lines is None else lines
+    for number, line in _lines(path):
+        parts = line.rstrip("\r\n").split("\t")
+        if not line.strip():
+            continue
+        if len(parts) != 3:
+            raise ValueError(f"{path}:{number}: expected 3 tab-separated fields, got {len(parts)}")
+        try:
+            value = float(parts[2])
+        except ValueError:
+            if number == 1:  # the header
                 continue
-            if len(parts) != 3:
-                raise ValueError(f"{path}:{number}: expected 3 tab-separated fields, got {len(parts)}")
-            try:
-                grade = int(float(parts[2]))
-            except ValueError:
-                if number == 1:  # the header
-                    continue
-                raise ValueError(f"{path}:{number}: relevance {parts[2]!r} is not a number") from None
-            qrels.setdefault(parts[0], {})[parts[1]] = grade
+            raise ValueError(f"{path}:{number}: relevance {parts[2]!r} is not a number") from None
+        if not math.isfinite(value) or value != int(value):
+            raise ValueError(f"{path}:{number}: relevance {parts[2]!r} is not an integer grade")
+        pair = (parts[0], parts[1])
+        if pair in seen:
+            repeated = f"query {parts[0]!r} and doc {parts[1]!r} repeat line {seen[pair]}"
+            raise ValueError(f"{path}:{number}: {repeated}")
+        seen[pair] = number
+        qrels.setdefault(parts[0], {})[parts[1]] = int(value)
+    if not qrels:
+        raise ValueError(f"{path}: no qrels (expected lines of query-id, corpus-id, score)")
     return qrels
 
 
 def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     """Read a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).
 
-    Keeps the queries that appear in the qrels (in file order). Qrels naming docs that are not in
-    the corpus are an error: they would silently lower every recall.
+    Keeps the queries that appear in the qrels (in file order). Qrels naming queries or docs that
+    are not in queries.jsonl / corpus.jsonl are an error naming the qrels line: they would
+    silently change every metric. So are repeated ids (see `load_corpus`, `load_qrels`).
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder}: is a file; a BEIR set is a folder (corpus.jsonl, queries.jsonl, qrels/)")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist")
     corpus = load_corpus(folder / "corpus.jsonl")
     queries = load_queries(folder / "queries.jsonl")
-    qrels = load_qrels(folder / "qrels" / f"{split}.tsv")
-    missing_queries = sorted(set(qrels) - set(queries))
-    if missing_queries:
-        raise ValueError(f"{folder}: qrels name queries not in queries.jsonl: {missing_queries[:5]}")
-    missing_docs = sorted({d for rels in qrels.values() for d in rels} - set(corpus))
-    if missing_docs:
-        raise ValueError(f"{folder}: qrels name docs not in corpus.jsonl: {missing_docs[:5]}")
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    lines: dict[tuple[str, str], int] = {}
+    qrels = load_qrels(qrels_path, lines)
+    for (qid, doc), number in sorted(lines.items(), key=lambda item: item[1]):
+        if qid not in queries:
+            raise ValueError(f"{qrels_path}:{number}: query {qid!r} is not in queries.jsonl")
+        if doc not in corpus:
+            raise ValueError(f"{qrels_path}:{number}: doc {doc!r} is not in corpus.jsonl")
     query_ids = [q for q in queries if q in qrels]
     return BeirData(
         doc_ids=list(corpus),
@@ -406,6 +452,18 @@ def parse_stages(specs: Sequence[str]) -> list[tuple[int, int]]:
     return parse_int_pairs(list(specs), "funnel stage", "DIM:K, e.g. 64:200")
 
 
+def check_stages(stages: Sequence[tuple[int, int]], width: int | None = None) -> None:
+    """Raise ValueError unless ``stages`` is a funnel: at least one stage, each keeping 1 to the
+    previous stage's k docs, dims in 1..``width`` (when known). Cheap: call it before encoding."""
+    if not stages:
+        raise ValueError("a funnel needs at least one (dim, k) stage")
+    for i, (dim, keep) in enumerate(stages):
+        if dim < 1 or (width is not None and dim > width):
+            raise ValueError(f"funnel stage {i + 1}: dim {dim} outside 1..{width or 'the model dim'}")
+        if keep < 1 or (i and keep > stages[i - 1][1]):
+            raise ValueError(f"funnel stage {i + 1}: keeps {keep}; each stage keeps 1..previous k docs")
+
+
 @dataclass
 class FunnelIndex:
     """Funnel search over a corpus of full-width embeddings ``docs`` (N, D), raw or unit.
@@ -428,14 +486,7 @@ class FunnelIndex:
     prefix_norms: list[Tensor] = field(init=False, repr=False)
 
     def __post_init__(self):
-        if not self.stages:
-            raise ValueError("a funnel needs at least one (dim, k) stage")
-        width = self.docs.shape[-1]
-        for i, (dim, keep) in enumerate(self.stages):
-            if not 1 <= dim <= width:
-                raise ValueError(f"funnel stage {i + 1}: dim {dim} outside 1..{width}")
-            if keep < 1 or (i and keep > self.stages[i - 1][1]):
-                raise ValueError(f"funnel stage {i + 1}: keeps {keep}; each stage keeps 1..previous k docs")
+        check_stages(self.stages, self.docs.shape[-1])
         self.docs = self.docs.float()
         first = prefix(self.docs, self.stages[0][0])  # (N, d_1) unit rows
         self.first_table = pack_bits(first, "ubinary") if self.binary_first else first.contiguous()

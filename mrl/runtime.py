@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import resource
 import signal
@@ -17,9 +18,27 @@ AMP_PRECISIONS = ("fp32", *AMP_DTYPES)
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` takes CUDA, then Apple MPS, then the CPU; anything else is passed to torch."""
+    """``auto`` takes CUDA, then Apple MPS, then the CPU; anything else is passed to torch after
+    checking that it exists here (ValueError, one line: a missing GPU must not surface later as
+    a traceback from the first ``.to(device)``)."""
     if name != "auto":
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"{name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                built = "no GPU is visible" if torch.version.cuda else "this torch is built without CUDA"
+                raise ValueError(f"{name}: CUDA is not available ({built}); use --device cpu or auto")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise ValueError(f"{name}: only {torch.cuda.device_count()} GPU(s) are visible")
+        elif device.type == "mps" and not (
+            torch.backends.mps.is_built() and torch.backends.mps.is_available()
+        ):
+            raise ValueError(f"{name}: Apple MPS is not available here; use --device cpu or auto")
+        elif device.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"{name}: unsupported device type (auto, cpu, cuda, cuda:N, mps)")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -99,3 +118,13 @@ def parse_int_pairs(specs: list[str], flag: str, form: str) -> list[tuple[int, i
             raise ValueError(f"{flag}: '{spec}' is not {form}") from None
         pairs.append((a, b))
     return pairs
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (its usage block is what --help is for)."""
+
+    def error(self, message: str):
+        hint = ""
+        if "expected one argument" in message or "expected at least one argument" in message:
+            hint = "; a negative number needs the = form, e.g. --lr=-1e-5"
+        self.exit(2, f"error: {message}{hint} (--help lists every flag)\n")

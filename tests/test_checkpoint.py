@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import mrl.checkpoint as checkpoint
-from mrl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from mrl.checkpoint import CheckpointUnreadable, SaveError, list_checkpoints, load_checkpoint, save_checkpoint
 
 
 def make_model(seed: int) -> nn.Module:
@@ -150,6 +150,12 @@ class Crash(Exception):
     pass
 
 
+def raises_crash():
+    """A failure while saving is reported as one SaveError (whose cause is the failure) after the
+    temporary folder is removed; the previous checkpoint must be intact either way."""
+    return pytest.raises(SaveError, check=lambda error: isinstance(error.__cause__, Crash))
+
+
 def test_crash_while_writing_weights_keeps_previous_checkpoint(tmp_path, monkeypatch):
     model, state = two_checkpoints(tmp_path)
 
@@ -158,7 +164,7 @@ def test_crash_while_writing_weights_keeps_previous_checkpoint(tmp_path, monkeyp
         raise Crash("killed while writing weights")
 
     monkeypatch.setattr(checkpoint, "save_file", half_written)
-    with pytest.raises(Crash):
+    with raises_crash():
         save_checkpoint(tmp_path, 3, make_model(3), make_state(make_model(3), 3), keep_last=3)
     monkeypatch.undo()
     assert_previous_intact(tmp_path, model, state)
@@ -179,7 +185,7 @@ def test_crash_while_writing_state_keeps_previous_checkpoint(tmp_path, monkeypat
         raise Crash("killed while writing state")
 
     monkeypatch.setattr(torch, "save", torn_save)
-    with pytest.raises(Crash):
+    with raises_crash():
         save_checkpoint(tmp_path, 3, make_model(3), {"step": 3}, keep_last=3)
     monkeypatch.undo()
     assert_previous_intact(tmp_path, model, state)
@@ -197,7 +203,7 @@ def test_crash_at_a_rename_keeps_previous_checkpoint_and_pointer(tmp_path, monke
         return real_replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(Crash):
+    with raises_crash():
         save_checkpoint(tmp_path, 3, make_model(3), {"step": 3}, keep_last=3)
     monkeypatch.undo()
     assert pointer(tmp_path) == "step_00000002"
@@ -230,12 +236,16 @@ def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path, file):
     assert "step_00000003" in messages[0]
 
 
-def test_every_checkpoint_unreadable_is_file_not_found(tmp_path):
+def test_every_checkpoint_unreadable_is_not_the_same_as_none(tmp_path):
+    # Issue 14: a run whose checkpoints are all unreadable must not look like a run that never
+    # saved one (which --resume restarts from step 0): it is its own error, naming each cause.
     save_checkpoint(tmp_path, 1, make_model(1), {"step": 1}, keep_last=2)
     (tmp_path / "checkpoints" / "step_00000001" / "model.safetensors").write_bytes(b"")
     messages = []
-    with pytest.raises(FileNotFoundError):
+    unreadable = "step_00000001/model.safetensors: SafetensorError"
+    with pytest.raises(CheckpointUnreadable, match=unreadable) as info:
         load_checkpoint(tmp_path, log=messages.append)
+    assert not isinstance(info.value, FileNotFoundError)
     assert len(messages) == 1
 
 
