@@ -20,7 +20,8 @@ corpus at each dim; the float query is scored against the dequantised docs. The 
 last evaluated layer and reports multiply-adds and measured milliseconds per query next to exact
 search at full width.
 With --json OUT it writes OUT and a Markdown table next to it (OUT with .md); it never
-overwrites an existing file unless --overwrite is given.
+overwrites an existing file unless --overwrite is given. --add-to-card puts the tables into the
+model folder's card (README.md, see mrl/card.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from mrl.card import add_eval_to_card
 from mrl.checkpoint import write_text_atomic
 from mrl.data import DataError, load_source, source_name
 from mrl.evaluation import evaluate_sts, format_table
@@ -112,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
     parser.add_argument("--json", help="write results here (and a Markdown table beside it)")
     parser.add_argument("--overwrite", action="store_true", help="allow replacing an existing --json file")
+    parser.add_argument(
+        "--add-to-card",
+        action="store_true",
+        help="add the results to the model folder's card (README.md); replaces earlier ones of a set",
+    )
     return parser
 
 
@@ -139,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
             if path.exists():
                 main_error(f"--json: {path} exists; choose another path or pass --overwrite")
 
+    if args.add_to_card and not (Path(args.model) / "mrl_config.json").is_file():
+        main_error(f"--add-to-card: {args.model} is not a model folder saved by mrl (no mrl_config.json)")
     quiet_transformers()
     device = pick_device(args.device)
     try:
@@ -250,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
         write_text_atomic(out, json.dumps(results, indent=2) + "\n")
         write_text_atomic(out.with_suffix(".md"), f"# {args.model}\n\n" + "\n".join(markdown))
         print(f"\nwrote {out} and {out.with_suffix('.md')}")
+    if args.add_to_card:
+        print(f"added to the model card: {add_eval_to_card(args.model, results)}")
     return results
 
 
