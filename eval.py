@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="retrieval sets: BEIR folders (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)",
     )
+    parser.add_argument(
+        "--text-columns",
+        nargs=2,
+        metavar=("COL1", "COL2"),
+        help="STS: the two text columns (default: detected from the header, as in train.py)",
+    )
+    parser.add_argument("--score-column", default="score", help="STS: the gold score column")
     parser.add_argument("--split", default="test", help="BEIR qrels split (qrels/SPLIT.tsv)")
     parser.add_argument("--query-prefix", default="", help="text prepended to every query (retrieval)")
     parser.add_argument("--doc-prefix", default="", help="text prepended to every corpus doc (retrieval)")
@@ -175,7 +182,12 @@ def main(argv: list[str] | None = None) -> dict:
         layers = meta.get("layers")
 
     try:
-        sets = {source_name(spec): load_source(spec, "test", score_column="score") for spec in args.sts}
+        sets = {
+            source_name(spec): load_source(
+                spec, "test", text_columns=args.text_columns, score_column=args.score_column
+            )
+            for spec in args.sts
+        }
     except (DataError, ImportError) as error:
         main_error(str(error))
     for ex in sets.values():
@@ -194,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         beir_sets[data.name or str(folder)] = (folder, data)
 
     autocast = autocast_for(device, args.precision)
+    progress = sys.stderr.isatty()  # progress bars for people at a terminal, not for logs
     results = {
         "model": args.model,
         "dims": dims,
@@ -207,7 +220,14 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         with autocast:
             records = evaluate_sts(
-                encoder, ex.columns[0], ex.columns[1], ex.scores, dims, layers, batch_size=args.batch_size
+                encoder,
+                ex.columns[0],
+                ex.columns[1],
+                ex.scores,
+                dims,
+                layers,
+                batch_size=args.batch_size,
+                show_progress=progress,
             )
         seconds = time.perf_counter() - start
         results["sets"][name] = {
@@ -228,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         with autocast:
             query_emb, doc_emb = embed_beir(
-                encoder, data, layers, args.query_prefix, args.doc_prefix, args.batch_size
+                encoder, data, layers, args.query_prefix, args.doc_prefix, args.batch_size, progress
             )  # (Lsel, Q, D), (Lsel, N, D): one encoding for every cell
         encode_seconds = time.perf_counter() - start
         records = evaluate_cells(

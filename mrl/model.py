@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mrl.hub import offline_error, offline_reason
 from mrl.losses import prefix
 from mrl.quantize import PRECISIONS, Ranges, calibrate, quantize
 
@@ -70,6 +71,7 @@ def _read_side_file(name_or_path: str, filename: str) -> dict[str, Any] | None:
         path = cached_file(
             name_or_path,
             filename,
+            local_files_only=offline_reason() is not None,
             _raise_exceptions_for_missing_entries=False,
             _raise_exceptions_for_connection_errors=False,
         )
@@ -118,10 +120,21 @@ class Encoder(nn.Module):
         if Path(name_or_path).is_dir() and not (Path(name_or_path) / "config.json").is_file():
             raise FileNotFoundError(f"{name_or_path} has no config.json: not a transformers model folder")
         self.name_or_path = name_or_path
-        self.model = AutoModel.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, **(model_kwargs or {})
-        )
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        # A hub id while the hub is out of reach: the cache only, and one line at once if it is
+        # not there (instead of half a minute of retries; see mrl/hub.py).
+        offline = None if Path(name_or_path).is_dir() else offline_reason()
+        hub = {"local_files_only": True} if offline else {}
+        try:
+            self.model = AutoModel.from_pretrained(
+                name_or_path, trust_remote_code=trust_remote_code, **hub, **(model_kwargs or {})
+            )
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                name_or_path, trust_remote_code=trust_remote_code, **hub
+            )
+        except OSError:
+            if offline:
+                raise OSError(offline_error(name_or_path, "model folder", offline)) from None
+            raise
         self.metadata: dict[str, Any] = _read_side_file(name_or_path, METADATA_FILE) or {}
         st_config = _read_side_file(name_or_path, "sentence_bert_config.json") or {}
         pooling_config = _read_side_file(name_or_path, "1_Pooling/config.json") or {}
@@ -505,6 +518,11 @@ def _resolve_calibration(
         if calibration.dim != width:
             raise ValueError(f"calibration ranges have width {calibration.dim}, the output {width}")
         return calibration
+    if isinstance(calibration, (list, tuple)) and any(isinstance(item, str) for item in calibration):
+        raise ValueError(
+            "calibration takes Ranges or raw embeddings of a corpus sample (M, >= d), e.g. "
+            "encoder.encode(sample_texts, normalize=False), not the texts themselves"
+        )
     sample = torch.as_tensor(calibration).float()
     if sample.ndim != 2 or sample.shape[-1] < width:
         raise ValueError(f"calibration sample must be (M, >= {width}), got {tuple(sample.shape)}")
