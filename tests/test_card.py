@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py / eval.py live in the repo root
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
+from mrl import card as card_module  # noqa: E402
 from mrl.card import EXAMPLE_SENTENCES, build_card, guess_language, write_card  # noqa: E402
 from mrl.model import Encoder  # noqa: E402
 from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
@@ -225,9 +226,16 @@ def test_eval_results_are_added_to_the_card_and_replaced_on_rerun(run_2d, files,
     eval_script.main([*args[:-3], "16", "--add-to-card"])  # the same set again, other dims
     card = (model / "README.md").read_text(encoding="utf-8")
     assert card.count("### sts-test") == 1 and "d=16" in card[card.index("### sts-test") :]
-    write_card(model)  # rewriting the card (e.g. python -m mrl.card) keeps the eval sections
+    write_card(model)  # rewriting the card keeps the eval sections
     again = (model / "README.md").read_text(encoding="utf-8")
     assert again.count("### sts-test") == 1 and again.count("## Evaluation (eval.py)") == 1
+    # python -m mrl.card MODEL --add FILE: the saved first result (d=32, d=8) is back in place.
+    card_module.main([str(model), "--add", str(tmp_path / "a.json")])
+    section = (model / "README.md").read_text(encoding="utf-8")
+    section = section[section.index("### sts-test") : section.index("## Usage")]
+    assert "d=16" not in section and section.count("### sts-test") == 1
+    for r in first["sets"]["sts-test"]["records"]:
+        assert f"{r['spearman']:.2f} ({100 * r['retention']:.1f}%)" in section
 
 
 def test_add_to_card_refuses_a_folder_not_saved_by_mrl(tiny_model_dir, files, capsys):

@@ -197,3 +197,12 @@ def test_skip_mark_and_block_parsing():
     text = "a\n```bash\necho 1 \\\n  --x\n```\n" + SKIP_MARK + " needs a GPU -->\n```python\nboom()\n```\n"
     assert blocks(text) == [("bash", "echo 1 \\\n  --x\n")]
     assert [shlex.split(c) for c in commands(blocks(text)[0][1])] == [["echo", "1", "--x"]]
+
+
+def test_experiment_configs_parse():
+    """The recipes under experiments/ (e.g. the GPU ones that are not run here) are valid configs."""
+    paths = sorted((REPO / "experiments").glob("*/config*.toml"))
+    assert len(paths) >= 3
+    for path in paths:
+        config = parse_config(["--config", str(path)])
+        assert config.dims and config.model, path
