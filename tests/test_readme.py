@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # train.py / eval.py live in the repo root
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
-from mrl import card  # noqa: E402
+from mrl import card, objectives  # noqa: E402
 from mrl.config import parse_config  # noqa: E402
 from tests.conftest import make_tiny_model  # noqa: E402
 from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
@@ -167,7 +167,17 @@ def check_shape_comments(code: str, namespace: dict) -> int:
     return checked
 
 
-def test_every_readme_snippet_runs(workspace, monkeypatch):
+@pytest.fixture
+def objective_tables():
+    """The README registers an objective at run time: give the tables back as they were."""
+    saved = dict(objectives.BASE_LOSSES), dict(objectives.WRAPPERS)
+    yield
+    for table, entries in zip((objectives.BASE_LOSSES, objectives.WRAPPERS), saved):
+        table.clear()
+        table.update(entries)
+
+
+def test_every_readme_snippet_runs(workspace, monkeypatch, objective_tables):
     monkeypatch.chdir(workspace["work"])
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     log: list[str] = []
@@ -189,7 +199,15 @@ def test_every_readme_snippet_runs(workspace, monkeypatch):
     assert (run / "eval_test.json").is_file()  # the Evaluation section's command
     assert (run / "model-3layers" / "config.json").is_file()  # the save_truncated snippet
     assert "### test (" in (run / "model" / "README.md").read_text()  # eval.py --add-to-card
-    assert python_blocks >= 2 and shapes >= 7
+    assert python_blocks >= 3 and shapes >= 7
+    # "Adding an objective": the loss registered by its snippet trains as the README says.
+    data = workspace["data"] / "stsb" / "en-train.csv"
+    tiny_run = train.main(
+        ["--model", str(workspace["model"]), "--train-data", str(data), "--loss", "cosine-mse",
+         "--dims", "384", "128", "32", "--max-steps", "2", "--output-dir", "runs/cosine-mse"]
+    )  # fmt: skip
+    logged = (tiny_run / "metrics.jsonl").read_text()
+    assert all(f'"train/loss_d{d}"' in logged for d in (384, 128, 32))
     assert sum(line.startswith("parsed:") for line in log) >= 2  # the hub and torchrun commands
 
 
