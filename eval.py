@@ -23,7 +23,8 @@ corpus at each dim; the float query is scored against the dequantised docs. The 
 last evaluated layer and reports multiply-adds and measured milliseconds per query next to exact
 search at full width.
 With --json OUT it writes OUT and a Markdown table next to it (OUT with .md); it never
-overwrites an existing file unless --overwrite is given.
+overwrites an existing file unless --overwrite is given. --add-to-card puts the tables into the
+model folder's card (README.md, see mrl/card.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from mrl.card import add_eval_to_card
 from mrl.checkpoint import write_text_atomic
 from mrl.data import DataError, check_tokenized, load_source, source_name
 from mrl.evaluation import evaluate_sts, format_table
@@ -75,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="retrieval sets: BEIR folders (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)",
     )
+    parser.add_argument(
+        "--text-columns",
+        nargs=2,
+        metavar=("COL1", "COL2"),
+        help="STS: the two text columns (default: detected from the header, as in train.py)",
+    )
+    parser.add_argument("--score-column", default="score", help="STS: the gold score column")
     parser.add_argument("--split", default="test", help="BEIR qrels split (qrels/SPLIT.tsv)")
     parser.add_argument("--query-prefix", default="", help="text prepended to every query (retrieval)")
     parser.add_argument("--doc-prefix", default="", help="text prepended to every corpus doc (retrieval)")
@@ -131,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
     parser.add_argument("--json", help="write results here (and a Markdown table beside it)")
     parser.add_argument("--overwrite", action="store_true", help="allow replacing an existing --json file")
+    parser.add_argument(
+        "--add-to-card",
+        action="store_true",
+        help="add the results to the model folder's card (README.md); replaces earlier ones of a set",
+    )
     return parser
 
 
@@ -203,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as error:
         main_error(f"--device {error}")
 
+    if args.add_to_card and not (Path(args.model) / "mrl_config.json").is_file():
+        main_error(f"--add-to-card: {args.model} is not a model folder saved by mrl (no mrl_config.json)")
     quiet_transformers()
     try:
         encoder = Encoder(
@@ -231,7 +247,12 @@ def main(argv: list[str] | None = None) -> dict:
         layers = meta.get("layers")
 
     try:
-        sets = {source_name(spec): load_source(spec, "test", score_column="score") for spec in args.sts}
+        sets = {
+            source_name(spec): load_source(
+                spec, "test", text_columns=args.text_columns, score_column=args.score_column
+            )
+            for spec in args.sts
+        }
     except (DataError, ImportError) as error:
         main_error(str(error))
     for ex in sets.values():
@@ -254,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         beir_sets[data.name or str(folder)] = (folder, data)
 
     autocast = autocast_for(device, args.precision)
+    progress = sys.stderr.isatty()  # progress bars for people at a terminal, not for logs
     results = {
         "model": args.model,
         "dims": dims,
@@ -267,7 +289,14 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         with autocast:
             records = evaluate_sts(
-                encoder, ex.columns[0], ex.columns[1], ex.scores, dims, layers, batch_size=args.batch_size
+                encoder,
+                ex.columns[0],
+                ex.columns[1],
+                ex.scores,
+                dims,
+                layers,
+                batch_size=args.batch_size,
+                show_progress=progress,
             )
         seconds = time.perf_counter() - start
         results["sets"][name] = {
@@ -288,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         with autocast:
             query_emb, doc_emb = embed_beir(
-                encoder, data, layers, args.query_prefix, args.doc_prefix, args.batch_size
+                encoder, data, layers, args.query_prefix, args.doc_prefix, args.batch_size, progress
             )  # (Lsel, Q, D), (Lsel, N, D): one encoding for every cell
         encode_seconds = time.perf_counter() - start
         records = evaluate_cells(
@@ -324,6 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
         write_text_atomic(out, json.dumps(results, indent=2) + "\n")
         write_text_atomic(out.with_suffix(".md"), f"# {args.model}\n\n" + "\n".join(markdown))
         print(f"\nwrote {out} and {out.with_suffix('.md')}")
+    if args.add_to_card:
+        print(f"added to the model card: {add_eval_to_card(args.model, results)}")
     return results
 
 

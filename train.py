@@ -48,6 +48,7 @@ from mrl.adaptor import (
     parse_loss_weights,
     save_head,
 )
+from mrl.card import write_card
 from mrl.checkpoint import (
     STATE_KEYS,
     CheckpointUnreadable,
@@ -735,6 +736,7 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
 @one_line_faults("; nothing half-written was left behind (after fixing it, --resume continues the run)")
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
+    wall_start = time.perf_counter()  # for the model card's wall time
     try:
         config: TrainConfig = parse_config(argv)
     except ValueError as error:
@@ -853,6 +855,9 @@ def main(argv: list[str] | None = None) -> Path:
             if restored
             else "config:\n" + json.dumps({**config.to_dict(), "derived": derived}, indent=2)
         )
+        # TensorBoard for many runs: a chart layout and an HParams row (mrl/tracking.py).
+        hparams = {**config.to_dict(), "derived": derived}
+        tracker.start_hparams(hparams, objective.eval_layers, encoder.num_layers, objective.eval_dims)
         if encoder.max_seq_length < config.max_seq_length:
             tracker.print(
                 f"note: --max-seq-length {config.max_seq_length} is capped at the model's limit "
@@ -1008,6 +1013,13 @@ def main(argv: list[str] | None = None) -> Path:
             write_text_atomic(run_dir / "eval_dev.json", json.dumps(last_records, indent=2))
             for name, recs in last_records.items():
                 tracker.print(f"\n{name} (dev), Spearman x100 (retention):\n{format_table(recs)}")
+        plot = tracker.finish(step, last_records)  # HParams metrics; retention plot (PNG + image)
+        if plot:
+            tracker.print(f"retention plot: {plot}")
+        if main_process:  # the model card: RUN/model/README.md (mrl/card.py)
+            wall = time.perf_counter() - wall_start
+            card = write_card(run_dir / "model", run_dir, train.columns[0][:2000], wall, resumed_step)
+            tracker.print(f"model card: {card}")
         tracker.print(f"done: model saved to {run_dir / 'model'}")
         return run_dir
     finally:

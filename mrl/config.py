@@ -9,6 +9,7 @@ The loop reads the config and never mutates it.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import difflib
 import json
@@ -81,7 +82,10 @@ class TrainConfig:
     max_train_samples: int | None = _opt(None, "use only the first N training rows (quick experiments)")
     eval_data: list[str] = _opt(
         ["sentence-transformers/stsb@validation"],
-        "dev sets for periodic evaluation: files (sentence1,sentence2,score) or HUB_ID@split; [] for none",
+        "dev sets for periodic evaluation: files (sentence1,sentence2,score) or HUB_ID@split; none: "
+        "give the flag alone. Not given: for a local --train-data the scored-pairs file beside it "
+        "with 'train' in its name replaced by 'dev' (stsb/en-train.csv -> stsb/en-dev.csv) or none, "
+        "else (default: sentence-transformers/stsb@validation)",
     )
 
     # --- loss --------------------------------------------------------------------------------
@@ -278,15 +282,16 @@ def flag_name(f: dataclasses.Field) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """argparse generated from TrainConfig; every default is None so we can tell what was given."""
     parser = OneLineParser(
-        description="Train a Matryoshka (or 2D) sentence embedding model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        argument_default=None,
+        description="Train a Matryoshka (or 2D) sentence embedding model.", argument_default=None
     )
     parser.add_argument("--config", help="JSON or TOML file of defaults (keys are field names); flags win")
     for f in dataclasses.fields(TrainConfig):
         kind, is_list, _ = _field_type(f)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        help_text = f"{f.metadata['help']} (default: {default})"
+        # Each default stated once: by the help text itself, or appended here (None: nothing to say).
+        help_text = f.metadata["help"]
+        if default is not None and "default" not in help_text:
+            help_text += f" (default: {default})"
         kwargs: dict[str, Any] = {"dest": f.name, "help": help_text, "default": None}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -392,6 +397,8 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     if values.get("adaptor", "off") != "off":
         # Training a small head on cached vectors wants other defaults than fine-tuning an encoder.
         values = {**ADAPTOR_DEFAULTS, **values}
+    if "eval_data" not in values:  # offline-friendly: a local training file gets a local dev file or none
+        values["eval_data"] = default_dev_data(values.get("train_data", TrainConfig.train_data))
     config = TrainConfig(**values)
     try:
         validate(config)
@@ -423,6 +430,39 @@ def upgrade_run_config(values: dict[str, Any]) -> dict[str, Any]:
     if values.get("depth_weighting") == "linear":
         return {**values, "depth_weighting": "proportional"}
     return values
+
+
+def default_dev_data(train_data: str) -> list[str]:
+    """--eval-data when it is not given, chosen so that a local run needs no network.
+
+    A hub --train-data keeps the hub default (STS-B validation). A local file gets the file beside
+    it named like it with "train" replaced by "dev" or "validation" (stsb/en-train.csv ->
+    stsb/en-dev.csv) when that file exists and its header has a "score" column; otherwise none,
+    and training runs without periodic evaluation (the resolved value is in config.json).
+    """
+    path = Path(train_data)
+    if path.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".json") and not path.is_file():
+        return list(TrainConfig.__dataclass_fields__["eval_data"].default_factory())
+    stem, found, tail = path.name.rpartition("train")
+    for word in ("dev", "validation") if found else ():
+        candidate = path.with_name(stem + word + tail)
+        try:
+            with open(candidate, encoding="utf-8-sig") as f:
+                first = f.readline()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if candidate.suffix.lower() in (".jsonl", ".json"):
+            try:
+                header = list(json.loads(first))
+            except ValueError:
+                continue
+        else:
+            header = next(
+                csv.reader([first], delimiter="\t" if candidate.suffix.lower() == ".tsv" else ","), []
+            )
+        if "score" in [name.strip() for name in header]:
+            return [str(candidate)]
+    return []
 
 
 def validate(config: TrainConfig) -> None:

@@ -30,6 +30,7 @@ import difflib
 import itertools
 import json
 import math
+import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -37,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from mrl.hub import offline_error, offline_reason
 
 Row = tuple[int, dict[str, str]]  # (line number in the file, column name -> value)
 
@@ -289,12 +292,22 @@ def load_hub_examples(
 
     Needs the optional ``datasets`` package. Line numbers in errors are 0-based dataset indices.
     """
+    offline = offline_reason()  # the hub out of reach: say so now, not after retries (mrl/hub.py)
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read by `datasets` on import: the local cache only
     try:
         import datasets
     except ImportError:
+        if offline:
+            raise DataError(offline_error(name, "data file", offline)) from None
         message = "hub datasets need the optional `datasets` package: pip install -e '.[hub]'"
         raise ImportError(message) from None
-    ds = datasets.load_dataset(name, subset, split=split)
+    try:
+        ds = datasets.load_dataset(name, subset, split=split)
+    except Exception:
+        if offline:  # whatever `datasets` raises offline (ConnectionError, FileNotFoundError...)
+            raise DataError(offline_error(name, "data file", offline)) from None
+        raise
     source = f"{name}{'/' + subset if subset else ''}[{split}]"
     rows = [(i, {key: _as_text(value) for key, value in record.items()}) for i, record in enumerate(ds)]
     if not rows:
@@ -327,8 +340,12 @@ def _to_examples(
         score_column = None
     elif score_column is None and "score" in header:
         score_column = "score"
-    for column in [*names, *([score_column] if score_column else []), *(where or {})]:
-        _require_column(column, header, source)
+    for column in names:
+        _require_column(column, header, source, "--text-columns")
+    if score_column:
+        _require_column(score_column, header, source, "--score-column")
+    for column in where or {}:
+        _require_column(column, header, source, "--where")
     if where:
         rows = _filter(rows, where, source)
 
@@ -419,12 +436,14 @@ def _detect_layout(header: list[str], source: str) -> list[str]:
     )
 
 
-def _require_column(name: str, header: list[str], source: str) -> None:
+def _require_column(name: str, header: list[str], source: str, flag: str) -> None:
+    """A DataError naming the missing column, the file's columns, a close match and the flag that
+    names the column (e.g. a score column called 'label': ``--score-column label``)."""
     if name in header:
         return
     close = [c for c in header if c.lower() == name.lower()] or difflib.get_close_matches(name, header, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise DataError(f"{source}:1: no column {name!r}; the file has {', '.join(header)}{hint}")
+    raise DataError(f"{source}:1: no column {name!r}; the file has {', '.join(header)}{hint} (set {flag})")
 
 
 def _filter(rows: list[Row], where: dict[str, str], source: str) -> list[Row]:

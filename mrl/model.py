@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mrl.hub import offline_error, offline_reason
 from mrl.losses import prefix
 from mrl.packing import PADDING_FREE_MODES, pack, packing_support, plan_buckets, plan_rows
 from mrl.quantize import PRECISIONS, Ranges, calibrate, quantize
@@ -77,6 +78,7 @@ def _side_path(name_or_path: str, filename: str) -> Path | None:
         path = cached_file(
             name_or_path,
             filename,
+            local_files_only=offline_reason() is not None,
             _raise_exceptions_for_missing_entries=False,
             _raise_exceptions_for_connection_errors=False,
         )
@@ -147,11 +149,17 @@ class Encoder(nn.Module):
 
         name_or_path = resolve_model_path(str(name_or_path))
         self.name_or_path = name_or_path
+        # A hub id while the hub is out of reach: the cache only, and one line at once if it is
+        # not there (instead of half a minute of retries; see mrl/hub.py).
+        offline = None if Path(name_or_path).is_dir() else offline_reason()
+        hub = {"local_files_only": True} if offline else {}
         try:
             self.model = AutoModel.from_pretrained(
-                name_or_path, trust_remote_code=trust_remote_code, **(model_kwargs or {})
+                name_or_path, trust_remote_code=trust_remote_code, **hub, **(model_kwargs or {})
             )
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                name_or_path, trust_remote_code=trust_remote_code, **hub
+            )
         except pickle.UnpicklingError as error:
             # transformers loads .bin weights with torch.load(weights_only=True), which refuses a
             # pickle that would call a function; say so in one line instead of torch's essay.
@@ -161,7 +169,11 @@ class Encoder(nn.Module):
                 f"{name_or_path}: its weights are a pickle that would run code when loaded{what}; refused "
                 "(load only safetensors, or pickles of plain tensors)"
             ) from None
-        except (OSError, ValueError):
+        except OSError:
+            if offline:
+                raise OSError(offline_error(name_or_path, "model folder", offline)) from None
+            raise
+        except ValueError:
             raise
         except Exception as error:  # e.g. SafetensorError for a truncated model.safetensors
             reason = (str(error).strip().splitlines() or [""])[0][:300]
@@ -644,6 +656,11 @@ def _resolve_calibration(
         if calibration.dim != width:
             raise ValueError(f"calibration ranges have width {calibration.dim}, the output {width}")
         return calibration
+    if isinstance(calibration, (list, tuple)) and any(isinstance(item, str) for item in calibration):
+        raise ValueError(
+            "calibration takes Ranges or raw embeddings of a corpus sample (M, >= d), e.g. "
+            "encoder.encode(sample_texts, normalize=False), not the texts themselves"
+        )
     sample = torch.as_tensor(calibration).float()
     if sample.ndim != 2 or sample.shape[-1] < width:
         raise ValueError(f"calibration sample must be (M, >= {width}), got {tuple(sample.shape)}")

@@ -1,0 +1,252 @@
+"""The model card (RUN/model/README.md): front matter, dev table, recipe, runnable usage snippets.
+
+The numbers in the card are checked against eval_dev.json and eval.py's JSON; the transformers
+snippet is executed as written and must give the Encoder's embeddings (it is a second, independent
+implementation of our pooling and slicing).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py / eval.py live in the repo root
+import eval as eval_script  # noqa: E402
+import train  # noqa: E402
+from mrl import card as card_module  # noqa: E402
+from mrl.card import EXAMPLE_SENTENCES, build_card, guess_language, write_card  # noqa: E402
+from mrl.model import Encoder  # noqa: E402
+from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("card-data")
+    rng = random.Random(1)
+    texts = distinct_sentences(120, seed=7)
+    rows = [[texts[2 * i], texts[2 * i + 1], round(rng.random(), 3)] for i in range(60)]
+    return {
+        "train": write_csv(folder / "train.csv", ["sentence1", "sentence2", "score"], rows[:40]),
+        "dev": write_csv(folder / "sts-dev.csv", ["sentence1", "sentence2", "score"], rows[40:]),
+        "test": write_csv(folder / "sts-test.csv", ["sentence1", "sentence2", "score"], rows[:20]),
+    }
+
+
+@pytest.fixture(scope="module")
+def base_with_card(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with a card of its own that states a license and a language."""
+    folder = tmp_path_factory.mktemp("base") / "tiny"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "README.md").write_text(
+        "---\nlanguage: fr\nlicense: apache-2.0\ntags:\n- sentence-transformers\n---\n# tiny\n",
+        encoding="utf-8",
+    )
+    return folder
+
+
+def train_run(model: Path, files: dict[str, Path], out: Path, *extra: str) -> Path:
+    return train.main(
+        [
+            "--model", str(model), "--train-data", str(files["train"]), "--eval-data", str(files["dev"]),
+            "--max-steps", "3", "--batch-size", "8", "--dims", "32", "16", "8", "--log-every", "1",
+            "--output-dir", str(out), *extra,
+        ]
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_2d(base_with_card, files, tmp_path_factory) -> Path:
+    return train_run(base_with_card, files, tmp_path_factory.mktemp("runs") / "card-2d", "--2d", "random")
+
+
+def front_matter(card: str) -> list[str]:
+    """The lines between the opening and the closing ``---``."""
+    lines = card.splitlines()
+    assert lines[0] == "---"
+    return lines[1 : lines.index("---", 1)]
+
+
+def parse_key_values(lines: list[str]) -> dict:
+    """The documented format, read independently: ``key: <JSON value>`` per line."""
+    meta = {}
+    for line in lines:
+        match = re.fullmatch(r"([a-z_]+): (.+)", line)
+        assert match, f"not a key: value line: {line!r}"
+        meta[match.group(1)] = json.loads(match.group(2))
+    return meta
+
+
+def python_block(card: str, heading: str) -> str:
+    """The first ```python block after ``heading``."""
+    start = card.index(heading)
+    match = re.search(r"```python\n(.*?)```", card[start:], re.S)
+    return match.group(1)
+
+
+def test_front_matter_is_key_value_lines_and_valid_yaml(run_2d, base_with_card):
+    card = (run_2d / "model" / "README.md").read_text(encoding="utf-8")
+    lines = front_matter(card)
+    meta = parse_key_values(lines)
+    yaml = pytest.importorskip("yaml")
+    assert yaml.safe_load("\n".join(lines)) == meta  # any YAML reader agrees
+    assert meta["library_name"] == "sentence-transformers"
+    assert meta["pipeline_tag"] == "sentence-similarity"
+    assert {"matryoshka", "2d-matryoshka", "cosent"} <= set(meta["tags"])
+    assert meta["license"] == "apache-2.0"  # inherited from the base model's card
+    assert meta["language"] == ["en"]  # told from the training texts, which beat the base card's "fr"
+    assert "base_model" not in meta  # a local folder is not a hub id ...
+    assert f"the local folder `{base_with_card}`" in card  # ... and the card says so
+
+
+def test_dev_table_numbers_equal_eval_dev_json(run_2d):
+    card = (run_2d / "model" / "README.md").read_text(encoding="utf-8")
+    dev = json.loads((run_2d / "eval_dev.json").read_text())["sts-dev"]
+    section = card[card.index("### sts-dev (dev") : card.index("## Training")]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    dims = [int(cell.strip()[2:]) for cell in rows[0].strip("|").split("|")[1:]]
+    cells = {}
+    for row in rows[1:]:
+        layer, *values = (cell.strip() for cell in row.strip("|").split("|"))
+        for dim, value in zip(dims, values):
+            spearman, retention = re.fullmatch(r"([-\d.]+) \(([-\d.]+)%\)", value).groups()
+            cells[int(layer), dim] = (float(spearman), float(retention))
+    assert set(cells) == {(r["layer"], r["dim"]) for r in dev}  # 3 layers x 3 dims, nothing else
+    for r in dev:
+        assert cells[r["layer"], r["dim"]] == (round(r["spearman"], 2), round(100 * r["retention"], 1))
+
+
+def test_recipe_states_what_produced_the_model(run_2d):
+    card = (run_2d / "model" / "README.md").read_text(encoding="utf-8")
+    run = json.loads((run_2d / "run.json").read_text())
+    recipe = card[card.index("## Training") : card.index("## Usage")]
+    for expected in (
+        "| loss | cosent (scale 20.0) |",
+        "| Matryoshka dims | 32, 16, 8 |",
+        "| steps | 3 of 3 |",
+        "| batch | 8 per device |",
+        "| precision | fp32 |",
+        "| seed | 12 |",
+        f"mrl commit `{run['git_commit'][:12]}`",
+        "`--2d random`, evaluated layers [1, 2, 3]",
+        "| learning rate | 2e-05, linear after 10% warmup",
+        "(40 rows)",
+    ):
+        assert expected in recipe, expected
+    assert re.search(r"\| wall time \| \d+ (min \d+ )?s \(start to saved model on cpu", recipe)
+    assert "python train.py --model " in recipe and "--2d random" in recipe
+
+
+def run_snippet(code: str) -> dict:
+    namespace: dict = {}
+    exec(compile(code, "<card snippet>", "exec"), namespace)  # noqa: S102 (the card's own code)
+    return namespace
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max", "lasttoken"])
+def test_transformers_snippet_gives_the_encoders_embeddings(tiny_model_dir, tmp_path, pooling):
+    folder = tmp_path / "model"
+    Encoder(tiny_model_dir, pooling=pooling).save(
+        folder, {"dims": [32, 16, 8], "layers": [1, 2, 3], "two_d": "random"}
+    )
+    write_card(folder)
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    ns = run_snippet(python_block(card, "### transformers"))
+
+    encoder = Encoder(folder)
+    raw = encoder.encode(EXAMPLE_SENTENCES, normalize=False)  # (2, 32)
+    torch.testing.assert_close(ns["embeddings"], raw, atol=1e-5, rtol=1e-5)
+    dim = ns["dim"]
+    assert dim in (32, 16, 8)
+    torch.testing.assert_close(ns["small"], encoder.encode(EXAMPLE_SENTENCES, dim=dim), atol=1e-5, rtol=1e-5)
+    k = int(re.search(r"hidden_states\[(\d+)\]", card).group(1))
+    expected = encoder.encode(EXAMPLE_SENTENCES, layers=k, dim=dim)
+    torch.testing.assert_close(ns["shallow"], expected, atol=1e-5, rtol=1e-5)
+
+    # The mrl snippet runs as written; the sentence-transformers one is at least valid Python
+    # that truncates (that library is never installed here).
+    mrl_ns = run_snippet(python_block(card, "### mrl"))
+    assert mrl_ns["small"].shape == (2, dim) and mrl_ns["shallow"].shape == (2, dim)
+    st_code = python_block(card, "### sentence-transformers")
+    ast.parse(st_code)
+    assert f"truncate_dim={dim}" in st_code
+
+
+def test_lower_casing_models_lower_case_in_the_snippet(tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    Encoder(tiny_model_dir, do_lower_case=True).save(folder, {"dims": [32, 8]})
+    code = python_block(build_card(folder), "### transformers")
+    assert "sentences = [s.lower() for s in sentences]" in code
+    ns = run_snippet(code)
+    torch.testing.assert_close(
+        ns["embeddings"], Encoder(folder).encode(EXAMPLE_SENTENCES, normalize=False), atol=1e-5, rtol=1e-5
+    )
+    assert "shallow" not in ns  # not a 2D model: no layer snippet
+
+
+def test_hub_ids_fill_base_model_and_datasets(run_2d, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_2d, run, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    config = json.loads((run / "config.json").read_text())
+    config.update(model="sentence-transformers/all-MiniLM-L6-v2", train_data="sentence-transformers/stsb")
+    (run / "config.json").write_text(json.dumps(config))
+    lines = front_matter(build_card(run / "model"))
+    meta = parse_key_values(lines)
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["datasets"] == ["sentence-transformers/stsb"]
+
+
+def test_eval_results_are_added_to_the_card_and_replaced_on_rerun(run_2d, files, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(run_2d / "model", model)
+    args = ["--model", str(model), "--sts", str(files["test"]), "--dims", "32", "8", "--add-to-card"]
+    first = eval_script.main([*args, "--json", str(tmp_path / "a.json")])
+    card = (model / "README.md").read_text(encoding="utf-8")
+    assert card.count("## Evaluation (eval.py)") == 1
+    section = card[card.index("### sts-test") : card.index("## Usage")]
+    for r in first["sets"]["sts-test"]["records"]:
+        assert f"{r['spearman']:.2f} ({100 * r['retention']:.1f}%)" in section
+    assert card.index("## Dev results") < card.index("## Evaluation (eval.py)") < card.index("## Usage")
+
+    eval_script.main([*args[:-3], "16", "--add-to-card"])  # the same set again, other dims
+    card = (model / "README.md").read_text(encoding="utf-8")
+    assert card.count("### sts-test") == 1 and "d=16" in card[card.index("### sts-test") :]
+    write_card(model)  # rewriting the card keeps the eval sections
+    again = (model / "README.md").read_text(encoding="utf-8")
+    assert again.count("### sts-test") == 1 and again.count("## Evaluation (eval.py)") == 1
+    # python -m mrl.card MODEL --add FILE: the saved first result (d=32, d=8) is back in place.
+    card_module.main([str(model), "--add", str(tmp_path / "a.json")])
+    section = (model / "README.md").read_text(encoding="utf-8")
+    section = section[section.index("### sts-test") : section.index("## Usage")]
+    assert "d=16" not in section and section.count("### sts-test") == 1
+    for r in first["sets"]["sts-test"]["records"]:
+        assert f"{r['spearman']:.2f} ({100 * r['retention']:.1f}%)" in section
+
+
+def test_add_to_card_refuses_a_folder_not_saved_by_mrl(tiny_model_dir, files, capsys):
+    with pytest.raises(SystemExit):
+        eval_script.main(["--model", str(tiny_model_dir), "--sts", str(files["test"]), "--add-to-card"])
+    assert "--add-to-card" in capsys.readouterr().err
+    assert not (tiny_model_dir / "README.md").exists()
+
+
+def test_guess_language():
+    assert guess_language(["一个男人在弹吉他。", "一个女人在切洋葱。"]) == "zh"
+    assert guess_language(["A man is playing the guitar.", "The cat sat on a mat."]) == "en"
+    assert guess_language(["Der Hund läuft im Park.", "Die Katze schläft."]) is None
+    assert guess_language(["猫がマットの上に座っている。"]) == "ja"

