@@ -510,6 +510,13 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
     cache_dir = config.embedding_cache or os.environ.get("MRL_EMBEDDING_CACHE") or "~/.cache/mrl/embeddings"
     cache_dir = Path(cache_dir).expanduser()
     encoder = None
+    # The vectors come from a file: --resume on a changed one would silently mix two corpora
+    # (checked on the file's bytes before anything is encoded; rows are not counted here).
+    spec = config.adaptor_embeddings or config.train_data
+    try:
+        fingerprint = check_data(run_dir, spec, None, config.resume) if Path(spec).is_file() else None
+    except ValueError as error:
+        main_error(str(error))
     start = time.perf_counter()
     try:
         if config.adaptor_embeddings:
@@ -585,20 +592,30 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
         "warmup_steps": warmup_steps,
+        "train_data_fingerprint": fingerprint,
     }
 
     step, cursor, pair_cursor, folder = 0, (0, 0), (0, 0), None
     if config.resume:
         try:
-            folder, saved_weights, state = load_checkpoint(run_dir, log=print)
+            required = ("step", "cursor", "pair_cursor", "optimizer", "schedule")
+            folder, saved_weights, state = load_checkpoint(
+                run_dir, log=print, model=adaptor, required=required
+            )
             adaptor.load_state_dict(saved_weights)
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             step, cursor, pair_cursor = state["step"], tuple(state["cursor"]), tuple(state["pair_cursor"])
+        except CheckpointUnreadable as error:  # never silently start again: the run stays as it is
+            main_error(f"--resume: {error}; nothing was changed")
         except FileNotFoundError:
+            if (run_dir / "model").exists() or (run_dir / "adaptor").exists():
+                main_error(f"--resume: {run_dir} has a final model but no checkpoint; nothing to resume")
             print(f"--resume: {run_dir} has no checkpoint yet; starting it again from step 0")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    refused = claim_run_dir(run_dir, fresh=not config.resume)  # one training per run directory
+    if refused:
+        main_error(refused)
+    if not config.resume:
         write_text_atomic(
             run_dir / "config.json", json.dumps({**config.to_dict(), "derived": derived}, indent=2)
         )
@@ -716,16 +733,21 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
             "seed": config.seed,
         }
         adaptor.eval()
+        # Written beside, then renamed: a full disk leaves the old folder or none, never half of one.
         if encoder is not None:
             encoder.attach_head(head_modules(adaptor))
-            encoder.save(run_dir / "model", {"dims": sorted(dims, reverse=True), "adaptor": recipe})
             where = run_dir / "model"
+            meta = {"dims": sorted(dims, reverse=True), "adaptor": recipe}
+            save_folder_atomic(where, lambda folder: encoder.save(folder, meta))
         else:
             where = run_dir / "adaptor"
-            where.mkdir(parents=True, exist_ok=True)
-            entries = save_head(where, head_modules(adaptor))
-            write_text_atomic(where / "modules.json", json.dumps(entries, indent=2) + "\n")
-            write_text_atomic(where / "adaptor.json", json.dumps(recipe, indent=2) + "\n")
+
+            def write_adaptor(folder: Path) -> None:
+                entries = save_head(folder, head_modules(adaptor))
+                write_text_atomic(folder / "modules.json", json.dumps(entries, indent=2) + "\n")
+                write_text_atomic(folder / "adaptor.json", json.dumps(recipe, indent=2) + "\n")
+
+            save_folder_atomic(where, write_adaptor)
         tracker.print(f"done in {train_seconds:.1f} s of training: adaptor saved to {where}")
         return run_dir
     finally:

@@ -597,6 +597,9 @@ def check_numbers(config: TrainConfig) -> None:
     number("last_layer_weight", config.last_layer_weight, 0.0, high=1e6)
     number("prior_layers_weight", config.prior_layers_weight, 0.0, high=1e6)
     number("warmup_ratio", config.warmup_ratio, 0.0)
+    number("distill_weight", config.distill_weight, 0.0, high=1e6)
+    number("distill_temperature", config.distill_temperature, 1e-4, high=1e4)
+    number("adaptor_temperature", config.adaptor_temperature, 1e-4, high=1e4)
     number("dist_timeout", config.dist_timeout, 0.0, strict=True)
     if config.lr * config.weight_decay >= 1:
         raise ValueError(

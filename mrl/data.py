@@ -730,7 +730,8 @@ def file_texts(spec: str | Path) -> list[str]:
                 f"{spec}:1: no text columns found in the header ({', '.join(header)}); expected a "
                 "known pair/triplet layout or a 'text' column"
             ) from None
-    return [text for _, row in rows for name in names if (text := (row.get(name) or "").strip())]
+    # Texts of only invisible characters are empty too (see is_blank): dropped like empty ones.
+    return [text for _, row in rows for name in names if not is_blank(text := (row.get(name) or "").strip())]
 
 
 def load_distill_texts(

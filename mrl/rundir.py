@@ -249,12 +249,14 @@ def _content_hash(path: Path, size: int) -> str:
 def data_fingerprint(spec: str, examples) -> dict[str, Any]:
     """What identifies the training data: for a local file its size in bytes, the rows read and
     a SHA-256 of its bytes (the whole file up to `WHOLE_FILE_BYTES`, else sampled, see above);
-    for a hub dataset the rows and a hash of the loaded texts and scores."""
+    for a hub dataset the rows and a hash of the loaded texts and scores. ``examples`` None: a
+    file's bytes only (rows None)."""
     path = Path(spec)
     if path.is_file():
         size = path.stat().st_size
         method = "whole file" if size <= WHOLE_FILE_BYTES else "first/last MiB and 32 blocks"
-        return {"size": size, "rows": len(examples), "hash": _content_hash(path, size), "hashed": method}
+        rows = None if examples is None else len(examples)
+        return {"size": size, "rows": rows, "hash": _content_hash(path, size), "hashed": method}
     digest = hashlib.sha256()
     for column in examples.columns:
         for text in column:

@@ -1563,3 +1563,102 @@ def test_a_hub_id_without_datasets_says_both_readings(tiny_model_dir, tmp_path, 
         ["some-org/some-set", "no such local file", "datasets"],
         absent=("Traceback",),
     )
+
+
+# ============================================================================================
+# The same guarantees in train.py --adaptor (its own small loop)
+# ============================================================================================
+
+
+@pytest.fixture(scope="module")
+def adaptor_run(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """A finished 4-step adaptor run (checkpoints at 2 and 4) on its own copy of a pairs file."""
+    folder = tmp_path_factory.mktemp("adaptor")
+    corpus = write_csv(folder / "corpus.csv", HEADER, pair_rows(32, seed=7))
+    cache = tmp_path_factory.mktemp("embedding-cache")
+    argv = [
+        "--adaptor", "linear",
+        "--model", str(tiny_model_dir),
+        "--train-data", str(corpus),
+        "--eval-data",
+        "--embedding-cache", str(cache),
+        "--dims", "32", "16",
+        "--max-steps", "4",
+        "--batch-size", "8",
+        "--save-every", "2",
+        "--keep-last", "3",
+        "--log-every", "1",
+        "--device", "cpu",
+    ]  # fmt: skip
+    run = folder / "run"
+    train.main([*argv, "--output-dir", str(run)])
+    return run, corpus, argv
+
+
+def _adaptor_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / "step_00000004" / "model.safetensors"))
+
+
+ADAPTOR_CASES = [
+    # (case, what is done to a copy of the finished run, text of the line)
+    ("lock-held", "hold", ["in use"]),
+    ("every-checkpoint-unreadable", "damage", ["none of its 2 checkpoints", "nothing was changed"]),
+    ("no-checkpoint-but-a-final-model", "no-checkpoints", ["has a final model but no checkpoint"]),
+    ("training-data-changed", "edit-data", ["changed since the run started", "size", "content hash"]),
+]
+
+
+@pytest.mark.parametrize("case, how, contains", ADAPTOR_CASES, ids=[c[0] for c in ADAPTOR_CASES])
+def test_adaptor_resume_refuses_what_it_cannot_honour(adaptor_run, tmp_path, capsys, case, how, contains):
+    finished_run, corpus, _ = adaptor_run
+    run = copy_run(finished_run, tmp_path / "run")
+    shutil.rmtree(run / "model")
+    holder, original = None, corpus.read_bytes()
+    if how == "hold":
+        holder = hold_lock(run)
+    elif how == "damage":
+        for folder in (run / "checkpoints").glob("step_*"):
+            (folder / "state.pt").write_bytes(b"garbage")
+    elif how == "no-checkpoints":
+        shutil.rmtree(run / "checkpoints")
+        shutil.copytree(finished_run / "model", run / "model")
+    else:
+        corpus.write_bytes(original + b"a new cat,a new dog,0.5\r\n")
+    try:
+        argv = ["--output-dir", str(run), "--resume"]
+        refused(
+            lambda: train.main(argv),
+            capsys,
+            tmp_path,
+            2,
+            ["--resume" if holder is None else str(run), *contains],
+        )
+    finally:
+        corpus.write_bytes(original)
+        if holder is not None:
+            stop(holder)
+
+
+def test_adaptor_disk_full_while_saving_then_resume(adaptor_run, tmp_path, capsys, monkeypatch):
+    finished_run, _, argv = adaptor_run
+    out = tmp_path / "run"
+    real = Encoder.save
+
+    def save_full(self, path, metadata=None):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "config.json").write_text('{"half": ')
+        raise _enospc(Path(path) / "model.safetensors")
+
+    monkeypatch.setattr(Encoder, "save", save_full)
+    with pytest.raises(SystemExit) as info:
+        train.main([*argv, "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "Traceback" not in err, err[-3000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "No space left on device" in line and str(out / "model") in line
+    assert not (out / "model").exists() and not [p for p in out.rglob("*") if ".tmp" in p.name]
+    monkeypatch.setattr(Encoder, "save", real)
+    train.main(["--output-dir", str(out), "--resume"])
+    assert (out / "model" / "model.safetensors").is_file()
+    got, want = _adaptor_weights(out), _adaptor_weights(finished_run)
+    assert all(torch.equal(got[k], want[k]) for k in want)
