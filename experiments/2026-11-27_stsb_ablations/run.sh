@@ -36,7 +36,9 @@ declare -A flags=(
   # Added 2026-11-30 (issue 12): the reference's 2D defaults as they are today, exactly: uniform
   # depth weight (w = 1, each drawn block's loss divided by the number drawn), detached KL target
   # (our default), one sampled dim per layer and step.
-  [2d-random-reference-current]="--dims ${dims[*]} --2d random --depth-weighting uniform --n-dims-per-step 1"
+  # Pinned to length-grouped batches, the default when the other rows were recorded (issue 15
+  # made random batches the default on 2026-11-30).
+  [2d-random-reference-current]="--dims ${dims[*]} --2d random --depth-weighting uniform --n-dims-per-step 1 --group-by-length"
 )
 variants=(${VARIANTS:-matryoshka-weights-small matryoshka-1-dim-per-step matryoshka-no16 2d-random-no-kl 2d-random-inverse-depth 2d-random-upstream 2d-random-reference 2d-random-reference-current})
 for seed in ${seeds[@]}; do
