@@ -410,18 +410,26 @@ class MatryoshkaIndex:
 # --------------------------------------------------------------------------------------------
 
 
-def flat_search(queries, docs, k: int, dim: int | None = None, chunk_size: int = 262_144):
+def flat_search(
+    queries, docs, k: int, dim: int | None = None, chunk_size: int = 262_144, unit_rows: bool = False
+):
     """Exact top-k cosine of the ``dim``-prefixes over docs (N, D) read ``chunk_size`` rows at a
     time (a memmap bigger than RAM never has to be in memory): FAISS brute force on each chunk,
-    merged in a running heap. -> scores (Q, k) float32, ids (Q, k) int64 (torch)."""
+    merged in a running heap. -> scores (Q, k) float32, ids (Q, k) int64 (torch).
+
+    ``unit_rows``: the docs' ``dim``-prefixes are unit vectors already (a corpus stored
+    normalised, searched at full width), so the chunks are scored as stored instead of being
+    re-normalised on every search (which costs more than the search for a few queries).
+    """
     faiss = import_faiss()
+    docs = _float_rows(docs)
     dim = docs.shape[1] if dim is None else dim
     unit = unit_prefix(queries, dim)
     heap = faiss.ResultHeap(unit.shape[0], min(k, docs.shape[0]), keep_max=True)
     for rows in _chunks(docs.shape[0], chunk_size):
+        block = np.ascontiguousarray(docs[rows, :dim]) if unit_rows else unit_prefix(docs[rows], dim)
         with _blas_for_batches(faiss):
-            scores, ids = faiss.knn(unit, unit_prefix(docs[rows], dim), min(k, rows.stop - rows.start),
-                                    faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+            scores, ids = faiss.knn(unit, block, min(k, block.shape[0]), faiss.METRIC_INNER_PRODUCT)
         heap.add_result(scores, ids + rows.start)
     heap.finalize()
     return torch.from_numpy(heap.D.copy()), torch.from_numpy(heap.I.astype(np.int64))

@@ -89,6 +89,15 @@ def test_flat_search_streams_chunks_and_equals_brute_force(faiss, tmp_path):
         want_scores, want_ids = brute_topk(queries, docs, dim, 10)
         np.testing.assert_array_equal(ids.numpy(), want_ids)
         np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-5)
+    # Rows stored unit already: scored as they are (raw rows would give plain inner products).
+    unit = np_prefix(docs, 32).astype(np.float32)
+    scores, ids = flat_search(queries, unit, 10, chunk_size=77, unit_rows=True)
+    want_scores, want_ids = brute_topk(queries, docs, 32, 10)
+    np.testing.assert_array_equal(ids.numpy(), want_ids)
+    np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-5)
+    raw_ids = flat_search(queries, docs, 10, chunk_size=77, unit_rows=True)[1].numpy()
+    want_raw = np.argsort(-(np_prefix(queries, 32) @ docs.astype(np.float64).T), axis=1, kind="stable")
+    np.testing.assert_array_equal(raw_ids, want_raw[:, :10])
 
 
 def test_ivf_probing_every_cell_is_exact(faiss):

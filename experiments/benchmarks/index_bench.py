@@ -38,16 +38,19 @@ on SciFact (and at 1M with ``--int8-synthetic``).
 Several operating points (shortlist, ef_search, nprobe) of one built index are separate rows.
 
 **Measures.** Throughput: all the section's queries in one batch (repeated until 1 s has passed,
-median), as ms per query and queries/s; latency: median of ``--single`` queries one at a time.
-Speed-up: numpy exact's ms per query over the row's (batch, and single). Recall@10: the share of
-exact full-width top 10 (FAISS exact) found. Bytes per vector: scanned for every query (the index)
-+ read for a few candidates per query (the float rows re-ranking reads; can stay on disk). Build:
-wall time to build the index. Peak memory: the largest anonymous resident memory (RssAnon,
-sampled every 20 ms) above the level before the row's build, i.e. the index and the search's
-temporaries; pages of the memmap'd corpus are page cache (file-backed) and not counted. Searches
-run on ``--threads`` threads (torch and FAISS, default 1: on a small shared machine a 2-thread
-region stalls whenever the other core is busy), builds on ``--build-threads``. The load average
-is recorded before and after every section.
+median), as ms per query and queries/s; latency: median of ``--single`` queries one at a time
+(``--single-slow`` for full scans). Each is given as wall time and as CPU time of the process
+(user + system, all threads): on a machine shared with other jobs the wall time depends on the
+load, the CPU time much less (it still grows with the memory-bandwidth contention, and it does
+not count waiting for the disk). Speed-up: numpy exact's time over the row's. Recall@10: the share
+of the exact full-width top 10 (the FAISS exact row's result) found. Bytes per vector: scanned for
+every query (the index) + read for a few candidates per query (the float rows re-ranking reads;
+they can stay on disk). Build: wall and CPU time to build the index. Peak memory: the largest
+anonymous resident memory (RssAnon, sampled every 20 ms) above the level before the row's build,
+i.e. the index and the search's temporaries; pages of the memmap'd corpus are page cache
+(file-backed) and not counted. Searches run on ``--threads`` threads (torch and FAISS, default
+1: on a small shared machine a 2-thread region stalls whenever the other core is busy), builds
+on ``--build-threads``. The load average is recorded before and after every section.
 """
 
 from __future__ import annotations
@@ -229,9 +232,10 @@ def run_rows(rows, queries, args, data=None) -> list[dict]:
         gc.collect()
         with PeakMemory() as memory:
             set_threads(args.build_threads)
-            start = time.perf_counter()
+            start, start_cpu = _clock()
             state = row.build()
             build_seconds = time.perf_counter() - start
+            build_cpu = time.process_time() - start_cpu
             set_threads(args.threads)
             results = []
             for label, run in row.points:
@@ -258,6 +262,7 @@ def run_rows(rows, queries, args, data=None) -> list[dict]:
                 "bytes_scan": scan,
                 "bytes_rerank": rerank,
                 "build_s": build_seconds,
+                "build_cpu_s": build_cpu,
                 "peak_mb": memory.mb,
             }
             if data is not None:
@@ -280,7 +285,7 @@ def table(records: list[dict], with_ndcg: bool) -> str:
     """Markdown: one row per record; speed-ups are numpy exact's time over the row's (wall / CPU)."""
     base = records[0]  # numpy exact
     head = (
-        "| method | bytes/vec scanned | + bytes/vec re-rank | build s | peak MB "
+        "| method | bytes/vec scanned | + bytes/vec re-rank | build s (wall / CPU) | peak MB "
         "| batch ms/query (wall / CPU) | queries/s | batch speed-up (wall / CPU) "
         "| single ms (wall / CPU) | single speed-up (wall / CPU) "
         "| recall@10 vs exact |"
@@ -293,7 +298,8 @@ def table(records: list[dict], with_ndcg: bool) -> str:
     for r in records:
         single = (base["ms_single"] / r["ms_single"], base["cpu_ms_single"] / r["cpu_ms_single"])
         line = (
-            f"| {r['method']} | {r['bytes_scan']:,.0f} | {r['bytes_rerank']:,.0f} | {r['build_s']:.1f} "
+            f"| {r['method']} | {r['bytes_scan']:,.0f} | {r['bytes_rerank']:,.0f} "
+            f"| {r['build_s']:.1f} / {r['build_cpu_s']:.1f} "
             f"| {r['peak_mb']:,.0f} | {r['ms_batch']:.3f} / {r['cpu_ms_batch']:.3f} | {r['qps']:,.0f} "
             f"| {base['ms_batch'] / r['ms_batch']:.1f}x / {base['cpu_ms_batch'] / r['cpu_ms_batch']:.1f}x "
             f"| {r['ms_single']:.2f} / {r['cpu_ms_single']:.2f} "
@@ -367,7 +373,7 @@ def faiss_rows(
             Row(
                 "FAISS exact 384 (flat_search, streamed from the memmap)",
                 lambda: None,
-                [("", lambda s, q: flat_search(q, docs, K, DIM, chunk_size=250_000)[1])],
+                [("", lambda s, q: flat_search(q, docs, K, DIM, chunk_size=250_000, unit_rows=True)[1])],
                 4 * DIM,
                 0,
                 slow=slow,
