@@ -548,8 +548,6 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
         main_error(str(error))
     dims = list(config.dims or [dim])
     weights = parse_loss_weights(config.adaptor_weights)
-    if weights["rank"] and data.pairs is None and not config.resume:
-        print("note: --adaptor-weights gives rank a weight but there are no --adaptor-pairs; it is unused")
     adaptor = Adaptor(dim, config.adaptor, config.adaptor_hidden).to(device)
     objective = partial(
         adaptor_loss,

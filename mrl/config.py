@@ -173,10 +173,10 @@ class TrainConfig:
     )
     adaptor_hidden: int | None = _opt(None, "adaptor mlp: hidden units (default: the embedding dim)")
     adaptor_weights: list[str] = _opt(
-        ["sim=1", "nbr=1", "rec=0", "rank=1"],
+        ["list=1", "rank=1"],
         "adaptor loss weights NAME=W: sim (pairwise similarity), nbr (top-k neighbourhood), list "
-        "(listwise neighbourhood), rec (reconstruction), rank (in-batch negatives on the pairs); "
-        "an absent name weighs 0",
+        "(listwise neighbourhood), rec (reconstruction), rank (in-batch negatives on the pairs, "
+        "used only with --adaptor-pairs); an absent name weighs 0; the paper's: sim=1 nbr=1",
     )
     adaptor_k: int = _opt(10, "adaptor: neighbours per row in the top-k neighbourhood loss (nbr)")
     adaptor_temperature: float = _opt(0.05, "adaptor: temperature of the listwise loss (list)")
@@ -368,12 +368,15 @@ def _check_type(f: dataclasses.Field, value: Any, where: str) -> Any:
     return one(value)
 
 
-# Defaults that --adaptor changes (a config file or a flag still wins): an adaptor is a few
-# thousand parameters on cached vectors, so larger batches, a larger learning rate and many passes
-# over the corpus; no dev set unless given (precomputed embeddings have no encoder to embed one).
+# Defaults that --adaptor changes (a config file or a flag still wins): an adaptor is one small
+# layer on cached vectors, so larger batches (of anchors and their corpus neighbours), a larger
+# learning rate and many passes over the corpus; no dev set unless given (precomputed embeddings
+# have no encoder to embed one). Chosen on SciFact's train queries in experiment G
+# (experiments/2026-11-30_scifact_adaptor): 1,500 steps there, about 19 epochs of 5,183 docs.
 ADAPTOR_DEFAULTS: dict[str, Any] = {
-    "lr": 1e-3,
-    "batch_size": 256,
+    "lr": 3e-3,
+    "batch_size": 512,
+    "adaptor_neighbours": 7,
     "epochs": 20,
     "warmup_ratio": 0.05,
     "eval_data": [],
@@ -555,7 +558,7 @@ def validate_adaptor(config: TrainConfig) -> None:
         raise ValueError("--adaptor-neighbours must be in 0..--batch-size - 1")
     if config.batch_size < 2:
         raise ValueError("--batch-size: the adaptor's similarity losses need at least 2 rows a step")
-    if config.adaptor_pairs is None and weights["rank"] and not (weights["sim"] or weights["nbr"]):
+    if config.adaptor_pairs is None and not any(w for name, w in weights.items() if name != "rank"):
         raise ValueError("--adaptor-weights: only 'rank' weighs, but no --adaptor-pairs are given")
     unsupported = {
         "--2d": config.two_d != "off",

@@ -60,6 +60,7 @@ def adaptor_args(model: Path, beir: dict, cache: Path) -> list[str]:
         "--embedding-cache", str(cache),
         "--adaptor-weights", "sim=1", "nbr=1", "list=0.3", "rec=0.1", "rank=0.5",
         "--adaptor-k", "3",
+        "--adaptor-neighbours", "0",
         "--adaptor-pair-batch-size", "6",
         "--dims", *DIMS,
         "--max-steps", "7",
@@ -239,3 +240,15 @@ def test_bad_adaptor_input_is_one_line_and_writes_nothing(
     assert info.value.code not in (0, None)
     assert expected in error_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_adaptor_mode_changes_only_the_defaults_not_given():
+    from mrl.config import ADAPTOR_DEFAULTS, parse_config
+
+    plain = parse_config(["--eval-data"])
+    adapted = parse_config(["--adaptor", "linear"])
+    assert plain.lr == 2e-5 and plain.adaptor_neighbours == 0
+    for key, value in ADAPTOR_DEFAULTS.items():
+        assert getattr(adapted, key) == value
+    assert parse_config(["--adaptor", "mlp", "--lr", "1e-4", "--batch-size", "64"]).lr == 1e-4
+    assert parse_config(["--adaptor", "mlp", "--batch-size", "64"]).batch_size == 64

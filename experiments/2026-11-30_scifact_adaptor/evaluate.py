@@ -132,6 +132,11 @@ def main(argv=None) -> None:
         ndcg = {r["dim"]: round(100 * r["ndcg@10"], 2) for r in result["retrieval"]["scifact"]["records"]}
         sts = {r["dim"]: round(r["spearman"], 2) for r in result["sets"]["en-test"]["records"]}
         print(f"{name}: SciFact nDCG@10 {ndcg}  STS-B {sts}")
+    timed = [(n, r) for n, r in results.items() if r.get("train_wall_s") is not None]
+    if timed:
+        print("\n| run | adaptor training (s) | embeddings ready (s) | peak RSS (GB) |\n|---|---|---|---|")
+        for name, r in timed:
+            print(f"| {name} | {r['train_wall_s']:.1f} | {r['embed_s']:.1f} | {r['peak_memory_gb']:.2f} |")
 
 
 if __name__ == "__main__":
