@@ -298,9 +298,10 @@ def load_hub_examples(
     try:
         import datasets
     except ImportError:
-        if offline:
-            raise DataError(offline_error(name, "data file", offline)) from None
+        # load_source adds "no such local file": the user may have meant a file that is not there.
         message = "hub datasets need the optional `datasets` package: pip install -e '.[hub]'"
+        if offline:
+            message += f", and the Hugging Face hub cannot be used ({offline})"
         raise ImportError(message) from None
     try:
         ds = datasets.load_dataset(name, subset, split=split)
