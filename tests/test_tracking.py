@@ -128,7 +128,8 @@ def test_hparams_session_holds_the_config_and_the_final_dev_metrics(run_2d):
     hp = start.session_start_info.hparams
     assert hp["lr"].number_value == config["lr"] == 2e-5
     assert hp["two_d"].string_value == "random"
-    assert hp["group_by_length"].bool_value is True and hp["compile"].bool_value is False
+    assert config["group_by_length"] is False and config["compile"] is False  # the defaults
+    assert hp["group_by_length"].bool_value is False and hp["compile"].bool_value is False
     assert json.loads(hp["dims"].string_value) == config["dims"] == [32, 16, 8]
     assert hp["max_steps"].number_value == 3
     assert hp["derived.total_steps"].number_value == config["derived"]["total_steps"]
