@@ -46,6 +46,7 @@ from mrl.adaptor import (
     head_modules,
     load_adaptor_data,
     parse_loss_weights,
+    pca_rotation,
     save_head,
 )
 from mrl.card import write_card
@@ -548,7 +549,10 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
         main_error(str(error))
     dims = list(config.dims or [dim])
     weights = parse_loss_weights(config.adaptor_weights)
-    adaptor = Adaptor(dim, config.adaptor, config.adaptor_hidden).to(device)
+    adaptor = Adaptor(dim, config.adaptor, config.adaptor_hidden)
+    if config.adaptor_init == "pca":  # start where the closed form ends (resume overwrites it)
+        adaptor.start_from(pca_rotation(data.corpus))
+    adaptor = adaptor.to(device)
     objective = partial(
         adaptor_loss,
         dims=dims,
@@ -721,6 +725,7 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
             "k": config.adaptor_k,
             "temperature": config.adaptor_temperature,
             "neighbours": config.adaptor_neighbours,
+            "init": config.adaptor_init,
             "dims": dims,
             "dim_weights": config.dim_weights,
             "base_model": None if config.adaptor_embeddings else config.model,

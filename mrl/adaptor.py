@@ -50,6 +50,7 @@ from mrl.losses import DEFAULT_SCALE, matryoshka_loss, mnrl_loss, prefix
 LOSS_WEIGHT_NAMES = ("sim", "nbr", "list", "rec", "rank")  # --adaptor-weights NAME=W
 
 ADAPTOR_KINDS = ("linear", "mlp")
+ADAPTOR_INITS = ("identity", "pca")  # --adaptor-init: where a linear adaptor starts
 ADAPTOR_MODES = ("off", *ADAPTOR_KINDS)  # --adaptor: "off" trains the encoder as usual
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -122,6 +123,23 @@ class Adaptor(nn.Module):
         x = F.normalize(emb, dim=-1, eps=1e-12) if self.normalize_input else emb
         return x + self.residual(x)
 
+    def start_from(self, weight: Tensor, bias: Tensor | None = None) -> Adaptor:
+        """Start the linear adaptor at ``f(e) = weight @ x + bias`` instead of the identity.
+
+        weight: (D, D), bias: (D,). With `pca_rotation`'s orthogonal weight the adaptor starts
+        at the corpus' principal axes: every full-width cosine is unchanged (a rotation keeps
+        them) and each d-prefix starts as PCA's, so training begins where the closed form ends.
+        """
+        if self.kind != "linear":
+            raise ValueError("only a linear adaptor can start from a dense layer")
+        if weight.shape != (self.dim, self.dim):
+            raise ValueError(f"start weight must be ({self.dim}, {self.dim}), got {tuple(weight.shape)}")
+        with torch.no_grad():
+            eye = torch.eye(self.dim, dtype=self.linear.weight.dtype)
+            self.linear.weight.copy_(weight.to(self.linear.weight.dtype) - eye)
+            self.linear.bias.copy_(torch.zeros(self.dim) if bias is None else bias)
+        return self
+
     def to_dense(self) -> tuple[Tensor, Tensor]:
         """The linear adaptor as one dense layer: ``(W', b)`` with ``W' = I + W`` (D, D), b (D,),
         so that ``f(e) = x @ W'.T + b`` (x normalised as in forward)."""
@@ -163,6 +181,14 @@ def pca_dense(emb: Tensor, center: bool = True, normalize_input: bool = True) ->
     x = F.normalize(emb.float(), dim=-1, eps=1e-12) if normalize_input else emb.float()
     mean, components, _ = fit_pca(x, center)
     return components, -(components @ mean)
+
+
+def pca_rotation(emb: Tensor, normalize_input: bool = True) -> Tensor:
+    """The corpus' uncentred principal axes (D, D) as a rotation of the (normalised) embeddings
+    ``emb`` (N, D): orthogonal, so full-width cosines are kept exactly, while the first d output
+    values are the projection on the d axes of largest second moment (PCA's prefix, uncentred)."""
+    weight, _ = pca_dense(emb, center=False, normalize_input=normalize_input)
+    return weight
 
 
 # --------------------------------------------------------------------------------------------

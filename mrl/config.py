@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mrl import objectives
-from mrl.adaptor import ADAPTOR_MODES, parse_loss_weights
+from mrl.adaptor import ADAPTOR_INITS, ADAPTOR_MODES, parse_loss_weights
 from mrl.losses import DEPTH_WEIGHTINGS
 from mrl.model import POOLING_MODES
 from mrl.packing import PADDING_FREE_MODES
@@ -172,6 +172,12 @@ class TrainConfig:
         "--adaptor-embeddings a .safetensors holding 'query' and 'document' (P x D)",
     )
     adaptor_hidden: int | None = _opt(None, "adaptor mlp: hidden units (default: the embedding dim)")
+    adaptor_init: str = _opt(
+        "identity",
+        "adaptor linear: start at the identity, or at the corpus' uncentred PCA rotation (pca: "
+        "full-width cosines unchanged, each prefix starts as PCA's)",
+        choices=ADAPTOR_INITS,
+    )
     adaptor_weights: list[str] = _opt(
         ["list=1", "rank=1"],
         "adaptor loss weights NAME=W: sim (pairwise similarity), nbr (top-k neighbourhood), list "
@@ -547,6 +553,8 @@ def validate_adaptor(config: TrainConfig) -> None:
     weights = parse_loss_weights(config.adaptor_weights)
     if not any(weights.values()):
         raise ValueError("--adaptor-weights: every loss weighs 0; nothing would be trained")
+    if config.adaptor_init != "identity" and config.adaptor != "linear":
+        raise ValueError(f"--adaptor-init {config.adaptor_init} needs --adaptor linear")
     if config.adaptor_hidden is not None and (config.adaptor != "mlp" or config.adaptor_hidden < 1):
         raise ValueError("--adaptor-hidden needs --adaptor mlp and a positive number of units")
     for name in ("adaptor_k", "adaptor_pair_batch_size"):

@@ -28,6 +28,7 @@ from mrl.adaptor import (
     load_head,
     neighbourhood_loss,
     pca_dense,
+    pca_rotation,
     reconstruction_loss,
     save_head,
     similarity_loss,
@@ -385,6 +386,28 @@ def test_pca_dense_projects_on_the_top_axes():
     np.testing.assert_allclose(np.abs(out), np.abs(reference), atol=1e-5)
     # The first coordinate carries the largest variance.
     assert out[:, 0].var() == pytest.approx(out.var(0).max())
+
+
+def test_pca_start_keeps_full_width_cosines_and_starts_each_prefix_at_uncentred_pca():
+    rng = np.random.default_rng(2)
+    raw = rng.normal(size=(60, 8)) * np.array([4, 3, 2, 1.5, 1, 0.5, 0.2, 0.1]) + 0.2
+    emb = torch.from_numpy(raw).float()
+    adaptor = Adaptor(8).start_from(pca_rotation(emb))
+    out = adaptor(emb).detach().double().numpy()
+    unit = raw / np.linalg.norm(raw, axis=-1, keepdims=True)
+    # A rotation: every full-width cosine of the raw embeddings is unchanged.
+    np.testing.assert_allclose(out @ out.T, unit @ unit.T, atol=1e-5)
+    # Each coordinate is the projection on an axis of numpy's SVD of the uncentred unit vectors,
+    # in order of singular value (up to the axis' sign).
+    _, _, vt = np.linalg.svd(unit, full_matrices=False)
+    np.testing.assert_allclose(np.abs(out), np.abs(unit @ vt.T), atol=1e-5)
+    # Saved as one dense layer, it is the same function.
+    weight, bias = adaptor.to_dense()
+    np.testing.assert_allclose(unit @ weight.double().numpy().T + bias.double().numpy(), out, atol=1e-5)
+    with pytest.raises(ValueError, match="linear"):
+        Adaptor(8, "mlp").start_from(pca_rotation(emb))
+    with pytest.raises(ValueError, match=r"\(8, 8\)"):
+        Adaptor(8).start_from(torch.eye(4))
 
 
 # --------------------------------------------------------------------------------------------

@@ -220,6 +220,7 @@ def test_ordinary_training_keeps_a_loaded_head_frozen(run_a, beir, tmp_path):
         ({"--dims": ["64", "8"]}, "--dims"),
         ({"--2d": ["random"]}, "--2d"),
         ({"--adaptor-neighbours": ["8"]}, "--adaptor-neighbours"),
+        ({"--adaptor": ["mlp"], "--adaptor-init": ["pca"]}, "--adaptor-init"),
     ],
 )
 def test_bad_adaptor_input_is_one_line_and_writes_nothing(
@@ -252,3 +253,23 @@ def test_adaptor_mode_changes_only_the_defaults_not_given():
         assert getattr(adapted, key) == value
     assert parse_config(["--adaptor", "mlp", "--lr", "1e-4", "--batch-size", "64"]).lr == 1e-4
     assert parse_config(["--adaptor", "mlp", "--batch-size", "64"]).batch_size == 64
+
+
+def test_pca_start_through_train(tmp_path):
+    """--adaptor-init pca: step 0 is the corpus' uncentred PCA rotation (numpy SVD reference), the
+    recipe records it, and training moves on from there."""
+    rng = np.random.default_rng(3)
+    corpus = (rng.normal(size=(40, 16)) * np.linspace(3, 0.1, 16)).astype(np.float32)
+    np.save(tmp_path / "corpus.npy", corpus)
+    common = ["--adaptor", "linear", "--adaptor-embeddings", str(tmp_path / "corpus.npy"),
+              "--adaptor-init", "pca", "--dims", "16", "8", "4", "--batch-size", "10",
+              "--adaptor-weights", "list=1"]  # fmt: skip
+    start = train.main([*common, "--max-steps", "1", "--lr", "1e-12", "--output-dir", str(tmp_path / "a")])
+    unit = corpus / np.linalg.norm(corpus, axis=-1, keepdims=True)
+    _, _, vt = np.linalg.svd(unit.astype(np.float64), full_matrices=False)
+    out = transform_embeddings(start / "adaptor", torch.from_numpy(corpus)).double().numpy()
+    np.testing.assert_allclose(np.abs(out), np.abs(unit @ vt.T), atol=1e-4)
+    assert json.loads((start / "adaptor" / "adaptor.json").read_text())["init"] == "pca"
+    trained = train.main([*common, "--max-steps", "5", "--lr", "1e-2", "--output-dir", str(tmp_path / "b")])
+    moved = transform_embeddings(trained / "adaptor", torch.from_numpy(corpus)).double().numpy()
+    assert np.abs(moved - out).max() > 1e-3
