@@ -871,8 +871,13 @@ def main(argv: list[str] | None = None) -> Path:
     )
     from tqdm.auto import tqdm
 
+    # A bar for people at a terminal; logs get the "step N/M" lines instead of bar redraws.
     progress = tqdm(
-        total=total_steps, initial=step, desc="train", dynamic_ncols=True, disable=not main_process
+        total=total_steps,
+        initial=step,
+        desc="train",
+        dynamic_ncols=True,
+        disable=not (main_process and sys.stderr.isatty()),
     )
     try:  # one teardown path (finally) for the end, a signal and a non-finite loss
         tracker.print(

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -699,7 +700,9 @@ def embed_adaptor_data(
     ids, texts = load_corpus_texts(corpus_spec, text_columns)
     if len(texts) < 2:
         raise ValueError(f"{corpus_spec}: an adaptor needs a corpus of at least 2 texts, got {len(texts)}")
-    corpus = cached_embeddings(encoder, texts, cache_dir, batch_size, show_progress=True, log=log)
+    # A bar for people at a terminal (encoding a corpus takes minutes), none in logs.
+    bar = sys.stderr.isatty()
+    corpus = cached_embeddings(encoder, texts, cache_dir, batch_size, show_progress=bar, log=log)
     data = AdaptorData(corpus, info={"corpus": str(corpus_spec), "corpus_texts": len(texts)})
     data.info["corpus_sha256"] = texts_key(texts)
     if pairs_spec is not None:

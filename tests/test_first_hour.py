@@ -133,6 +133,19 @@ def test_eval_progress_bars_only_on_a_terminal(tiny_model_dir, pairs, tmp_path, 
     assert "encode" in bars and f"{-(-unique_texts // 8)}/{-(-unique_texts // 8)}" in bars  # every batch
 
 
+def test_train_progress_bar_only_on_a_terminal(tiny_model_dir, pairs, tmp_path, monkeypatch, capsys):
+    data = write_csv(tmp_path / "train.csv", ["sentence1", "sentence2", "score"], pairs)
+    args = ["--model", str(tiny_model_dir), "--train-data", str(data), "--eval-data", "--max-steps", "3",
+            "--batch-size", "4", "--log-every", "1"]  # fmt: skip
+    train.main([*args, "--output-dir", str(tmp_path / "logs")])
+    err = capsys.readouterr().err
+    assert "train:" not in err and "it/s" not in err  # not a terminal: no bar redraws in the logs
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train.main([*args, "--output-dir", str(tmp_path / "tty")])
+    assert "train:" in terminal.getvalue() and "3/3" in terminal.getvalue()
+
+
 # ------------------------------------------------------------------------------ offline defaults
 
 
