@@ -759,6 +759,79 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
 
 # Disk full, read-only...: one line, and the run lock is released however main ends.
 @one_line_faults("; nothing half-written was left behind (after fixing it, --resume continues the run)")
+def describe_run(
+    config, train, encoder, objective, base, world_size: int, gather: bool, n_distill, fingerprint, steps
+) -> dict:
+    """What the flags resolved to (saved in config.json as "derived"): sizes, batches, steps."""
+    steps_per_epoch, total_steps, warmup_steps = steps
+    # In-batch negatives come from the gathered global batch, or from this rank's rows only.
+    negatives_batch = config.batch_size * (world_size if gather else 1)
+    return {
+        "train_examples": len(train),
+        "text_columns": train.column_names,
+        "model_dim": encoder.dim,
+        "num_layers": encoder.num_layers,
+        "dims": list(config.dims or [encoder.dim]),
+        "layer_dim_pairs": objective.metadata.get("layer_dim_pairs"),
+        "world_size": world_size,
+        "global_batch": config.batch_size * world_size,
+        "effective_batch": config.batch_size * world_size * config.grad_accum,
+        "negatives_per_query": (negatives_batch - 1) + negatives_batch * (train.n_columns - 2)
+        if base.in_batch_negatives
+        else None,
+        "distill_texts": n_distill,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "warmup_steps": warmup_steps,
+        "train_data_fingerprint": fingerprint,
+    }
+
+
+def print_notes(tracker: Tracker, config: TrainConfig, encoder, derived: dict, device: torch.device) -> None:
+    """Settings that quietly do less than asked: said once at the start of the log."""
+    if encoder.max_seq_length < config.max_seq_length:
+        tracker.print(
+            f"note: --max-seq-length {config.max_seq_length} is capped at the model's limit "
+            f"{encoder.max_seq_length}"
+        )
+    if encoder.dim not in derived["dims"]:
+        tracker.print(
+            f"note: the full dim {encoder.dim} is not in --dims {derived['dims']}: "
+            "full-width output is not trained"
+        )
+    if device.type == "cpu" and config.precision == "bf16" and cpu_lacks_native_bf16():
+        tracker.print("note: this CPU has no native bf16 (AVX512-BF16, AMX): bf16 is slower than fp32")
+
+
+def finish_run(
+    config, run_dir: Path, encoder, objective, tracker: Tracker, step: int, last_records: dict,
+    first_texts, wall_seconds: float, resumed_step, main_process: bool,
+) -> None:  # fmt: skip
+    """The final model (HF + sentence-transformers layout + our metadata), the dev table, the
+    retention plot and HParams metrics, and the model card RUN/model/README.md."""
+    metadata = {
+        "dims": objective.eval_dims,
+        "layers": objective.eval_layers,
+        "two_d": config.two_d,
+        "layer_dim_pairs": None,
+        **objective.metadata,
+        "loss": config.loss,
+        "trained_steps": step,
+    }
+    if main_process:  # written beside, then renamed: a full disk leaves the old model/ or none
+        save_folder_atomic(run_dir / "model", lambda folder: encoder.save(folder, metadata))
+    if last_records:
+        write_text_atomic(run_dir / "eval_dev.json", json.dumps(last_records, indent=2))
+        for name, recs in last_records.items():
+            tracker.print(f"\n{name} (dev), Spearman x100 (retention):\n{format_table(recs)}")
+    plot = tracker.finish(step, last_records)  # HParams metrics; retention plot (PNG + image)
+    if plot:
+        tracker.print(f"retention plot: {plot}")
+    if main_process:  # the model card (mrl/card.py)
+        card = write_card(run_dir / "model", run_dir, first_texts, wall_seconds, resumed_step)
+        tracker.print(f"model card: {card}")
+
+
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
     wall_start = time.perf_counter()  # for the model card's wall time
@@ -824,27 +897,10 @@ def main(argv: list[str] | None = None) -> Path:
     steps_per_epoch, total_steps, warmup_steps = count_steps(config, sampler)
     params, optimizer, schedule = build_optimizer(encoder, config, device, warmup_steps, total_steps)
 
-    # In-batch negatives come from the gathered global batch, or from this rank's rows only.
-    negatives_batch = config.batch_size * (world_size if gather else 1)
-    derived = {
-        "train_examples": len(train),
-        "text_columns": train.column_names,
-        "model_dim": encoder.dim,
-        "num_layers": encoder.num_layers,
-        "dims": list(config.dims or [encoder.dim]),
-        "layer_dim_pairs": objective.metadata.get("layer_dim_pairs"),
-        "world_size": world_size,
-        "global_batch": config.batch_size * world_size,
-        "effective_batch": config.batch_size * world_size * config.grad_accum,
-        "negatives_per_query": (negatives_batch - 1) + negatives_batch * (train.n_columns - 2)
-        if base.in_batch_negatives
-        else None,
-        "distill_texts": n_distill,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "warmup_steps": warmup_steps,
-        "train_data_fingerprint": fingerprint,
-    }
+    derived = describe_run(
+        config, train, encoder, objective, base, world_size, gather, n_distill, fingerprint,
+        (steps_per_epoch, total_steps, warmup_steps),
+    )  # fmt: skip
 
     # ---- fresh run or resume ------------------------------------------------------------------
     restored = (
@@ -888,18 +944,7 @@ def main(argv: list[str] | None = None) -> Path:
         # TensorBoard for many runs: a chart layout and an HParams row (mrl/tracking.py).
         hparams = {**config.to_dict(), "derived": derived}
         tracker.start_hparams(hparams, objective.eval_layers, encoder.num_layers, objective.eval_dims)
-        if encoder.max_seq_length < config.max_seq_length:
-            tracker.print(
-                f"note: --max-seq-length {config.max_seq_length} is capped at the model's limit "
-                f"{encoder.max_seq_length}"
-            )
-        if encoder.dim not in derived["dims"]:
-            tracker.print(
-                f"note: the full dim {encoder.dim} is not in --dims {derived['dims']}: "
-                "full-width output is not trained"
-            )
-        if device.type == "cpu" and config.precision == "bf16" and cpu_lacks_native_bf16():
-            tracker.print("note: this CPU has no native bf16 (AVX512-BF16, AMX): bf16 is slower than fp32")
+        print_notes(tracker, config, encoder, derived, device)
 
         def encode(features):  # (N, S) ids -> (N, D), or (L, N, D) for every block
             with autocast:
@@ -1027,29 +1072,12 @@ def main(argv: list[str] | None = None) -> Path:
         progress.close()
         barrier()
 
-        # ---- the final model: HF + sentence-transformers layout + our metadata ------------------
-        metadata = {
-            "dims": objective.eval_dims,
-            "layers": objective.eval_layers,
-            "two_d": config.two_d,
-            "layer_dim_pairs": None,
-            **objective.metadata,
-            "loss": config.loss,
-            "trained_steps": step,
-        }
-        if main_process:  # written beside, then renamed: a full disk leaves the old model/ or none
-            save_folder_atomic(run_dir / "model", lambda folder: encoder.save(folder, metadata))
-        if last_records:
-            write_text_atomic(run_dir / "eval_dev.json", json.dumps(last_records, indent=2))
-            for name, recs in last_records.items():
-                tracker.print(f"\n{name} (dev), Spearman x100 (retention):\n{format_table(recs)}")
-        plot = tracker.finish(step, last_records)  # HParams metrics; retention plot (PNG + image)
-        if plot:
-            tracker.print(f"retention plot: {plot}")
-        if main_process:  # the model card: RUN/model/README.md (mrl/card.py)
-            wall = time.perf_counter() - wall_start
-            card = write_card(run_dir / "model", run_dir, train.columns[0][:2000], wall, resumed_step)
-            tracker.print(f"model card: {card}")
+        # ---- the final model, its dev table, plots and card --------------------------------------
+        wall = time.perf_counter() - wall_start
+        finish_run(
+            config, run_dir, encoder, objective, tracker, step, last_records, train.columns[0][:2000],
+            wall, resumed_step, main_process,
+        )  # fmt: skip
         tracker.print(f"done: model saved to {run_dir / 'model'}")
         return run_dir
     finally:
