@@ -757,8 +757,6 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
         tracker.close()
 
 
-# Disk full, read-only...: one line, and the run lock is released however main ends.
-@one_line_faults("; nothing half-written was left behind (after fixing it, --resume continues the run)")
 def describe_run(
     config, train, encoder, objective, base, world_size: int, gather: bool, n_distill, fingerprint, steps
 ) -> dict:
@@ -805,7 +803,7 @@ def print_notes(tracker: Tracker, config: TrainConfig, encoder, derived: dict, d
 
 def finish_run(
     config, run_dir: Path, encoder, objective, tracker: Tracker, step: int, last_records: dict,
-    first_texts, wall_seconds: float, resumed_step, main_process: bool,
+    first_texts, wall_start: float, resumed_step, main_process: bool,
 ) -> None:  # fmt: skip
     """The final model (HF + sentence-transformers layout + our metadata), the dev table, the
     retention plot and HParams metrics, and the model card RUN/model/README.md."""
@@ -828,10 +826,13 @@ def finish_run(
     if plot:
         tracker.print(f"retention plot: {plot}")
     if main_process:  # the model card (mrl/card.py)
-        card = write_card(run_dir / "model", run_dir, first_texts, wall_seconds, resumed_step)
+        wall = time.perf_counter() - wall_start  # the whole run, saving included
+        card = write_card(run_dir / "model", run_dir, first_texts, wall, resumed_step)
         tracker.print(f"model card: {card}")
 
 
+# Disk full, read-only...: one line, and the run lock is released however main ends.
+@one_line_faults("; nothing half-written was left behind (after fixing it, --resume continues the run)")
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
     wall_start = time.perf_counter()  # for the model card's wall time
@@ -1073,10 +1074,9 @@ def main(argv: list[str] | None = None) -> Path:
         barrier()
 
         # ---- the final model, its dev table, plots and card --------------------------------------
-        wall = time.perf_counter() - wall_start
         finish_run(
             config, run_dir, encoder, objective, tracker, step, last_records, train.columns[0][:2000],
-            wall, resumed_step, main_process,
+            wall_start, resumed_step, main_process,
         )  # fmt: skip
         tracker.print(f"done: model saved to {run_dir / 'model'}")
         return run_dir

@@ -133,12 +133,16 @@ class Adaptor(nn.Module):
         """
         if self.kind != "linear":
             raise ValueError("only a linear adaptor can start from a dense layer")
-        if weight.shape != (self.dim, self.dim):
-            raise ValueError(f"start weight must be ({self.dim}, {self.dim}), got {tuple(weight.shape)}")
+        if weight.shape != (self.dim, self.dim) or (bias is not None and bias.shape != (self.dim,)):
+            shapes = (tuple(weight.shape), None if bias is None else tuple(bias.shape))
+            raise ValueError(
+                f"start weight and bias must be ({self.dim}, {self.dim}) and ({self.dim},), got {shapes}"
+            )
+        current = self.linear.weight
         with torch.no_grad():
-            eye = torch.eye(self.dim, dtype=self.linear.weight.dtype)
-            self.linear.weight.copy_(weight.to(self.linear.weight.dtype) - eye)
-            self.linear.bias.copy_(torch.zeros(self.dim) if bias is None else bias)
+            eye = torch.eye(self.dim, dtype=current.dtype, device=current.device)
+            self.linear.weight.copy_(weight.to(current) - eye)
+            self.linear.bias.copy_(torch.zeros_like(self.linear.bias) if bias is None else bias.to(current))
         return self
 
     def to_dense(self) -> tuple[Tensor, Tensor]:

@@ -210,6 +210,7 @@ def objective_tables():
 
 def test_every_readme_snippet_runs(workspace, monkeypatch, objective_tables):
     monkeypatch.chdir(workspace["work"])
+    monkeypatch.setenv("MRL_EMBEDDING_CACHE", str(workspace["work"] / "embedding-cache"))  # not ~/.cache
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     log: list[str] = []
     python_blocks = shapes = 0
@@ -231,6 +232,13 @@ def test_every_readme_snippet_runs(workspace, monkeypatch, objective_tables):
     assert (run / "model-3layers" / "config.json").is_file()  # the save_truncated snippet
     assert "### test (" in (run / "model" / "README.md").read_text()  # eval.py --add-to-card
     assert python_blocks >= 3 and shapes >= 7
+    # The adaptor section's commands ran (not only parsed): unsupervised, supervised, a closed API's.
+    for folder in (
+        "runs/scifact-adaptor/model",
+        "runs/scifact-adaptor-pairs/model",
+        "runs/api-adaptor/adaptor",
+    ):
+        assert (workspace["work"] / folder).is_dir(), folder
     # "Adding an objective": the loss registered by its snippet trains as the README says.
     data = workspace["data"] / "stsb" / "en-train.csv"
     tiny_run = train.main(

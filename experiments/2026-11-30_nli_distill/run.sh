@@ -45,6 +45,9 @@ declare -A flags=(
   # the prefixes learn ONLY from the full width (their own MNRL terms weighted 0)
   [pdistill-only-kl]="$all --dim-weights 1 0 0 0 0 0 --prefix-distill kl"
   [pdistill-only-mse]="$all --dim-weights 1 0 0 0 0 0 --prefix-distill mse"
+  # the same at a tenth of the distillation weight (added 2026-11-30 after pdistill-only-kl at
+  # weight 1 cost 6 points at 384 dims, seed 12)
+  [pdistill-only-kl-w0.1]="$all --dim-weights 1 0 0 0 0 0 --prefix-distill kl --distill-weight 0.1"
   # 2D: every earlier layer at every dim each step + layer self-distillation
   [2d-all-distill-kl]="$all --2d random --n-layers-per-step -1 --layer-distill kl"
 )
