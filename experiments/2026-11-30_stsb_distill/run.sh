@@ -58,6 +58,10 @@ declare -A flags=(
   # ... plus extra batches of unlabelled sentences whose only loss is the distillation
   [2d-all-distill-kl-data]="$all --2d random --n-layers-per-step -1 --layer-distill kl $with_data"
   [2d-all-distill-mse-data]="$all --2d random --n-layers-per-step -1 --layer-distill mse $with_data"
+  # 3 epochs (added 2026-11-30, later session): the winner and the k-layer baselines at 3x budget
+  [2d-all-distill-kl-data-3ep]="$all --2d random --n-layers-per-step -1 --layer-distill kl $with_data --epochs 3"
+  [layers2-alone-3ep]="@2 --epochs 3"
+  [layers4-alone-3ep]="@4 --epochs 3"
 )
 variants=(${VARIANTS:-layers2-alone layers4-alone})
 for seed in ${seeds[@]}; do
@@ -67,9 +71,11 @@ for seed in ${seeds[@]}; do
     [ -f "$out" ] && { echo "skip $name (have $out)"; continue; }
     spec="${flags[$variant]}"
     variant_model="$model"
-    if [[ "$spec" == @* ]]; then  # "@k": the k-layer model, plain CoSENT at full width
-      variant_model="$(truncated "${spec:1}")"
-      spec=""
+    if [[ "$spec" == @* ]]; then  # "@k [flags]": the k-layer model, plain CoSENT at full width
+      k="${spec%% *}"
+      k="${k:1}"
+      variant_model="$(truncated "$k")"
+      spec="${spec#@"$k"}"
     fi
     rm -rf "$runs/$name"
     start=$(date +%s)
