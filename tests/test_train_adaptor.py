@@ -270,6 +270,23 @@ def test_pca_start_through_train(tmp_path):
     out = transform_embeddings(start / "adaptor", torch.from_numpy(corpus)).double().numpy()
     np.testing.assert_allclose(np.abs(out), np.abs(unit @ vt.T), atol=1e-4)
     assert json.loads((start / "adaptor" / "adaptor.json").read_text())["init"] == "pca"
-    trained = train.main([*common, "--max-steps", "5", "--lr", "1e-2", "--output-dir", str(tmp_path / "b")])
+    trained = train.main(
+        [*common, "--max-steps", "5", "--lr", "1e-2", "--save-every", "2", "--output-dir", str(tmp_path / "b")]
+    )
     moved = transform_embeddings(trained / "adaptor", torch.from_numpy(corpus)).double().numpy()
     assert np.abs(moved - out).max() > 1e-3
+    # Resumed from the step-4 checkpoint, the run continues from the trained weights, not from a
+    # fresh PCA start: the final adaptor is bitwise the uninterrupted one.
+    resumed = tmp_path / "c"
+    shutil.copytree(trained, resumed)
+    for folder in (resumed / "checkpoints").glob("step_*"):
+        if folder.name != "step_00000004":
+            shutil.rmtree(folder)
+    (resumed / "checkpoints" / "latest").write_text("step_00000004\n")
+    shutil.rmtree(resumed / "adaptor")
+    (resumed / ".lock").unlink(missing_ok=True)
+    train.main(["--output-dir", str(resumed), "--resume"])
+    assert "resuming at step 4" in (resumed / "train.log").read_text()
+    a = load_file(str(trained / "adaptor" / "1_Dense" / "model.safetensors"))
+    b = load_file(str(resumed / "adaptor" / "1_Dense" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
