@@ -271,7 +271,17 @@ def test_pca_start_through_train(tmp_path):
     np.testing.assert_allclose(np.abs(out), np.abs(unit @ vt.T), atol=1e-4)
     assert json.loads((start / "adaptor" / "adaptor.json").read_text())["init"] == "pca"
     trained = train.main(
-        [*common, "--max-steps", "5", "--lr", "1e-2", "--save-every", "2", "--output-dir", str(tmp_path / "b")]
+        [
+            *common,
+            "--max-steps",
+            "5",
+            "--lr",
+            "1e-2",
+            "--save-every",
+            "2",
+            "--output-dir",
+            str(tmp_path / "b"),
+        ]
     )
     moved = transform_embeddings(trained / "adaptor", torch.from_numpy(corpus)).double().numpy()
     assert np.abs(moved - out).max() > 1e-3
