@@ -25,14 +25,7 @@ from mrl import card as card_module  # noqa: E402
 from mrl.card import EXAMPLE_SENTENCES, build_card, guess_language, write_card  # noqa: E402
 from mrl.model import Encoder  # noqa: E402
 from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.test_train import one_thread  # noqa: E402,F401 (autouse: one torch thread)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py / eval.py live in the repo root
 import eval as eval_script  # noqa: E402
@@ -29,14 +28,7 @@ from mrl import hub  # noqa: E402
 from mrl.config import build_parser, parse_config  # noqa: E402
 from mrl.model import Encoder  # noqa: E402
 from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.test_train import one_thread  # noqa: E402,F401 (autouse: one torch thread)
 
 
 @pytest.fixture(scope="module")

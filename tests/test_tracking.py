@@ -15,20 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repo root
 import train  # noqa: E402
 from mrl.tracking import hparam_values, scalar_layout  # noqa: E402
 from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.test_train import one_thread  # noqa: E402,F401 (autouse: one torch thread)
 
 
 @pytest.fixture(scope="module")
