@@ -249,6 +249,9 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
     pooler = getattr(encoder.model, "pooler", None)
     if isinstance(pooler, torch.nn.Module):
         pooler.requires_grad_(False)
+    if config.exit_heads != "none":  # new heads start as the identity; a model's own are kept
+        last = encoder.num_layers + (config.exit_heads == "all")
+        encoder.add_exit_heads(range(1, last))
     if encoder.head is not None:
         # A head after pooling (a Dense layer, an adaptor) stays as it is: checkpoints hold the
         # transformer's weights only, and the saved model writes the head back unchanged.
@@ -258,7 +261,10 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
     model = encoder
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            encoder, device_ids=[device.index] if device.type == "cuda" else None
+            encoder,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # A step that samples some depths leaves the other depths' exit heads without gradient.
+            find_unused_parameters=encoder.exit_heads is not None,
         )
     if config.compile:
         # Every new padded length is a new shape: dynamic=True avoids one recompile per length.
@@ -339,12 +345,25 @@ def build_optimizer(
     encoder: Encoder, config: TrainConfig, device: torch.device, warmup_steps: int, total_steps: int
 ):
     """``(params, optimizer, schedule)``: AdamW, no weight decay on biases and LayerNorm weights
-    (the 1-D parameters), as is customary; warmup then the chosen decay."""
+    (the 1-D parameters), as is customary; warmup then the chosen decay. Exit heads learn at
+    their own --exit-head-lr: at the encoder's lr a freshly added map would barely move."""
+    heads = {id(p) for p in encoder.exit_heads.parameters()} if encoder.exit_heads else set()
     params = [p for p in encoder.parameters() if p.requires_grad]
+    trunk = [p for p in params if id(p) not in heads]
+    head = [p for p in params if id(p) in heads]
     groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for p in trunk if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in trunk if p.ndim < 2], "weight_decay": 0.0},
     ]
+    if head:
+        groups += [
+            {
+                "params": [p for p in head if p.ndim >= 2],
+                "weight_decay": config.weight_decay,
+                "lr": config.exit_head_lr,
+            },
+            {"params": [p for p in head if p.ndim < 2], "weight_decay": 0.0, "lr": config.exit_head_lr},
+        ]
     # The fused kernel updates all tensors in one pass (on CPU: 13 ms instead of 67 ms a step
     # for MiniLM-L6).
     optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=device.type in ("cuda", "cpu"))
@@ -355,8 +374,11 @@ def build_optimizer(
     return params, optimizer, schedule
 
 
-def checkpoint_state(step, cursor, optimizer, schedule, scaler, loss_rng, device, world_size) -> dict:
-    """Resumable state; called on every rank (it gathers each rank's RNG), saved by rank 0."""
+def checkpoint_state(
+    step, cursor, encoder, optimizer, schedule, scaler, loss_rng, device, world_size
+) -> dict:
+    """Resumable state; called on every rank (it gathers each rank's RNG), saved by rank 0.
+    The transformer's weights are saved beside it; exit heads (if any) are part of the state."""
     rng_cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     rngs = [(torch.get_rng_state(), rng_cuda)] * world_size
     if world_size > 1:
@@ -370,6 +392,7 @@ def checkpoint_state(step, cursor, optimizer, schedule, scaler, loss_rng, device
         "rng_cpu": [cpu for cpu, _ in rngs],  # one per rank
         "rng_cuda": [cuda for _, cuda in rngs],
         "rng_loss": loss_rng.get_state(),
+        "exit_heads": encoder.exit_heads.state_dict() if encoder.exit_heads else None,
     }
 
 
@@ -388,6 +411,8 @@ def restore(run_dir: Path, encoder, optimizer, schedule, scaler, loss_rng, rank:
         print(f"--resume: {run_dir} has no checkpoint yet; starting it again from step 0")
         return None
     encoder.model.load_state_dict(weights)
+    if state.get("exit_heads") is not None:
+        encoder.exit_heads.load_state_dict(state["exit_heads"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     scaler.load_state_dict(state["scaler"])
@@ -985,7 +1010,7 @@ def main(argv: list[str] | None = None) -> Path:
                 save_due = config.save_every and step > 0 and step % config.save_every == 0
                 if step != resumed_step and (last_step or save_due or stop):
                     state = checkpoint_state(
-                        step, cursor, optimizer, schedule, scaler, loss_rng, device, world_size
+                        step, cursor, encoder, optimizer, schedule, scaler, loss_rng, device, world_size
                     )
                     if main_process:
                         save_checkpoint(run_dir, step, encoder.model, state, config.keep_last)

@@ -28,6 +28,7 @@ from mrl.packing import PADDING_FREE_MODES
 from mrl.runtime import AMP_PRECISIONS, OneLineParser, main_error  # noqa: F401 (main_error: re-exported)
 
 SCHEDULERS = ("linear", "cosine", "constant")
+EXIT_HEAD_MODES = ("none", "shallow", "all")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -154,6 +155,15 @@ class TrainConfig:
     distill_batch_size: int | None = _opt(
         None, "texts per --distill-data batch (default: the texts of one training batch)"
     )
+    # --- exit heads: a small map per depth for the cut models (mrl/model.py ExitHead) ---------
+    exit_heads: str = _opt(
+        "none",
+        "give each shallow depth (shallow: 1..L-1; all: 1..L) a residual linear map of its pooled "
+        "vector, identity at start, trained with the model: a cut to k blocks maps its states into "
+        "the embedding space without bending the blocks the deeper layers share",
+        choices=EXIT_HEAD_MODES,
+    )
+    exit_head_lr: float = _opt(1e-3, "learning rate of the exit heads (with --lr's warmup and decay)")
     # --- Matryoshka-Adaptor: train only a small head on frozen embeddings (mrl/adaptor.py) ----
     adaptor: str = _opt(
         "off",
@@ -531,6 +541,11 @@ def validate(config: TrainConfig) -> None:
     for spec in config.where:
         if "=" not in spec:
             fail(f"--where '{spec}' is not COLUMN=VALUE")
+    if config.exit_heads == "shallow" and config.two_d == "off":
+        fail(
+            "--exit-heads shallow: without --2d no loss reaches the shallow depths, so their heads "
+            "would never train (--exit-heads all gives the last depth one too)"
+        )
     validate_adaptor(config)
     check_numbers(config)
 
@@ -575,6 +590,7 @@ def validate_adaptor(config: TrainConfig) -> None:
         "--n-dims-per-step": config.n_dims_per_step is not None,
         "--compile": config.compile,
         "--precision": config.precision != "fp32",
+        "--exit-heads": config.exit_heads != "none",
     }
     bad = [flag for flag, used in unsupported.items() if used]
     if bad:
@@ -612,6 +628,7 @@ def check_numbers(config: TrainConfig) -> None:
     number("distill_temperature", config.distill_temperature, 1e-4, high=1e4)
     number("adaptor_temperature", config.adaptor_temperature, 1e-4, high=1e4)
     number("dist_timeout", config.dist_timeout, 0.0, strict=True)
+    number("exit_head_lr", config.exit_head_lr, 0.0, strict=True, high=1.0)
     if config.lr * config.weight_decay >= 1:
         raise ValueError(
             f"--weight-decay {config.weight_decay:g} with --lr {config.lr:g}: AdamW multiplies every "
