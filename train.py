@@ -250,8 +250,8 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
     if isinstance(pooler, torch.nn.Module):
         pooler.requires_grad_(False)
     if config.exit_heads != "none":  # new heads start as the identity; a model's own are kept
-        last = encoder.num_layers + (config.exit_heads == "all")
-        encoder.add_exit_heads(range(1, last))
+        depths = list(range(1, encoder.num_layers)) if config.two_d != "off" else []  # what a loss reaches
+        encoder.add_exit_heads(depths + ([encoder.num_layers] if config.exit_heads == "all" else []))
     if encoder.head is not None:
         # A head after pooling (a Dense layer, an adaptor) stays as it is: checkpoints hold the
         # transformer's weights only, and the saved model writes the head back unchanged.
