@@ -256,6 +256,17 @@ class Encoder(nn.Module):
         self.head: nn.Sequential | None = _load_head(name_or_path)
         # Per-depth exit heads (see ExitHead), keyed by the depth as a string; None for most models.
         self.exit_heads: nn.ModuleDict | None = _load_exit_heads(name_or_path)
+        if self.metadata.get("exit_head_last_depth") and self.head is not None:
+            # `save` wrote the last depth's exit head as the first Dense module (for other
+            # libraries); here it is that depth's head again, so shallower cuts skip it.
+            dense, *rest = list(self.head)
+            last = ExitHead(dense.in_features)
+            with torch.no_grad():
+                last.linear.weight.copy_(dense.linear.weight - torch.eye(dense.in_features))
+                last.linear.bias.copy_(dense.linear.bias)
+            self.exit_heads = self.exit_heads if self.exit_heads is not None else nn.ModuleDict()
+            self.exit_heads[str(self.num_layers)] = last
+            self.head = nn.Sequential(*rest) if rest else None
         self.length_buckets = length_buckets  # see forward() (train.py: --length-buckets)
         self.final_norm = find_final_norm(self.model)  # a name in self.model, or None
         if padding_free not in PADDING_FREE_MODES:
@@ -624,6 +635,10 @@ class Encoder(nn.Module):
             ours["exit_heads"] = sorted(int(k) for k in shallow)
         else:
             ours.pop("exit_heads", None)
+        if final is not None:  # the first Dense of modules.json is the last depth's exit head
+            ours["exit_head_last_depth"] = True
+        else:
+            ours.pop("exit_head_last_depth", None)
         (path / "1_Pooling").mkdir(exist_ok=True)
         for name, content in [
             ("modules.json", modules),
