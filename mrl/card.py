@@ -192,6 +192,34 @@ def usage_snippets(model_ref: str, meta: dict[str, Any], do_lower_case: bool) ->
         if k
         else "out = model(**batch)"
     )
+    # Exit heads (mrl/model.py ExitHead): the last depth's is the Dense module 2_Dense, the
+    # shallow depths' are in exit_heads.safetensors; the snippet applies the ones it uses.
+    shallow_head = k is not None and k in (meta.get("exit_heads") or [])
+    uses_files = shallow_head or bool(meta.get("exit_head_last_depth"))
+    files_code = (
+        """
+from safetensors.torch import load_file
+
+
+def model_file(name):  # one of the model's files: in its local folder, or fetched from the hub
+    import os
+
+    if os.path.isdir(model_id):
+        return os.path.join(model_id, name)
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(model_id, name)
+"""
+        if uses_files
+        else ""
+    )
+    last_head = (
+        """
+dense = load_file(model_file("2_Dense/model.safetensors"))  # the last layer's exit head
+embeddings = embeddings @ dense["linear.weight"].T + dense["linear.bias"]"""
+        if meta.get("exit_head_last_depth")
+        else ""
+    )
     transformers_code = f"""import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
@@ -199,7 +227,7 @@ from transformers import AutoModel, AutoTokenizer
 model_id = {json.dumps(model_ref)}  # this folder, or its hub id once uploaded
 tokenizer = AutoTokenizer.from_pretrained(model_id)
 model = AutoModel.from_pretrained(model_id).eval()
-
+{files_code}
 
 {_POOLING_CODE[meta["pooling"]]}
 
@@ -209,12 +237,20 @@ max_length = {meta["max_seq_length"]}
 batch = tokenizer(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 with torch.no_grad():
     {forward}
-embeddings = pool(out.last_hidden_state, batch["attention_mask"])  # (N, {full})
+embeddings = pool(out.last_hidden_state, batch["attention_mask"])  # (N, {full}){last_head}
 dim = {dim}  # any trained Matryoshka dim: {", ".join(map(str, dims))}
 small = F.normalize(embeddings[:, :dim], dim=-1)  # slice first, then normalise
 similarity = small @ small.T  # cosine similarity at {dim} dims
 """
-    if k:
+    if k and shallow_head:
+        transformers_code += f"""# 2D: the first {k} layers alone (BERT-like models: no norm after blocks),
+# then layer {k}'s exit head x + W x + b
+heads = load_file(model_file("exit_heads.safetensors"))
+x = pool(out.hidden_states[{k}], batch["attention_mask"])
+x = x + x @ heads["{k}.linear.weight"].T + heads["{k}.linear.bias"]
+shallow = F.normalize(x[:, :dim], dim=-1)
+"""
+    elif k:
         transformers_code += f"""# 2D: the first {k} layers alone (BERT-like models: no norm after the blocks)
 shallow = F.normalize(pool(out.hidden_states[{k}], batch["attention_mask"])[:, :dim], dim=-1)
 """
