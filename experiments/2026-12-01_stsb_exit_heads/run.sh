@@ -43,6 +43,8 @@ declare -A flags=(
   # E's winners plus an exit head at every shallow depth
   [2d-all-distill-kl-heads]="$e_best --exit-heads shallow"
   [2d-all-distill-kl-data-heads]="$e_best $with_data --exit-heads shallow"
+  # ... with every shallow term at half weight (labelled loss, value KL, distillation)
+  [2d-all-distill-kl-data-heads-half]="$e_best $with_data --exit-heads shallow --prior-layers-weight 0.5 --kl-weight 0.5 --distill-weight 0.5"
   # the separately trained k-layer models with the same head at their last depth
   [layers2-alone-head]="@2 --exit-heads all"
   [layers4-alone-head]="@4 --exit-heads all"
