@@ -210,6 +210,8 @@ def test_training_moves_the_heads_at_their_own_learning_rate(heads_run, tiny_mod
     assert heads["1.linear.weight"].abs().max().item() > 10 * trunk_move
     config = json.loads((heads_run / "config.json").read_text())
     assert config["exit_heads"] == "shallow" and config["exit_head_lr"] == 1e-3
+    card = (heads_run / "model" / "README.md").read_text()
+    assert "| exit heads | `--exit-heads shallow`, lr 0.001, trained with the model |" in card
 
 
 def test_resume_restores_the_heads_exactly(heads_run, tiny_model_dir, data, tmp_path):
