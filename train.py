@@ -252,6 +252,11 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
     if config.exit_heads != "none":  # new heads start as the identity; a model's own are kept
         depths = list(range(1, encoder.num_layers)) if config.two_d != "off" else []  # what a loss reaches
         encoder.add_exit_heads(depths + ([encoder.num_layers] if config.exit_heads == "all" else []))
+        if config.exit_head_detach and encoder.head is not None:
+            main_error(
+                f"--exit-head-detach: {config.model} has a head after pooling; train its exit heads jointly"
+            )
+        encoder.exit_heads_detached = config.exit_head_detach
     if encoder.head is not None:
         # A head after pooling (a Dense layer, an adaptor) stays as it is: checkpoints hold the
         # transformer's weights only, and the saved model writes the head back unchanged.
@@ -344,13 +349,19 @@ def count_steps(config: TrainConfig, sampler: BatchSampler) -> tuple[int, int, i
 def build_optimizer(
     encoder: Encoder, config: TrainConfig, device: torch.device, warmup_steps: int, total_steps: int
 ):
-    """``(params, optimizer, schedule)``: AdamW, no weight decay on biases and LayerNorm weights
-    (the 1-D parameters), as is customary; warmup then the chosen decay. Exit heads learn at
-    their own --exit-head-lr: at the encoder's lr a freshly added map would barely move."""
-    heads = {id(p) for p in encoder.exit_heads.parameters()} if encoder.exit_heads else set()
+    """``(clip_groups, optimizer, schedule)``: AdamW, no weight decay on biases and LayerNorm
+    weights (the 1-D parameters), as is customary; warmup then the chosen decay. Exit heads learn
+    at their own --exit-head-lr: at the encoder's lr a freshly added map would barely move.
+    ``clip_groups``: the parameter lists whose gradient norms are clipped one by one (`clip`):
+    one list, or, with detached exit heads, the encoder's and the heads' (so the heads' gradients
+    do not change how much the encoder's are scaled down)."""
+    exit_heads = getattr(encoder, "exit_heads", None)
+    heads = {id(p) for p in exit_heads.parameters()} if exit_heads else set()
     params = [p for p in encoder.parameters() if p.requires_grad]
     trunk = [p for p in params if id(p) not in heads]
     head = [p for p in params if id(p) in heads]
+    detached = getattr(encoder, "exit_heads_detached", False) and head
+    clip_groups = [trunk, head] if detached else [params]
     groups = [
         {"params": [p for p in trunk if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in trunk if p.ndim < 2], "weight_decay": 0.0},
@@ -371,7 +382,17 @@ def build_optimizer(
         optimizer,
         partial(lr_factor, warmup_steps=warmup_steps, total_steps=total_steps, scheduler=config.scheduler),
     )
-    return params, optimizer, schedule
+    return clip_groups, optimizer, schedule
+
+
+def clip(clip_groups: list[list[torch.nn.Parameter]], max_norm: float) -> torch.Tensor:
+    """Clip each group's gradient norm to ``max_norm`` (0: no clipping); returns the first group's
+    norm before clipping (the encoder's, which train/grad_norm logs)."""
+    norms = [
+        torch.nn.utils.clip_grad_norm_(group, max_norm if max_norm > 0 else float("inf"))
+        for group in clip_groups
+    ]
+    return norms[0]
 
 
 def checkpoint_state(
@@ -610,7 +631,7 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
     steps_per_epoch = len(sampler)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     warmup_steps = round(config.warmup_ratio * total_steps)
-    params, optimizer, schedule = build_optimizer(adaptor, config, device, warmup_steps, total_steps)
+    clip_groups, optimizer, schedule = build_optimizer(adaptor, config, device, warmup_steps, total_steps)
     derived = {
         "adaptor": adaptor.config(),
         "data": data.info,
@@ -713,9 +734,7 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
                 if not torch.isfinite(loss):
                     raise SystemExit(f"error: non-finite adaptor loss at step {step}")
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    params, config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-                )
+                grad_norm = clip(clip_groups, config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 schedule.step()
@@ -921,7 +940,7 @@ def main(argv: list[str] | None = None) -> Path:
             config, encoder, eval_sets, config.batch_size * train.n_columns
         )
     steps_per_epoch, total_steps, warmup_steps = count_steps(config, sampler)
-    params, optimizer, schedule = build_optimizer(encoder, config, device, warmup_steps, total_steps)
+    clip_groups, optimizer, schedule = build_optimizer(encoder, config, device, warmup_steps, total_steps)
 
     derived = describe_run(
         config, train, encoder, objective, base, world_size, gather, n_distill, fingerprint,
@@ -981,7 +1000,16 @@ def main(argv: list[str] | None = None) -> Path:
                 columns = emb.unflatten(-2, (n_columns, -1)).float()  # (C, B, D) or (L, C, B, D)
                 if gather:
                     columns = gather_with_grad(columns, dim=-2)  # (..., world*B, D): every rank's rows
-                return objective.loss(columns, labels)
+                return with_detached_heads(lambda c: objective.loss(c, labels), columns)
+
+        def with_detached_heads(loss_fn, emb):  # (loss, terms) of emb, plus the same on the heads
+            draws = loss_rng.get_state()
+            loss, terms = loss_fn(emb)
+            if encoder.exit_heads_detached:  # the heads learn alone, on detached vectors
+                loss_rng.set_state(draws)  # ... at the same sampled dims and layers
+                head_loss, head_terms = loss_fn(encoder.apply_exit_heads(emb.detach(), objective.all_layers))
+                loss, terms = loss + head_loss, {**terms, **{f"heads_{k}": v for k, v in head_terms.items()}}
+            return loss, terms
 
         def backward(loss):
             scaler.scale(loss / config.grad_accum).backward()
@@ -1050,7 +1078,7 @@ def main(argv: list[str] | None = None) -> Path:
                         if distill_batch is not None:  # one batch of plain sentences: distillation only
                             extra = distill_batch(step * config.grad_accum + micro)
                             extra = {k: v.to(device, non_blocking=True) for k, v in extra.items()}
-                            d_loss, d_terms = objective.unlabelled(encode(extra).float())
+                            d_loss, d_terms = with_detached_heads(objective.unlabelled, encode(extra).float())
                             backward(d_loss)
                             loss, terms = loss + d_loss.detach(), {**terms, **d_terms}
                     step_loss += loss.detach() / config.grad_accum
@@ -1068,9 +1096,7 @@ def main(argv: list[str] | None = None) -> Path:
                     )
                     raise SystemExit(f"error: non-finite loss at step {step} (see {run_dir / 'train.log'})")
                 scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    params, config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-                )
+                grad_norm = clip(clip_groups, config.max_grad_norm)
                 scale_before = scaler.get_scale() if scaler.is_enabled() else None
                 scaler.step(optimizer)  # under fp16 this skips the step when gradients overflowed
                 scaler.update()

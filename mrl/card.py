@@ -409,6 +409,9 @@ def _recipe_table(config, derived, meta, run, wall_seconds, resumed_at, base) ->
         add("layers (2D)", detail)
     else:
         add("layers", f"all {meta['num_layers']} (no 2D training)")
+    if config and config.get("exit_heads", "none") != "none":
+        how = "learning on detached vectors" if config.get("exit_head_detach") else "trained with the model"
+        add("exit heads", f"`--exit-heads {config['exit_heads']}`, lr {config['exit_head_lr']}, {how}")
     if config:
         total = derived.get("total_steps")
         add("steps", f"{meta.get('trained_steps')} of {total}" if total else meta.get("trained_steps"))

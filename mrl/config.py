@@ -164,6 +164,11 @@ class TrainConfig:
         choices=EXIT_HEAD_MODES,
     )
     exit_head_lr: float = _opt(1e-3, "learning rate of the exit heads (with --lr's warmup and decay)")
+    exit_head_detach: bool = _opt(
+        False,
+        "the exit heads learn on detached vectors (the same losses once more, with the heads): the "
+        "blocks then train exactly as without heads, so the full model pays nothing for them",
+    )
     # --- Matryoshka-Adaptor: train only a small head on frozen embeddings (mrl/adaptor.py) ----
     adaptor: str = _opt(
         "off",
@@ -541,6 +546,8 @@ def validate(config: TrainConfig) -> None:
     for spec in config.where:
         if "=" not in spec:
             fail(f"--where '{spec}' is not COLUMN=VALUE")
+    if config.exit_head_detach and config.exit_heads == "none":
+        fail("--exit-head-detach needs --exit-heads shallow|all")
     if config.exit_heads == "shallow" and config.two_d == "off":
         fail(
             "--exit-heads shallow: without --2d no loss reaches the shallow depths, so their heads "

@@ -55,7 +55,9 @@ class ExitHead(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.linear = nn.Linear(dim, dim)
+        # skip_init: no random init to overwrite, and no draw from the global RNG (dropout masks
+        # after adding heads stay those of a run without them).
+        self.linear = torch.nn.utils.skip_init(nn.Linear, dim, dim)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
@@ -256,6 +258,7 @@ class Encoder(nn.Module):
         self.head: nn.Sequential | None = _load_head(name_or_path)
         # Per-depth exit heads (see ExitHead), keyed by the depth as a string; None for most models.
         self.exit_heads: nn.ModuleDict | None = _load_exit_heads(name_or_path)
+        self.exit_heads_detached = False  # see apply_exit_heads
         if self.metadata.get("exit_head_last_depth") and self.head is not None:
             # `save` wrote the last depth's exit head as the first Dense module (for other
             # libraries); here it is that depth's head again, so shallower cuts skip it.
@@ -312,6 +315,18 @@ class Encoder(nn.Module):
 
         Without ``all_layers`` the vector is the last block's, and the model has as many blocks
         as it runs now (`truncated_blocks` lowers ``num_layers`` to the cut depth)."""
+        heads = self.exit_heads
+        if not heads or (self.training and self.exit_heads_detached):
+            return pooled  # detached: the trainer applies them itself (see `apply_exit_heads`)
+        return self.apply_exit_heads(pooled, all_layers)
+
+    def apply_exit_heads(self, pooled: Tensor, all_layers: bool) -> Tensor:
+        """The exit heads on pooled vectors: (..., D) of the last depth, or (L, ..., D) of every
+        depth with ``all_layers``; depths without a head pass unchanged.
+
+        With ``exit_heads_detached`` the forward pass in training mode returns the vectors
+        without the heads, and the trainer calls this on a detached copy: the heads then learn
+        from the same losses while the blocks train exactly as without them."""
         heads = self.exit_heads
         if not heads:
             return pooled

@@ -210,6 +210,8 @@ def test_training_moves_the_heads_at_their_own_learning_rate(heads_run, tiny_mod
     assert heads["1.linear.weight"].abs().max().item() > 10 * trunk_move
     config = json.loads((heads_run / "config.json").read_text())
     assert config["exit_heads"] == "shallow" and config["exit_head_lr"] == 1e-3
+    card = (heads_run / "model" / "README.md").read_text()
+    assert "| exit heads | `--exit-heads shallow`, lr 0.001, trained with the model |" in card
 
 
 def test_resume_restores_the_heads_exactly(heads_run, tiny_model_dir, data, tmp_path):
@@ -250,6 +252,7 @@ def test_a_separate_model_gets_a_head_at_its_last_depth_only(tiny_model_dir, dat
         (["--exit-heads", "shallow"], "--exit-heads shallow: without --2d"),
         (["--exit-heads", "all", "--exit-head-lr", "0"], "--exit-head-lr 0: must be > 0"),
         (["--exit-heads", "all", "--exit-head-lr", "nan"], "--exit-head-lr nan: must be a finite number"),
+        (["--exit-head-detach"], "--exit-head-detach needs --exit-heads shallow|all"),
     ],
 )
 def test_bad_exit_head_flags_are_one_line_errors(tiny_model_dir, data, tmp_path, capsys, extra, contains):
@@ -260,3 +263,37 @@ def test_bad_exit_head_flags_are_one_line_errors(tiny_model_dir, data, tmp_path,
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and contains in err[0], err
     assert not out.exists()
+
+
+def test_detached_heads_leave_the_encoders_training_exactly_as_without_them(tiny_model_dir, data, tmp_path):
+    """--exit-head-detach: the heads learn from the same losses on detached vectors and are
+    clipped on their own, so the transformer's weights equal a run without heads, bit for bit,
+    also when dims are sampled (the heads' loss replays the step's draws)."""
+    args = heads_args(tiny_model_dir, data)
+    cut = args.index("--exit-heads")
+    plain = [*args[:cut], *args[cut + 2 :], "--n-dims-per-step", "1", "--max-steps", "4"]
+    train.main([*plain, "--output-dir", str(tmp_path / "plain")])
+    train.main(
+        [*plain, "--exit-heads", "shallow", "--exit-head-detach", "--output-dir", str(tmp_path / "det")]
+    )
+    assert_same_weights(tmp_path / "plain", tmp_path / "det")
+    heads = load_file(str(tmp_path / "det" / "model" / EXIT_HEADS_FILE))
+    assert all(t.abs().max() > 0 for t in heads.values())  # they learned
+    logged = {
+        tag
+        for line in (tmp_path / "det" / "metrics.jsonl").read_text().splitlines()
+        for tag in json.loads(line)
+    }
+    assert any(tag.startswith("train/loss_heads_") for tag in logged), logged
+    # Evaluated at a shallow depth, the two models differ by the heads only.
+    a, b = Encoder(str(tmp_path / "plain" / "model")), Encoder(str(tmp_path / "det" / "model"))
+    torch.testing.assert_close(
+        b.encode(TEXTS, layers=2, normalize=False),
+        a.encode(TEXTS, layers=2, normalize=False) @ (torch.eye(32) + heads["2.linear.weight"]).T
+        + heads["2.linear.bias"],
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    assert torch.equal(
+        a.encode(TEXTS, normalize=False), b.encode(TEXTS, normalize=False)
+    )  # no head at depth 3

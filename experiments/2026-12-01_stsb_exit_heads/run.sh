@@ -45,6 +45,9 @@ declare -A flags=(
   [2d-all-distill-kl-data-heads]="$e_best $with_data --exit-heads shallow"
   # ... with every shallow term at half weight (labelled loss, value KL, distillation)
   [2d-all-distill-kl-data-heads-half]="$e_best $with_data --exit-heads shallow --prior-layers-weight 0.5 --kl-weight 0.5 --distill-weight 0.5"
+  # ... with the heads learning on detached vectors: the encoder trains exactly as E's
+  [2d-all-distill-kl-data-heads-detached]="$e_best $with_data --exit-heads shallow --exit-head-detach"
+  [2d-all-distill-kl-heads-detached]="$e_best --exit-heads shallow --exit-head-detach"
   # the separately trained k-layer models with the same head at their last depth
   [layers2-alone-head]="@2 --exit-heads all"
   [layers4-alone-head]="@4 --exit-heads all"
