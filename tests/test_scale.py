@@ -161,3 +161,20 @@ def test_gradcache_with_dropout_and_2d_is_deterministic(tiny_model_dir, data, tm
         for tag in json.loads(line)
     }
     assert any(tag.startswith("train/loss_l") for tag in tags)
+
+
+def test_torchrun_with_exit_heads_equals_one_process(no_dropout_model, data, tmp_path):
+    """Exit heads under DDP: with one earlier layer drawn a step, the other depths' heads get no
+    gradient (DDP must be told so); heads and weights equal one process with the global batch."""
+    heads = ["--2d", "random", "--exit-heads", "shallow"]
+    single = tmp_path / "single"
+    torch.set_num_threads(1)
+    train.main([*common(no_dropout_model, data), *heads, "--batch-size", "8", "--output-dir", str(single)])
+    ddp = tmp_path / "ddp"
+    torchrun([*common(no_dropout_model, data), *heads, "--batch-size", "4", "--output-dir", str(ddp)])
+    assert_same_run(ddp, single)
+    ha, hb = (load_file(str(run / "model" / "exit_heads.safetensors")) for run in (ddp, single))
+    assert ha.keys() == hb.keys() == {f"{d}.linear.{p}" for d in (1, 2) for p in ("weight", "bias")}
+    for key in ha:
+        torch.testing.assert_close(ha[key], hb[key], atol=2e-4, rtol=0, msg=key)
+    assert any(t.abs().max() > 0 for t in ha.values())
