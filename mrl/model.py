@@ -559,7 +559,9 @@ class Encoder(nn.Module):
         The folder has the same layout as `save` and loads in `AutoModel` (and here in
         `Encoder`); its embedding equals ``self.encode(texts, layers=k)``. Only the k kept blocks
         are copied; this encoder is left unchanged. Trained layers above k are dropped from the
-        stored metadata, and ``truncated_from`` records the original depth.
+        stored metadata, and ``truncated_from`` records the original depth. Exit heads: head k is
+        written as a Dense module (other libraries apply it), heads below k stay exit heads, and
+        heads above k are dropped.
         """
         if not 1 <= k <= self.num_layers:
             raise ValueError(f"k must be in 1..{self.num_layers}, got {k}")
