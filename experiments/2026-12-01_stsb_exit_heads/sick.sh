@@ -18,6 +18,6 @@ for name in "$@"; do
   else folder="$runs/$name"; out="$here/results/sick/$name.json"; fi
   [ -f "$out" ] && { echo "skip $name (have $out)"; continue; }
   python "$repo/eval.py" --model "$folder/model" --sts "$data/sick/train.csv" "$data/sick/dev.csv" \
-    --dims 384 64 16 --layers all --json "$out" > "$out.log" 2>&1
+    --dims 384 64 16 --layers all --json "$out" > "$runs/sick-${name/:/-}.log" 2>&1
   echo "$name done"
 done
