@@ -894,6 +894,10 @@ def main(argv: list[str] | None = None) -> Path:
         main_error(str(error))
     rank, world_size, device = dist_info.rank, dist_info.world_size, dist_info.device
     main_process = rank == 0
+    if config.exit_head_detach and world_size > 1:  # its second loss runs outside DDP's forward
+        main_error(
+            "--exit-head-detach runs in one process for now (under torchrun, leave it out: joint heads)"
+        )
     run_dir = prepare_run_dir(config)
     if config.adaptor != "off":  # only a small head on frozen, cached embeddings (mrl/adaptor.py)
         if world_size > 1:

@@ -178,3 +178,24 @@ def test_torchrun_with_exit_heads_equals_one_process(no_dropout_model, data, tmp
     for key in ha:
         torch.testing.assert_close(ha[key], hb[key], atol=2e-4, rtol=0, msg=key)
     assert any(t.abs().max() > 0 for t in ha.values())
+
+
+def test_torchrun_refuses_detached_exit_heads_in_one_line(no_dropout_model, data, tmp_path):
+    out = tmp_path / "ddp"
+    args = [
+        *common(no_dropout_model, data),
+        "--2d",
+        "random",
+        "--exit-heads",
+        "shallow",
+        "--exit-head-detach",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+        "--master_addr=127.0.0.1", "train.py", *args, "--batch-size", "4", "--output-dir", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "error: --exit-head-detach runs in one process for now" in done.stderr
+    assert not out.exists()
