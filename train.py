@@ -249,6 +249,8 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
     pooler = getattr(encoder.model, "pooler", None)
     if isinstance(pooler, torch.nn.Module):
         pooler.requires_grad_(False)
+    if config.exit_heads == "none" and encoder.exit_heads:
+        encoder.exit_heads.requires_grad_(False)  # a model's own heads stay as they are, like its head
     if config.exit_heads != "none":  # new heads start as the identity; a model's own are kept
         depths = list(range(1, encoder.num_layers)) if config.two_d != "off" else []  # what a loss reaches
         encoder.add_exit_heads(depths + ([encoder.num_layers] if config.exit_heads == "all" else []))

@@ -79,13 +79,19 @@ def _load_exit_heads(name_or_path: str) -> nn.ModuleDict | None:
         return None
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
     heads = nn.ModuleDict()
-    for depth in sorted({key.split(".", 1)[0] for key in tensors}, key=int):
-        weight = tensors[f"{depth}.linear.weight"]
-        head = ExitHead(weight.shape[0])
-        head.load_state_dict({"linear.weight": weight, "linear.bias": tensors[f"{depth}.linear.bias"]})
-        heads[depth] = head
+    try:
+        tensors = load_file(str(path))
+        for depth in sorted({key.split(".", 1)[0] for key in tensors}, key=int):
+            weight = tensors[f"{depth}.linear.weight"]
+            head = ExitHead(weight.shape[0])
+            head.load_state_dict({"linear.weight": weight, "linear.bias": tensors[f"{depth}.linear.bias"]})
+            heads[depth] = head
+    except Exception as error:  # a truncated file, a key that is not "{depth}.linear.weight|bias"...
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"{path}: not a readable exit-heads file ({type(error).__name__}: {reason})"
+        ) from None
     return heads or None
 
 
@@ -259,10 +265,18 @@ class Encoder(nn.Module):
         # Per-depth exit heads (see ExitHead), keyed by the depth as a string; None for most models.
         self.exit_heads: nn.ModuleDict | None = _load_exit_heads(name_or_path)
         self.exit_heads_detached = False  # see apply_exit_heads
-        if self.metadata.get("exit_head_last_depth") and self.head is not None:
+        if self.metadata.get("exit_head_last_depth"):
             # `save` wrote the last depth's exit head as the first Dense module (for other
             # libraries); here it is that depth's head again, so shallower cuts skip it.
-            dense, *rest = list(self.head)
+            dense, *rest = list(self.head or [None])
+            if (
+                not isinstance(getattr(dense, "linear", None), nn.Linear)
+                or dense.in_features != dense.out_features
+            ):
+                raise ValueError(
+                    f"{name_or_path}: {METADATA_FILE} says the first module after pooling is the last "
+                    "layer's exit head, but modules.json has no square Dense module there"
+                )
             last = ExitHead(dense.in_features)
             with torch.no_grad():
                 last.linear.weight.copy_(dense.linear.weight - torch.eye(dense.in_features))

@@ -323,3 +323,35 @@ def test_gradcache_trains_the_heads_like_plain_batches(data, tmp_path_factory, t
         for key in a:
             moved = (a[key] - start.get(key, torch.zeros_like(a[key]))).abs().max()
             assert (a[key] - b[key]).abs().max() <= 0.01 * moved + 1e-7, key  # (key biases barely move)
+
+
+def test_a_models_own_heads_stay_frozen_without_the_flag(heads_run, data, tmp_path):
+    """Training a model that has exit heads, without --exit-heads, leaves them as they are
+    (like a Dense head), and the saved model still carries them."""
+    before = load_file(str(heads_run / "model" / EXIT_HEADS_FILE))
+    args = ["--model", str(heads_run / "model"), "--train-data", str(data["train"]), "--eval-data"]
+    train.main(
+        [*args, "--max-steps", "2", "--batch-size", "8", "--lr", "1e-3", "--output-dir", str(tmp_path / "r")]
+    )
+    after = load_file(str(tmp_path / "r" / "model" / EXIT_HEADS_FILE))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    ("damage", "contains"),
+    [
+        (lambda f: (f / EXIT_HEADS_FILE).write_bytes(b"not safetensors"), "not a readable exit-heads file"),
+        (lambda f: (f / "2_Dense").rename(f / "gone"), "no square Dense module there"),
+    ],
+)
+def test_a_damaged_exit_head_file_is_a_one_line_error(headed, tmp_path, damage, contains):
+    encoder, _ = headed
+    encoder.add_exit_heads([3])  # a last-depth head too: written as 2_Dense
+    encoder.save(tmp_path / "m")
+    damage(tmp_path / "m")
+    if contains.startswith("no square"):  # modules.json still lists the Dense: drop that entry
+        modules = json.loads((tmp_path / "m" / "modules.json").read_text())[:2]
+        (tmp_path / "m" / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match=contains) as error:
+        Encoder(str(tmp_path / "m"))
+    assert "\n" not in str(error.value) and str(tmp_path / "m") in str(error.value)
