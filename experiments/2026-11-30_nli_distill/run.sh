@@ -50,6 +50,12 @@ declare -A flags=(
   [pdistill-only-kl-w0.1]="$all --dim-weights 1 0 0 0 0 0 --prefix-distill kl --distill-weight 0.1"
   # 2D: every earlier layer at every dim each step + layer self-distillation
   [2d-all-distill-kl]="$all --2d random --n-layers-per-step -1 --layer-distill kl"
+  # ... with exit heads learning on detached vectors (J, added 2026-12-01): the encoder trains
+  # bit for bit as 2d-all-distill-kl, so its model without exit_heads.safetensors is that run
+  [2d-all-distill-kl-heads-detached]="$all --2d random --n-layers-per-step -1 --layer-distill kl --exit-heads shallow --exit-head-detach"
+  # the separately trained k-layer models with the same head at their last depth (J's fair baseline)
+  [layers2-alone-head]="@2 --exit-heads all"
+  [layers4-alone-head]="@4 --exit-heads all"
 )
 variants=(${VARIANTS:-pdistill-only-kl})
 for seed in ${seeds[@]}; do
@@ -59,9 +65,11 @@ for seed in ${seeds[@]}; do
     [ -f "$out" ] && { echo "skip $name (have $out)"; continue; }
     spec="${flags[$variant]}"
     variant_model="$model"
-    if [[ "$spec" == @* ]]; then  # "@k": the k-layer model, plain MNRL at full width
-      variant_model="$(truncated "${spec:1}")"
-      spec=""
+    if [[ "$spec" == @* ]]; then  # "@k [flags]": the k-layer model, plain MNRL at full width
+      k="${spec%% *}"
+      k="${k:1}"
+      variant_model="$(truncated "$k")"
+      spec="${spec#@"$k"}"
     fi
     rm -rf "$runs/$name"
     start=$(date +%s)
