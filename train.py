@@ -1009,7 +1009,7 @@ def main(argv: list[str] | None = None) -> Path:
                 return with_detached_heads(lambda c: objective.loss(c, labels), columns)
 
         def with_detached_heads(loss_fn, emb):  # (loss, terms) of emb, plus the same on the heads
-            draws = loss_rng.get_state()
+            draws = loss_rng.get_state() if encoder.exit_heads_detached else None
             loss, terms = loss_fn(emb)
             if encoder.exit_heads_detached:  # the heads learn alone, on detached vectors
                 loss_rng.set_state(draws)  # ... at the same sampled dims and layers

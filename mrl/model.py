@@ -64,6 +64,18 @@ class ExitHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x + self.linear(x)
 
+    @classmethod
+    def from_dense(cls, weight: Tensor, bias: Tensor) -> ExitHead:
+        """The head whose map equals a Dense layer's ``weight @ x + bias`` (the inverse of
+        `dense_weights`): W = weight - I."""
+        head = cls(weight.shape[0])
+        with torch.no_grad():
+            head.linear.weight.copy_(
+                weight - torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)
+            )
+            head.linear.bias.copy_(bias)
+        return head
+
     def dense_weights(self) -> tuple[Tensor, Tensor]:
         """The same map as one Dense layer: (weight I + W (D, D), bias b (D,))."""
         weight = self.linear.weight.detach()
@@ -277,12 +289,10 @@ class Encoder(nn.Module):
                     f"{name_or_path}: {METADATA_FILE} says the first module after pooling is the last "
                     "layer's exit head, but modules.json has no square Dense module there"
                 )
-            last = ExitHead(dense.in_features)
-            with torch.no_grad():
-                last.linear.weight.copy_(dense.linear.weight - torch.eye(dense.in_features))
-                last.linear.bias.copy_(dense.linear.bias)
             self.exit_heads = self.exit_heads if self.exit_heads is not None else nn.ModuleDict()
-            self.exit_heads[str(self.num_layers)] = last
+            self.exit_heads[str(self.num_layers)] = ExitHead.from_dense(
+                dense.linear.weight, dense.linear.bias
+            )
             self.head = nn.Sequential(*rest) if rest else None
         self.length_buckets = length_buckets  # see forward() (train.py: --length-buckets)
         self.final_norm = find_final_norm(self.model)  # a name in self.model, or None
