@@ -35,6 +35,10 @@ Encoder(sys.argv[1]).save_truncated(sys.argv[2], int(sys.argv[3]))" "$model" "$o
 
 all="--dims ${dims[*]}"
 declare -A flags=(
+  # B's two models rerun with this code (issue 12 changed the bf16 loss math after B; with
+  # PRECISION=fp32 these are the like-for-like rows for F's bar)
+  [standard]=""
+  [matryoshka]="$all"
   # baselines: separately trained models at the same budget
   [layers2-alone]="@2"
   [layers4-alone]="@4"
