@@ -101,6 +101,7 @@ from mrl.runtime import (
     quiet_transformers,
     stop_on_signals,
 )
+from mrl.sparse_grad import EmbeddingGradBuffer, why_not_sparse
 from mrl.tracking import Tracker
 
 
@@ -947,11 +948,20 @@ def main(argv: list[str] | None = None) -> Path:
         )
     steps_per_epoch, total_steps, warmup_steps = count_steps(config, sampler)
     clip_groups, optimizer, schedule = build_optimizer(encoder, config, device, warmup_steps, total_steps)
+    # The word embeddings' gradient: sparse lookups added into one buffer kept across steps, not a
+    # fresh zero-filled (vocab, D) tensor per backward (mrl/sparse_grad.py; the same gradient).
+    why_dense = (
+        "--dense-embedding-grad"
+        if config.dense_embedding_grad
+        else why_not_sparse(encoder.model, device, world_size, config.compile)
+    )
+    embedding_grad = None if why_dense else EmbeddingGradBuffer(encoder.model.get_input_embeddings())
 
     derived = describe_run(
         config, train, encoder, objective, base, world_size, gather, n_distill, fingerprint,
         (steps_per_epoch, total_steps, warmup_steps),
     )  # fmt: skip
+    derived["embedding_grad"] = f"dense ({why_dense})" if why_dense else "sparse rows into a kept buffer"
 
     # ---- fresh run or resume ------------------------------------------------------------------
     restored = (
@@ -1107,6 +1117,8 @@ def main(argv: list[str] | None = None) -> Path:
                 scaler.step(optimizer)  # under fp16 this skips the step when gradients overflowed
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
+                if embedding_grad is not None:
+                    embedding_grad.reset()  # the kept buffer, zero again where this step wrote
                 schedule.step()
                 step += 1
                 progress.update(1)

@@ -241,6 +241,12 @@ class TrainConfig:
     )
     gradient_checkpointing: bool = _opt(False, "recompute encoder activations in backward (less memory)")
     compile: bool = _opt(False, "torch.compile the encoder (dynamic shapes: padded lengths vary)")
+    dense_embedding_grad: bool = _opt(
+        False,
+        "let autograd allocate the dense (vocab, D) word-embedding gradient every backward, as "
+        "before 2026-12-01 (slower on CPU; the same sums bit for bit also with several backwards "
+        "per step; see mrl/sparse_grad.py)",
+    )
 
     # --- runtime -----------------------------------------------------------------------------
     precision: str = _opt("fp32", "autocast precision; fp16 adds a GradScaler", choices=AMP_PRECISIONS)

@@ -8,8 +8,9 @@ Wall-clock throughput means little when other jobs share the cores (with 2 OpenM
 step can take 10x its quiet time, as the spinning threads wait for each other). This script
 measures the **process CPU time** of each step with one thread instead: the same steps as
 `train.py` (tokenised batches from the real sampler, forward, the objective's loss, backward,
-clipping, fused AdamW) for Matryoshka CoSENT on STS-B train, batch 16, with random batches padded
-(what the reference trainer computes), bucketed and packed, grouped batches packed, bf16, and
+clipping, fused AdamW, the kept word-embedding gradient buffer) for Matryoshka CoSENT on STS-B
+train, batch 16, with random batches padded (what the reference trainer computes; also with
+autograd's dense embedding gradient, as it has), bucketed and packed, grouped batches packed, bf16, and
 plain / 2D random / 2D fixed. Every row sees the same first --steps batches of seed 12 (grouped:
 its own order). Columns: median CPU ms per step after --warmup steps, pairs per CPU-second, the
 padding ratio (computed / real tokens), and the 1-minute load average. CPU time still grows
@@ -37,6 +38,7 @@ def measure(args, flags: list[str]) -> dict:
     from mrl.model import Encoder
     from mrl.objectives import build_objective
     from mrl.runtime import autocast_for
+    from mrl.sparse_grad import EmbeddingGradBuffer
 
     data = str(Path(args.data) / "stsb" / "en-train.csv")
     config = parse_config(["--model", args.model, "--train-data", data, "--eval-data", *flags])
@@ -54,6 +56,10 @@ def measure(args, flags: list[str]) -> dict:
     objective = build_objective(config, encoder.dim, encoder.num_layers, torch.Generator().manual_seed(13))
     params = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, fused=True)
+    # as train.py: the word embeddings' gradient kept in one buffer unless --dense-embedding-grad
+    embedding_grad = (
+        None if config.dense_embedding_grad else EmbeddingGradBuffer(encoder.model.get_input_embeddings())
+    )
     autocast = autocast_for(torch.device("cpu"), config.precision)
     encoder.train()
     torch.manual_seed(config.seed)
@@ -70,6 +76,8 @@ def measure(args, flags: list[str]) -> dict:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if embedding_grad is not None:
+            embedding_grad.reset()
         if i >= args.warmup:
             cpu.append(time.process_time() - c0)
             wall.append(time.perf_counter() - w0)
@@ -98,8 +106,14 @@ def main(argv=None) -> None:
     import torch
 
     dims = ["--dims", "384", "256", "128", "64", "32", "16"]
-    rows = [
+    rows = [  # fmt: skip
         ("matryoshka, random batches, padded", [*dims, "--padding-free", "off"]),
+        # autograd's fresh dense (vocab, D) embedding gradient every step, as the reference trainer
+        (
+            "matryoshka, random batches, padded, dense embedding grad",
+            [*dims, "--padding-free", "off", "--dense-embedding-grad"],
+        ),
+        ("matryoshka, random batches, packed, dense embedding grad", [*dims, "--dense-embedding-grad"]),
         ("matryoshka, random batches, adaptive buckets", [*dims, "--padding-free", "buckets"]),
         ("matryoshka, random batches, packed (default)", [*dims]),
         ("matryoshka, length-grouped batches, packed", [*dims, "--group-by-length"]),
