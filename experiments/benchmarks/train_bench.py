@@ -10,7 +10,8 @@ run's metrics.jsonl: samples/s and tokens/s are the medians over the steps after
 step time is the median of B / (samples/s), the padding ratio is the median of
 perf/padding_ratio (tokens the encoder computed, padding included, per real token), and peak
 memory is the process's peak RSS (CPU) or peak allocated memory (CUDA). Rows: Matryoshka CoSENT on
-STS-B train with random batches padded (what the reference trainer computes), with adaptive
+STS-B train with random batches padded (what the reference trainer computes; also with autograd's
+dense word-embedding gradient, as the reference has it), with adaptive
 buckets, packed (the default), with length-grouped batches, in bf16; plain vs Matryoshka vs 2D
 (random, fixed), all with random packed batches; in-batch negatives on AllNLI triplets, with
 GradCache by texts and by tokens. `--rows` picks rows by a substring of their name.
@@ -119,9 +120,14 @@ def main(argv=None) -> None:
     random = ["--no-group-by-length"]
     configs = [
         ("cosent matryoshka, random batches, padded", [*cosent, *dims, *random, "--padding-free", "off"]),
+        # what the reference trainer computes: padded random batches, autograd's dense embedding grad
+        ("cosent matryoshka, random batches, padded, dense embedding grad",
+         [*cosent, *dims, *random, "--padding-free", "off", "--dense-embedding-grad"]),
         ("cosent matryoshka, random batches, adaptive buckets",
          [*cosent, *dims, *random, "--padding-free", "buckets"]),
         ("cosent matryoshka, random batches, packed (default)", [*cosent, *dims, *random]),
+        ("cosent matryoshka, random batches, packed, dense embedding grad",
+         [*cosent, *dims, *random, "--dense-embedding-grad"]),
         ("cosent matryoshka, length-grouped batches, packed", [*cosent, *dims, "--group-by-length"]),
         ("cosent matryoshka, random batches, packed, bf16", [*cosent, *dims, *random, "--precision", "bf16"]),
         ("cosent plain (384), random, packed", [*cosent, *random]),
