@@ -6,7 +6,8 @@ of Matryoshka CoSENT on STS-B train (batch 16, the default path), one thread.
         --data ../shared/data
 
 Prints the operators by self CPU time (grouped by input shape, so the embedding gradient's
-zero-fill shows as its own row), then the median CPU ms per step when the packing planner's
+zero-fill shows as its own row with --dense-embedding-grad, the path before the kept buffer of
+mrl/sparse_grad.py), then the median CPU ms per step when the packing planner's
 attention weight is changed (`mrl.packing.token_cost`'s c in width / (c * hidden)): shorter
 packed rows compute less attention but more rows. Issue 15 asked where the rest of the time
 goes once padding is gone.
@@ -32,11 +33,17 @@ def main() -> None:
     from mrl.data import BatchSampler, TokenizingCollator, load_source
     from mrl.model import Encoder
     from mrl.objectives import build_objective
+    from mrl.sparse_grad import EmbeddingGradBuffer
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--dense-embedding-grad",
+        action="store_true",
+        help="autograd's fresh dense embedding gradient (before)",
+    )
     args = parser.parse_args()
     train_file = str(Path(args.data) / "stsb" / "en-train.csv")
     dims = ["384", "256", "128", "64", "32", "16"]
@@ -51,6 +58,8 @@ def main() -> None:
     objective = build_objective(config, encoder.dim, encoder.num_layers, torch.Generator().manual_seed(13))
     params = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, fused=True)
+    # as train.py: the word embeddings' gradient kept in one buffer (mrl/sparse_grad.py)
+    kept = None if args.dense_embedding_grad else EmbeddingGradBuffer(encoder.model.get_input_embeddings())
     encoder.train()
     batches = [collate([train[j] for j in rows]) for rows in sampler.batches(0)[: args.steps + 5]]
 
@@ -61,6 +70,8 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if kept is not None:
+            kept.reset()
 
     for batch in batches[:5]:
         step(batch)
@@ -69,8 +80,8 @@ def main() -> None:
             step(batch)
     print(f"{args.steps} steps, {torch.get_num_threads()} thread(s)\n")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=32))
-    # The embedding gradient: autograd zero-fills a dense (vocab, D) tensor every step although a
-    # batch touches a few hundred rows.
+    # The embedding gradient: with --dense-embedding-grad autograd zero-fills a dense (vocab, D)
+    # tensor every step although a batch touches a few hundred rows.
     vocab = list(encoder.model.get_input_embeddings().weight.shape)
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
     for event in prof.key_averages(group_by_input_shape=True):
