@@ -998,7 +998,7 @@ def main(argv: list[str] | None = None) -> Path:
     )
     try:  # one teardown path (finally) for the end, a signal and a non-finite loss
         tracker.print(
-            f"resuming at step {step} from {folder}"
+            f"resuming at step {step} from {folder} (embedding gradient: {derived['embedding_grad']})"
             if restored
             else "config:\n" + json.dumps({**config.to_dict(), "derived": derived}, indent=2)
         )

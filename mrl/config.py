@@ -456,9 +456,15 @@ def upgrade_run_config(values: dict[str, Any]) -> dict[str, Any]:
     default), which meant exactly today's "proportional" (l/L, summed over the sampled blocks):
     renamed here, so those runs resume and serve as --config unchanged. "inverse" has no
     equivalent today and is left for `validate` to reject loudly.
+
+    A run written before 2026-12-01 has no ``dense_embedding_grad``: it trained with autograd's
+    dense embedding gradient, so it resumes (and serves as --config) on that path, whose sums
+    match its own to the last bit also with several backwards per step (mrl/sparse_grad.py).
     """
     if values.get("depth_weighting") == "linear":
-        return {**values, "depth_weighting": "proportional"}
+        values = {**values, "depth_weighting": "proportional"}
+    if "dense_embedding_grad" not in values:
+        values = {**values, "dense_embedding_grad": True}
     return values
 
 

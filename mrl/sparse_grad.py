@@ -1,17 +1,25 @@
 """The word embeddings' gradient without a (vocab, D) allocation and zero-fill every step.
 
 Why: autograd's embedding backward allocates a fresh dense (vocab, D) gradient and zero-fills it
-on every backward: 47 MB for BERT's 30522 x 384 table, 30-50 ms of a ~600 ms CPU step
-(experiments/results/2026-12-01_step_profile.md), although a batch of 16 pairs looks up a few
-hundred rows. Here the embedding emits a sparse gradient (the rows it looked up), autograd adds it
-in place into a dense buffer that lives across steps, and after the optimizer step only the rows
-looked up are zeroed again.
+on every backward: 47 MB for BERT's 30522 x 384 table, whose zero-fill alone took 30 ms of a
+~600 ms CPU step in the profile, and whose fresh pages the kernel faults in on top of that
+(76-106 ms a step in all, experiments/results/2026-12-01_step_cost.md), although a batch of 16
+pairs looks up a few hundred rows. Here the embedding emits a sparse gradient (the rows it looked
+up), autograd adds it in place into a dense buffer that lives across steps, and after the
+optimizer step only the rows looked up are zeroed again.
 
 Nothing the model learns changes: clipping, the loss scaler, the optimizer and the logs see a dense
-gradient of the usual shape. With one backward per step it is bit for bit the gradient autograd
-builds (the same additions, row by row, in token order; tests/test_sparse_grad.py). With several
-(gradient accumulation, GradCache, --distill-data batches) the sums are the same up to float
-rounding: (a1 + a2) + b1 + b2 instead of (a1 + a2) + (b1 + b2) for a row two backwards touch.
+gradient of the usual shape. When each backward looks the table up once (packed or unsplit
+batches) it is bit for bit the gradient autograd builds: the same additions, row by row, in token
+order (tests/test_sparse_grad.py). When a backward covers several lookups (adaptive buckets,
+--length-buckets, gradient accumulation, GradCache, --distill-data batches) the sums are the same
+up to float rounding: a1 + a2 + b1 + b2 in one running sum instead of (a1 + a2) + (b1 + b2) for a
+row two lookups touch.
+
+The row-wise reset relies on one rule: between a backward and the reset, only operations that
+scale the whole gradient by one factor touch it (clipping, the loss scaler's unscale), so rows no
+lookup reached stay exactly zero, unless the factor is NaN, which `reset` detects. A gradient hook
+that writes other rows (noise, a per-row edit) would break it: use --dense-embedding-grad then.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repo root
 import train  # noqa: E402
+from mrl.config import TrainConfig, config_diff, parse_config  # noqa: E402
 from mrl.sparse_grad import EmbeddingGradBuffer, why_not_sparse  # noqa: E402
 from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
 
@@ -91,12 +93,14 @@ def test_several_backwards_sum_to_the_dense_gradient_up_to_rounding():
 
 
 def test_a_nan_clip_coefficient_is_cleared_everywhere():
-    """A non-finite norm makes clipping multiply every row by NaN; the reset must not leave NaN
-    in rows the next step does not look up."""
-    embedding = nn.Embedding(30, 4)
+    """A NaN elsewhere in the clip group makes clip_grad_norm_ multiply every row by NaN; the
+    reset must not leave NaN in rows the next step does not look up."""
+    embedding, other = nn.Embedding(30, 4), nn.Linear(4, 1)
     kept = EmbeddingGradBuffer(embedding)
-    embedding(torch.tensor([1, 2])).sum().backward()
-    kept.buffer.mul_(float("nan"))  # what clip_grad_norm_ does with a NaN total norm
+    (other(embedding(torch.tensor([1, 2]))).sum() * float("nan")).backward()
+    embedding(torch.tensor([3])).sum().backward()  # the looked-up rows alone are finite here
+    torch.nn.utils.clip_grad_norm_([embedding.weight, *other.parameters()], 1.0)
+    assert kept.buffer[0].isnan().all()  # an untouched row: NaN through the clip coefficient
     kept.reset()
     assert not kept.buffer.isnan().any() and not kept.buffer.any()
 
@@ -203,14 +207,62 @@ def test_training_learns_the_same_weights_bit_for_bit(recipe, tiny_model_dir, pa
     assert not torch.equal(a[key], start[key])
 
 
-def test_gradient_accumulation_learns_the_same_weights_up_to_rounding(tiny_model_dir, pairs, tmp_path):
-    kept = run(tiny_model_dir, pairs["scored"], tmp_path / "kept", "--grad-accum", "2")
-    dense = run(
-        tiny_model_dir, pairs["scored"], tmp_path / "dense", "--grad-accum", "2", "--dense-embedding-grad"
-    )
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--grad-accum", "2"],  # two backwards per step
+        ["--mini-batch-size", "4"],  # GradCache: one backward per chunk
+        ["--padding-free", "buckets"],  # one lookup per sub-batch in one backward
+    ],
+)
+def test_several_lookups_per_step_learn_the_same_weights_up_to_rounding(
+    flags, tiny_model_dir, pairs, tmp_path
+):
+    kept = run(tiny_model_dir, pairs["scored"], tmp_path / "kept", *flags)
+    dense = run(tiny_model_dir, pairs["scored"], tmp_path / "dense", *flags, "--dense-embedding-grad")
     a, b = weights(kept), weights(dense)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_resume_with_the_kept_buffer_is_exact(tiny_model_dir, pairs, tmp_path):
+    """A run stopped after its step-3 checkpoint and resumed ends bit for bit where the
+    uninterrupted run ends (the buffer starts at zero either way), and says which path it took."""
+    # ... with dev evaluations between steps (encoding under no_grad records no lookups)
+    flags = (
+        "--save-every",
+        "3",
+        "--max-steps",
+        "6",
+        "--eval-data",
+        str(pairs["scored"]),
+        "--eval-every",
+        "2",
+    )
+    whole = run(tiny_model_dir, pairs["scored"], tmp_path / "whole", *flags)
+    resumed = run(tiny_model_dir, pairs["scored"], tmp_path / "resumed", *flags)
+    ckpts = resumed / "checkpoints"
+    shutil.rmtree(ckpts / "step_00000006")
+    (ckpts / "latest").write_text("step_00000003\n")
+    shutil.rmtree(resumed / "model")
+    train.main(["--output-dir", str(resumed), "--resume"])
+    assert "resuming at step 3" in (resumed / "train.log").read_text()
+    assert "(embedding gradient: sparse rows into a kept buffer)" in (resumed / "train.log").read_text()
+    a, b = weights(whole), weights(resumed)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_a_run_from_before_the_buffer_resumes_on_the_dense_path(tmp_path):
+    """Its config.json has no dense_embedding_grad: it keeps autograd's path, whose sums match
+    its own to the last bit also with several backwards per step, and --resume accepts it."""
+    old = {**TrainConfig().to_dict(), "derived": {"total_steps": 6}}
+    del old["dense_embedding_grad"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    config = parse_config(["--config", str(path)])
+    assert config.dense_embedding_grad is True
+    assert config_diff(old, config) == []
+    assert parse_config([]).dense_embedding_grad is False  # new runs: the kept buffer
 
 
 @pytest.mark.integration
