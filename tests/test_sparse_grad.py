@@ -143,6 +143,10 @@ def test_where_the_buffer_is_not_used():
     assert "--compile" in why_not_sparse(Plain(), cpu, 1, compiled=True)
     assert "shared" in why_not_sparse(Tied(), cpu, 1, compiled=False)
     assert "renormalises" in why_not_sparse(Plain(max_norm=1.0), cpu, 1, compiled=False)
+    assert "frequency" in why_not_sparse(Plain(scale_grad_by_freq=True), cpu, 1, compiled=False)
+    custom = Plain()
+    custom.embed = type("MyEmbedding", (nn.Embedding,), {})(10, 4)  # a subclass may look up its own way
+    assert "plain nn.Embedding" in why_not_sparse(custom, cpu, 1, compiled=False)
     frozen = Plain()
     frozen.embed.weight.requires_grad_(False)
     assert "frozen" in why_not_sparse(frozen, cpu, 1, compiled=False)
