@@ -66,7 +66,7 @@ class EmbeddingGradBuffer:
         embedding.sparse = True  # backward: a sparse (vocab, D) tensor of the looked-up rows only
         self.buffer = torch.zeros_like(embedding.weight, memory_format=torch.contiguous_format)
         self.looked_up: list[Tensor] = []  # ids (any shape) of every lookup since the last reset
-        self.hook = embedding.register_forward_pre_hook(self._record, with_kwargs=True)
+        embedding.register_forward_pre_hook(self._record, with_kwargs=True)
         embedding.weight.grad = self.buffer
 
     def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -87,9 +87,3 @@ class EmbeddingGradBuffer:
             else:
                 self.buffer.zero_()
         self.embedding.weight.grad = self.buffer
-
-    def remove(self) -> None:
-        """Back to autograd's dense gradient (used by tests and benchmarks)."""
-        self.hook.remove()
-        self.embedding.sparse = False
-        self.embedding.weight.grad = None
