@@ -173,8 +173,9 @@ class TrainConfig:
     adaptor: str = _opt(
         "off",
         "train only an adaptor f(e) = e + g(e) on the frozen encoder's embeddings of the --train-data "
-        "corpus (encoded once, cached): 'linear' (saved as a Dense layer) or 'mlp'; other defaults "
-        "change with it (see ADAPTOR_DEFAULTS)",
+        "corpus (encoded once, cached): 'linear' (saved as a Dense layer), 'mlp', or 'rotation' "
+        "(f(e) = Q e with Q orthogonal: every full-width cosine kept exactly; saved as a Dense layer); "
+        "other defaults change with it (see ADAPTOR_DEFAULTS)",
         choices=ADAPTOR_MODES,
     )
     adaptor_embeddings: str | None = _opt(
@@ -189,7 +190,7 @@ class TrainConfig:
     adaptor_hidden: int | None = _opt(None, "adaptor mlp: hidden units (default: the embedding dim)")
     adaptor_init: str = _opt(
         "identity",
-        "adaptor linear: start at the identity, or at the corpus' uncentred PCA rotation (pca: "
+        "adaptor linear or rotation: start at the identity, or at the corpus' uncentred PCA rotation (pca: "
         "full-width cosines unchanged, each prefix starts as PCA's)",
         choices=ADAPTOR_INITS,
     )
@@ -582,13 +583,13 @@ def validate_adaptor(config: TrainConfig) -> None:
             if f.name.startswith("adaptor_") and getattr(config, f.name) != _default(f)
         ]
         if given:
-            raise ValueError(f"{', '.join(given)} only apply with --adaptor linear|mlp")
+            raise ValueError(f"{', '.join(given)} only apply with --adaptor linear|mlp|rotation")
         return
     weights = parse_loss_weights(config.adaptor_weights)
     if not any(weights.values()):
         raise ValueError("--adaptor-weights: every loss weighs 0; nothing would be trained")
-    if config.adaptor_init != "identity" and config.adaptor != "linear":
-        raise ValueError(f"--adaptor-init {config.adaptor_init} needs --adaptor linear")
+    if config.adaptor_init != "identity" and config.adaptor not in ("linear", "rotation"):
+        raise ValueError(f"--adaptor-init {config.adaptor_init} needs --adaptor linear or rotation")
     if config.adaptor_hidden is not None and (config.adaptor != "mlp" or config.adaptor_hidden < 1):
         raise ValueError("--adaptor-hidden needs --adaptor mlp and a positive number of units")
     for name in ("adaptor_k", "adaptor_pair_batch_size"):

@@ -76,7 +76,7 @@ def _brute_neighbours(orig: torch.Tensor, k: int) -> list[list[int]]:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("kind", ["linear", "mlp", "rotation"])
 def test_identity_at_init(kind):
     torch.manual_seed(0)
     emb = 3 * torch.randn(7, 12)
@@ -410,12 +410,58 @@ def test_pca_start_keeps_full_width_cosines_and_starts_each_prefix_at_uncentred_
         Adaptor(8).start_from(torch.eye(4))
 
 
+def test_rotation_stays_orthogonal_keeps_full_width_cosines_and_moves_the_prefixes():
+    """The rotation adaptor after AdamW steps on a prefix-only loss: Q Q^T = I, every full-width
+    cosine equals the raw embeddings' (numpy, float64), the prefixes changed, and the exported
+    Dense layer (Q, 0) is the same function."""
+    rng = np.random.default_rng(5)
+    raw = rng.normal(size=(40, 12)) * np.linspace(2, 0.2, 12)
+    emb = torch.from_numpy(raw).float()
+    adaptor = Adaptor(12, "rotation")
+    optimizer = torch.optim.AdamW(adaptor.parameters(), lr=0.05, weight_decay=0.0)
+    original = adaptor(emb).detach()
+    for _ in range(20):  # push the 3-dim prefix towards the raw full-width cosines
+        total, _ = adaptor_loss(emb, adaptor(emb), dims=[3], similarity_weight=1.0, neighbourhood_weight=0.0)
+        total.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    weight, bias = adaptor.to_dense()
+    q = weight.double().numpy()
+    np.testing.assert_allclose(q @ q.T, np.eye(12), atol=1e-5)
+    assert not bias.any()
+    out = adaptor(emb).detach().double().numpy()
+    unit = raw / np.linalg.norm(raw, axis=-1, keepdims=True)
+    np.testing.assert_allclose(out @ out.T, unit @ unit.T, atol=1e-5)  # full width: unchanged
+    np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
+    assert np.abs(out[:, :3] - original[:, :3].double().numpy()).max() > 1e-2  # the prefix moved
+    # The 3-dim prefix's similarity loss went down from the identity's.
+    before, _ = similarity_loss(emb, original, [3])
+    after, _ = similarity_loss(emb, torch.from_numpy(out).float(), [3])
+    assert after < before
+    head = torch.nn.Sequential(*head_modules(adaptor))
+    torch.testing.assert_close(head(emb), adaptor(emb), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(unit @ q.T, out, atol=1e-5)  # Q applied by hand
+
+
+def test_rotation_starts_from_an_orthogonal_matrix_only():
+    torch.manual_seed(6)
+    q, _ = torch.linalg.qr(torch.randn(8, 8))
+    emb = torch.randn(5, 8)
+    adaptor = Adaptor(8, "rotation").start_from(q)
+    unit = torch.nn.functional.normalize(emb, dim=-1)
+    torch.testing.assert_close(adaptor(emb), unit @ q.T, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="orthogonal"):
+        Adaptor(8, "rotation").start_from(2 * q)
+    with pytest.raises(ValueError, match="no bias"):
+        Adaptor(8, "rotation").start_from(q, torch.ones(8))
+
+
 # --------------------------------------------------------------------------------------------
 # An adapted Encoder saves, loads and transforms like any other
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("kind", ["linear", "mlp", "rotation"])
 def test_saved_adapted_encoder_reproduces_f(tiny_model_dir, tmp_path, kind):
     texts = ["the cat sat on the mat", "a man plays guitar", "a dog runs in the park"]
     encoder = Encoder(tiny_model_dir)
@@ -428,7 +474,7 @@ def test_saved_adapted_encoder_reproduces_f(tiny_model_dir, tmp_path, kind):
 
     modules = json.loads((tmp_path / "model" / "modules.json").read_text())
     assert [m["path"] for m in modules][:2] == ["", "1_Pooling"]
-    assert len(modules) == (4 if kind == "linear" else 3)
+    assert len(modules) == (3 if kind == "mlp" else 4)
     reloaded = Encoder(tmp_path / "model")
     assert reloaded.metadata["adaptor"] == {"kind": kind}
     torch.testing.assert_close(reloaded.encode(texts, normalize=False), expected, rtol=1e-5, atol=1e-5)

@@ -300,3 +300,40 @@ def test_pca_start_through_train(tmp_path):
     a = load_file(str(trained / "adaptor" / "1_Dense" / "model.safetensors"))
     b = load_file(str(resumed / "adaptor" / "1_Dense" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rotation_through_train(tmp_path):
+    """--adaptor rotation: the saved Dense layer is orthogonal with a zero bias, so every full-width
+    cosine of the corpus is the raw one (numpy, float64) while the prefixes moved from the PCA
+    start; resumed from a checkpoint, the final rotation is bitwise the uninterrupted one."""
+    rng = np.random.default_rng(4)
+    corpus = (rng.normal(size=(40, 16)) * np.linspace(3, 0.1, 16)).astype(np.float32)
+    np.save(tmp_path / "corpus.npy", corpus)
+    common = ["--adaptor", "rotation", "--adaptor-embeddings", str(tmp_path / "corpus.npy"),
+              "--adaptor-init", "pca", "--dims", "16", "8", "4", "--batch-size", "10",
+              "--adaptor-weights", "list=1", "--max-steps", "6", "--lr", "3e-2",
+              "--save-every", "2"]  # fmt: skip
+    trained = train.main([*common, "--output-dir", str(tmp_path / "a")])
+    dense = load_file(str(trained / "adaptor" / "1_Dense" / "model.safetensors"))
+    q = dense["linear.weight"].double().numpy()
+    np.testing.assert_allclose(q @ q.T, np.eye(16), atol=1e-5)
+    assert not dense["linear.bias"].any()
+    assert json.loads((trained / "adaptor" / "adaptor.json").read_text())["kind"] == "rotation"
+    unit = corpus.astype(np.float64) / np.linalg.norm(corpus, axis=-1, keepdims=True)
+    out = transform_embeddings(trained / "adaptor", torch.from_numpy(corpus)).double().numpy()
+    np.testing.assert_allclose(out @ out.T, unit @ unit.T, atol=1e-5)
+    _, _, vt = np.linalg.svd(unit, full_matrices=False)
+    assert np.abs(np.abs(out[:, :4]) - np.abs(unit @ vt[:4].T)).max() > 1e-3  # moved from PCA's prefix
+
+    resumed = tmp_path / "c"
+    shutil.copytree(trained, resumed)
+    for folder in (resumed / "checkpoints").glob("step_*"):
+        if folder.name != "step_00000004":
+            shutil.rmtree(folder)
+    (resumed / "checkpoints" / "latest").write_text("step_00000004\n")
+    shutil.rmtree(resumed / "adaptor")
+    (resumed / ".lock").unlink(missing_ok=True)
+    train.main(["--output-dir", str(resumed), "--resume"])
+    assert "resuming at step 4" in (resumed / "train.log").read_text()
+    again = load_file(str(resumed / "adaptor" / "1_Dense" / "model.safetensors"))
+    assert all(torch.equal(dense[k], again[k]) for k in dense)
