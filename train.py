@@ -545,14 +545,15 @@ def evaluate(encoder, eval_sets: dict, dims: list[int], layers: list[int] | None
 
 
 def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: torch.device) -> Path:
-    """Train only ``f(e) = e + g(e)`` on embeddings of a frozen encoder (or precomputed ones).
+    """Train only ``f(e) = x + g(x)`` (or ``Q x`` for a rotation), ``x = e / |e|``, on embeddings of
+    a frozen encoder (or precomputed ones).
 
     The corpus (and pairs, and dev sets) are embedded once, cached on disk by model and content
     (`mrl.embcache`), so a second run starts in seconds; the loop then only touches vectors.
     Per step: B corpus rows (B, D) -> f -> `mrl.adaptor.adaptor_loss` over the Matryoshka dims
     (similarity / neighbourhood / reconstruction, and the pairs' ranking loss) -> AdamW.
     Saves ``model/`` (the encoder with the adaptor after pooling: Normalize + Dense for a linear
-    one) or, from precomputed embeddings, ``adaptor/`` (the head alone, for
+    or rotation one) or, from precomputed embeddings, ``adaptor/`` (the head alone, for
     `mrl.adaptor.transform_embeddings`). Checkpoints hold the adaptor, optimizer, schedule and both
     data positions, so ``--resume`` continues exactly.
     """

@@ -143,7 +143,8 @@ class Adaptor(nn.Module):
         return x + self.residual(x)
 
     def start_from(self, weight: Tensor, bias: Tensor | None = None) -> Adaptor:
-        """Start the linear adaptor at ``f(e) = weight @ x + bias`` instead of the identity.
+        """Start the linear adaptor at ``f(e) = weight @ x + bias`` instead of the identity (a
+        rotation adaptor at ``Q = weight``, which must be orthogonal, with no bias).
 
         weight: (D, D), bias: (D,). With `pca_rotation`'s orthogonal weight the adaptor starts
         at the corpus' principal axes: every full-width cosine is unchanged (a rotation keeps
@@ -157,15 +158,19 @@ class Adaptor(nn.Module):
                 f"start weight and bias must be ({self.dim}, {self.dim}) and ({self.dim},), got {shapes}"
             )
         if self.kind == "rotation":
-            eye = torch.eye(self.dim, dtype=torch.float64)
-            error = (weight.double() @ weight.double().T - eye).abs().max().item()
-            if error > 1e-4 or (bias is not None and bias.abs().max().item() > 0):
+            if bias is not None and bias.abs().max().item() > 0:
+                raise ValueError("a rotation adaptor has no bias: start it from a weight alone")
+            w = weight.detach().double()
+            error = (w @ w.T - torch.eye(self.dim, dtype=w.dtype, device=w.device)).abs().max().item()
+            if error > 1e-4:
                 raise ValueError(
-                    "a rotation adaptor starts from an orthogonal weight and no bias "
-                    f"(|W W^T - I| = {error:.1e})"
+                    f"a rotation adaptor starts from an orthogonal weight, got |W W^T - I| = {error:.1e}"
                 )
+            # The nearest orthogonal matrix (polar factor, float64): float32 rounding of the input
+            # must not stay in every later Q (base @ cayley(A)) and loosen "cosines kept".
+            u, _, vh = torch.linalg.svd(w)
             with torch.no_grad():
-                self.rotation.weight = weight.to(self.rotation.weight)  # the parametrisation's base
+                self.rotation.weight = (u @ vh).to(self.rotation.weight)  # the parametrisation's base
             return self
         current = self.linear.weight
         with torch.no_grad():
@@ -178,11 +183,14 @@ class Adaptor(nn.Module):
         """The linear adaptor as one dense layer: ``(W', b)`` with ``W' = I + W`` (D, D), b (D,),
         so that ``f(e) = x @ W'.T + b`` (x normalised as in forward); a rotation as ``(Q, 0)``."""
         if self.kind == "mlp":
-            raise ValueError("only a linear adaptor is a single dense layer; an MLP is saved as itself")
+            raise ValueError(
+                "only a linear or rotation adaptor is a single dense layer; an MLP is saved as itself"
+            )
         if self.kind == "rotation":
             weight = self.rotation.weight.detach()
             return weight.clone(), torch.zeros(self.dim, dtype=weight.dtype, device=weight.device)
-        weight = self.linear.weight.detach() + torch.eye(self.dim, dtype=self.linear.weight.dtype)
+        current = self.linear.weight.detach()
+        weight = current + torch.eye(self.dim, dtype=current.dtype, device=current.device)
         return weight.clone(), self.linear.bias.detach().clone()
 
 
@@ -443,7 +451,8 @@ class Dense(nn.Module):
 
 def head_modules(adaptor: Adaptor) -> list[nn.Module]:
     """What the saved model runs after pooling: [Normalize, Dense(I + W, b)] for a linear adaptor
-    that normalises its input, [Dense] without, and [the Adaptor itself] for an MLP."""
+    that normalises its input ([Normalize, Dense(Q, 0)] for a rotation), [Dense] without, and
+    [the Adaptor itself] for an MLP."""
     if adaptor.kind == "mlp":
         return [adaptor]
     dense = Dense.from_weights(*adaptor.to_dense())

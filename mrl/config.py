@@ -172,9 +172,10 @@ class TrainConfig:
     # --- Matryoshka-Adaptor: train only a small head on frozen embeddings (mrl/adaptor.py) ----
     adaptor: str = _opt(
         "off",
-        "train only an adaptor f(e) = e + g(e) on the frozen encoder's embeddings of the --train-data "
-        "corpus (encoded once, cached): 'linear' (saved as a Dense layer), 'mlp', or 'rotation' "
-        "(f(e) = Q e with Q orthogonal: every full-width cosine kept exactly; saved as a Dense layer); "
+        "train only an adaptor f(e) = x + g(x), x = e/|e|, on the frozen encoder's embeddings of the "
+        "--train-data corpus (encoded once, cached): 'linear' (saved as a Dense layer), 'mlp', or "
+        "'rotation' (f(e) = Q x with Q orthogonal: every full-width cosine kept up to float rounding; "
+        "saved as a Dense layer; --weight-decay would pull Q back to its start); "
         "other defaults change with it (see ADAPTOR_DEFAULTS)",
         choices=ADAPTOR_MODES,
     )

@@ -221,6 +221,7 @@ def test_ordinary_training_keeps_a_loaded_head_frozen(run_a, beir, tmp_path):
         ({"--2d": ["random"]}, "--2d"),
         ({"--adaptor-neighbours": ["8"]}, "--adaptor-neighbours"),
         ({"--adaptor": ["mlp"], "--adaptor-init": ["pca"]}, "--adaptor-init"),
+        ({"--adaptor": ["rotation"], "--adaptor-hidden": ["8"]}, "--adaptor-hidden"),
     ],
 )
 def test_bad_adaptor_input_is_one_line_and_writes_nothing(
@@ -255,13 +256,14 @@ def test_adaptor_mode_changes_only_the_defaults_not_given():
     assert parse_config(["--adaptor", "mlp", "--batch-size", "64"]).batch_size == 64
 
 
-def test_pca_start_through_train(tmp_path):
+@pytest.mark.parametrize("kind", ["linear", "rotation"])
+def test_pca_start_through_train(tmp_path, kind):
     """--adaptor-init pca: step 0 is the corpus' uncentred PCA rotation (numpy SVD reference), the
     recipe records it, and training moves on from there."""
     rng = np.random.default_rng(3)
     corpus = (rng.normal(size=(40, 16)) * np.linspace(3, 0.1, 16)).astype(np.float32)
     np.save(tmp_path / "corpus.npy", corpus)
-    common = ["--adaptor", "linear", "--adaptor-embeddings", str(tmp_path / "corpus.npy"),
+    common = ["--adaptor", kind, "--adaptor-embeddings", str(tmp_path / "corpus.npy"),
               "--adaptor-init", "pca", "--dims", "16", "8", "4", "--batch-size", "10",
               "--adaptor-weights", "list=1"]  # fmt: skip
     start = train.main([*common, "--max-steps", "1", "--lr", "1e-12", "--output-dir", str(tmp_path / "a")])
@@ -304,8 +306,9 @@ def test_pca_start_through_train(tmp_path):
 
 def test_rotation_through_train(tmp_path):
     """--adaptor rotation: the saved Dense layer is orthogonal with a zero bias, so every full-width
-    cosine of the corpus is the raw one (numpy, float64) while the prefixes moved from the PCA
-    start; resumed from a checkpoint, the final rotation is bitwise the uninterrupted one."""
+    cosine of the corpus is the raw one (numpy, float64) while the prefixes moved; resumed from a
+    checkpoint, the final rotation is bitwise the uninterrupted one. (The PCA start itself is
+    checked in test_pca_start_through_train.)"""
     rng = np.random.default_rng(4)
     corpus = (rng.normal(size=(40, 16)) * np.linspace(3, 0.1, 16)).astype(np.float32)
     np.save(tmp_path / "corpus.npy", corpus)
