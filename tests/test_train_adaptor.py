@@ -92,6 +92,21 @@ def final_adaptor(run: Path, kind: str = "linear", hidden: int | None = None) ->
     return adaptor.eval()
 
 
+def resume_from_step(run: Path, step: int, copy: Path) -> Path:
+    """A copy of the finished precomputed-embeddings ``run`` as if killed right after its ``step``
+    checkpoint (later checkpoints, the saved adaptor and the lock gone), resumed to the end."""
+    shutil.copytree(run, copy)
+    keep = f"step_{step:08d}"
+    for folder in (copy / "checkpoints").glob("step_*"):
+        if folder.name != keep:
+            shutil.rmtree(folder)
+    (copy / "checkpoints" / "latest").write_text(keep + "\n")
+    shutil.rmtree(copy / "adaptor")
+    (copy / ".lock").unlink(missing_ok=True)
+    train.main(["--output-dir", str(copy), "--resume"])
+    return copy
+
+
 def test_run_directory_tags_and_recipe(run_a):
     for name in ("config.json", "run.json", "train.log", "metrics.jsonl", "tb", "checkpoints", "model"):
         assert (run_a / name).exists(), name
@@ -289,15 +304,7 @@ def test_pca_start_through_train(tmp_path, kind):
     assert np.abs(moved - out).max() > 1e-3
     # Resumed from the step-4 checkpoint, the run continues from the trained weights, not from a
     # fresh PCA start: the final adaptor is bitwise the uninterrupted one.
-    resumed = tmp_path / "c"
-    shutil.copytree(trained, resumed)
-    for folder in (resumed / "checkpoints").glob("step_*"):
-        if folder.name != "step_00000004":
-            shutil.rmtree(folder)
-    (resumed / "checkpoints" / "latest").write_text("step_00000004\n")
-    shutil.rmtree(resumed / "adaptor")
-    (resumed / ".lock").unlink(missing_ok=True)
-    train.main(["--output-dir", str(resumed), "--resume"])
+    resumed = resume_from_step(trained, 4, tmp_path / "c")
     assert "resuming at step 4" in (resumed / "train.log").read_text()
     a = load_file(str(trained / "adaptor" / "1_Dense" / "model.safetensors"))
     b = load_file(str(resumed / "adaptor" / "1_Dense" / "model.safetensors"))
@@ -328,15 +335,7 @@ def test_rotation_through_train(tmp_path):
     _, _, vt = np.linalg.svd(unit, full_matrices=False)
     assert np.abs(np.abs(out[:, :4]) - np.abs(unit @ vt[:4].T)).max() > 1e-3  # moved from PCA's prefix
 
-    resumed = tmp_path / "c"
-    shutil.copytree(trained, resumed)
-    for folder in (resumed / "checkpoints").glob("step_*"):
-        if folder.name != "step_00000004":
-            shutil.rmtree(folder)
-    (resumed / "checkpoints" / "latest").write_text("step_00000004\n")
-    shutil.rmtree(resumed / "adaptor")
-    (resumed / ".lock").unlink(missing_ok=True)
-    train.main(["--output-dir", str(resumed), "--resume"])
+    resumed = resume_from_step(trained, 4, tmp_path / "c")
     assert "resuming at step 4" in (resumed / "train.log").read_text()
     again = load_file(str(resumed / "adaptor" / "1_Dense" / "model.safetensors"))
     assert all(torch.equal(dense[k], again[k]) for k in dense)
