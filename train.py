@@ -66,11 +66,7 @@ def main(argv: list[str] | None = None):
         if dist.world_size > 1:
             main_error("--adaptor trains in one process (a few MB of cached vectors); run it with python")
         quiet_transformers()
-        try:
-            job = adaptor.build(config, run_dir, dist.device)
-        except BaseException:
-            cleanup()
-            raise
+        job = adaptor.build(config, run_dir, dist.device)
         state = TrainState(pair_cursor=(0, 0))
     else:
         quiet_transformers()

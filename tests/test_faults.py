@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # train.py and eval.py live in the repo root
 import eval as eval_script  # noqa: E402
+import mrl.train.run_files  # noqa: E402
 import train  # noqa: E402
 from mrl import checkpoint, data, dist, objectives, rundir, tracking  # noqa: E402
 from mrl.config import TrainConfig, parse_config  # noqa: E402
@@ -277,7 +278,7 @@ def _torchrun_worker(rank: int, port: int, argv: list[str], out: str) -> None:
     os.environ.update(env, MASTER_ADDR="127.0.0.1")
     # Another training takes the lock right after this run's early check: only rank 0's claim
     # can see it, and rank 1 must learn it from rank 0 instead of waiting at the next collective.
-    train.lock_holder = lambda run_dir: None
+    mrl.train.run_files.lock_holder = lambda run_dir: None
     sys.stderr = io.StringIO()
     try:
         train.main(argv)
@@ -1603,7 +1604,7 @@ ADAPTOR_CASES = [
     # (case, what is done to a copy of the finished run, text of the line)
     ("lock-held", "hold", ["in use"]),
     ("every-checkpoint-unreadable", "damage", ["none of its 2 checkpoints", "nothing was changed"]),
-    ("no-checkpoint-but-a-final-model", "no-checkpoints", ["has a final model but no checkpoint"]),
+    ("no-checkpoint-but-a-final-model", "no-checkpoints", ["has a final model/ but no checkpoint"]),
     ("training-data-changed", "edit-data", ["changed since the run started", "size", "content hash"]),
 ]
 

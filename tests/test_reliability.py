@@ -40,6 +40,7 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # train.py lives in the repo root
+import mrl.train.setup  # noqa: E402
 import train  # noqa: E402
 from mrl.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
 from mrl.config import TrainConfig, parse_config  # noqa: E402
@@ -487,13 +488,13 @@ def test_nan_loss_stops_the_run_naming_step_and_batch(tiny_model_dir, data, tmp_
     poison_step(monkeypatch, at_step=3, value=float("nan"))
     collated = []  # the first-column texts of every training batch, in order
 
-    class Recording(train.TokenizingCollator):
+    class Recording(mrl.train.setup.TokenizingCollator):
         def __call__(self, items):
             batch = super().__call__(items)
             collated.append(batch["texts"])
             return batch
 
-    monkeypatch.setattr(train, "TokenizingCollator", Recording)
+    monkeypatch.setattr(mrl.train.setup, "TokenizingCollator", Recording)
     run = tmp_path / "nan"
     argv = with_flag(short_args(tiny_model_dir, data, run), "--save-every", "1")
     with pytest.raises(SystemExit) as info:
@@ -566,11 +567,11 @@ def test_checkpoints_load_without_pickle_and_remote_code_is_off(
     # ... and what reaches the model loader.
     seen = []
 
-    class Spy(train.Encoder):
+    class Spy(mrl.train.setup.Encoder):
         def __init__(self, *args, trust_remote_code=None, **kwargs):
             seen.append(trust_remote_code)
             super().__init__(*args, trust_remote_code=trust_remote_code, **kwargs)
 
-    monkeypatch.setattr(train, "Encoder", Spy)
+    monkeypatch.setattr(mrl.train.setup, "Encoder", Spy)
     train.main(with_flag(short_args(tiny_model_dir, data, tmp_path / "spy"), "--max-steps", "1"))
     assert seen == [False]

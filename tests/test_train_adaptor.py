@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repo root
+import mrl.train.adaptor  # noqa: E402
 import train  # noqa: E402
 from mrl.adaptor import Adaptor, transform_embeddings  # noqa: E402
 from mrl.model import Encoder  # noqa: E402
@@ -179,7 +180,7 @@ def test_precomputed_embeddings_need_no_encoder(tmp_path, monkeypatch):
     def no_encoder(*args, **kwargs):
         raise AssertionError("the encoder must not be loaded")
 
-    monkeypatch.setattr(train, "build_encoder", no_encoder)
+    monkeypatch.setattr(mrl.train.adaptor, "build_encoder", no_encoder)
     out = tmp_path / "run"
     train.main(
         [

@@ -194,37 +194,8 @@ def build(config: TrainConfig, run_dir: Path, device: torch.device) -> AdaptorTr
     torch.manual_seed(config.seed)  # the MLP's first layer; nothing else here is random
     cache_dir = config.embedding_cache or os.environ.get("MRL_EMBEDDING_CACHE") or "~/.cache/mrl/embeddings"
     cache_dir = Path(cache_dir).expanduser()
-    encoder = None
-    # The vectors come from a file: --resume on a changed one would silently mix two corpora
-    # (checked on the file's bytes before anything is encoded; rows are not counted here).
-    spec = config.adaptor_embeddings or config.train_data
-    try:
-        fingerprint = check_data(run_dir, spec, None, config.resume) if Path(spec).is_file() else None
-    except ValueError as error:
-        main_error(str(error))
     start = time.perf_counter()
-    try:
-        if config.adaptor_embeddings:
-            if config.eval_data:
-                main_error("--eval-data needs an encoder; with --adaptor-embeddings give --eval-data (none)")
-            data = load_adaptor_data(config.adaptor_embeddings, config.adaptor_pairs)
-        else:
-            dev_sets = {
-                source_name(s): load_source(s, "validation", score_column="score") for s in config.eval_data
-            }
-            encoder, _ = build_encoder(config, device, world_size=1)
-            encoder.requires_grad_(False)
-            data = embed_adaptor_data(
-                encoder,
-                config.train_data,
-                config.adaptor_pairs,
-                dev_sets,
-                cache_dir,
-                config.text_columns,
-                config.eval_batch_size,
-            )
-    except (DataError, ValueError, ImportError, FileNotFoundError) as error:
-        main_error(str(error).splitlines()[0])
+    data, encoder, fingerprint = load_vectors(config, run_dir, device, cache_dir)
     embed_seconds = time.perf_counter() - start
     dim = data.corpus.shape[1]
     try:
@@ -252,20 +223,7 @@ def build(config: TrainConfig, run_dir: Path, device: torch.device) -> AdaptorTr
     )
     corpus = data.corpus.to(device)  # (N, D)
     pairs = data.pairs.to(device) if data.pairs is not None else None  # (2, P, D)
-    try:
-        if config.adaptor_neighbours:  # anchors and their nearest corpus rows (mrl/adaptor.py)
-            neighbours = corpus_neighbours(data.corpus, config.adaptor_neighbours)
-            sampler = NeighbourBatchSampler(neighbours, config.batch_size, seed=config.seed)
-        else:
-            sampler = BatchSampler(range(len(corpus)), config.batch_size, seed=config.seed, drop_last=True)
-        pair_sampler = None
-        if pairs is not None:
-            keyed = Examples(data.pair_keys, None, str(config.adaptor_pairs), ["query", "document"])
-            # In-batch negatives: no query or document twice in a batch (a false negative).
-            batch = min(config.adaptor_pair_batch_size, len(keyed))
-            pair_sampler = BatchSampler(keyed, batch, seed=config.seed, drop_last=True, avoid_duplicates=True)
-    except ValueError as error:
-        main_error(f"--batch-size / --adaptor-pair-batch-size: {error}")
+    sampler, pair_sampler = make_samplers(config, data)
     steps_per_epoch = len(sampler)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     warmup_steps = round(config.warmup_ratio * total_steps)
@@ -286,3 +244,60 @@ def build(config: TrainConfig, run_dir: Path, device: torch.device) -> AdaptorTr
         schedule=schedule, clip_groups=clip_groups, dims=dims, loss_weights=weights,
         total_steps=total_steps, derived=derived, embed_seconds=embed_seconds, cache_dir=cache_dir,
     )  # fmt: skip
+
+
+def load_vectors(config: TrainConfig, run_dir: Path, device: torch.device, cache_dir: Path):
+    """``(data, encoder, fingerprint)``: the frozen vectors, embedded by the encoder (cached) or
+    read from --adaptor-embeddings (encoder None), and the data file's fingerprint for --resume."""
+    encoder = None
+    # The vectors come from a file: --resume on a changed one would silently mix two corpora
+    # (checked on the file's bytes before anything is encoded; rows are not counted here).
+    spec = config.adaptor_embeddings or config.train_data
+    try:
+        fingerprint = check_data(run_dir, spec, None, config.resume) if Path(spec).is_file() else None
+    except ValueError as error:
+        main_error(str(error))
+    try:
+        if config.adaptor_embeddings:
+            if config.eval_data:
+                main_error("--eval-data needs an encoder; with --adaptor-embeddings give --eval-data (none)")
+            data = load_adaptor_data(config.adaptor_embeddings, config.adaptor_pairs)
+        else:
+            dev_sets = {
+                source_name(s): load_source(s, "validation", score_column="score") for s in config.eval_data
+            }
+            encoder, _ = build_encoder(config, device, world_size=1)
+            encoder.requires_grad_(False)
+            data = embed_adaptor_data(
+                encoder,
+                config.train_data,
+                config.adaptor_pairs,
+                dev_sets,
+                cache_dir,
+                config.text_columns,
+                config.eval_batch_size,
+            )
+    except (DataError, ValueError, ImportError, FileNotFoundError) as error:
+        main_error(str(error).splitlines()[0])
+    return data, encoder, fingerprint
+
+
+def make_samplers(config: TrainConfig, data: AdaptorData):
+    """``(corpus sampler, pair sampler or None)``: batches of corpus rows, and of pairs."""
+    try:
+        if config.adaptor_neighbours:  # anchors and their nearest corpus rows (mrl/adaptor.py)
+            neighbours = corpus_neighbours(data.corpus, config.adaptor_neighbours)
+            sampler = NeighbourBatchSampler(neighbours, config.batch_size, seed=config.seed)
+        else:
+            sampler = BatchSampler(
+                range(len(data.corpus)), config.batch_size, seed=config.seed, drop_last=True
+            )
+        pair_sampler = None
+        if data.pairs is not None:
+            keyed = Examples(data.pair_keys, None, str(config.adaptor_pairs), ["query", "document"])
+            # In-batch negatives: no query or document twice in a batch (a false negative).
+            batch = min(config.adaptor_pair_batch_size, len(keyed))
+            pair_sampler = BatchSampler(keyed, batch, seed=config.seed, drop_last=True, avoid_duplicates=True)
+    except ValueError as error:
+        main_error(f"--batch-size / --adaptor-pair-batch-size: {error}")
+    return sampler, pair_sampler
