@@ -39,9 +39,9 @@ from tqdm.auto import tqdm
 from mrl.hub import offline_error, offline_reason
 from mrl.losses import prefix
 from mrl.packing import PADDING_FREE_MODES, pack, packing_support, plan_buckets, plan_rows
+from mrl.pooling import POOLING_MODES, pool, pooling_from_st_config, st_pooling_flags
 from mrl.quantize import PRECISIONS, Ranges, calibrate, quantize
 
-POOLING_MODES = ("mean", "cls", "max", "lasttoken")
 METADATA_FILE = "mrl_config.json"
 EXIT_HEADS_FILE = "exit_heads.safetensors"
 
@@ -107,33 +107,6 @@ def _load_exit_heads(name_or_path: str) -> nn.ModuleDict | None:
     return heads or None
 
 
-def pool(hidden: Tensor, attention_mask: Tensor, mode: str = "mean") -> Tensor:
-    """Pool token states into one vector per text; padding never changes the result.
-
-    hidden: (..., N, S, D) token states (leading axes, e.g. layers, broadcast);
-    attention_mask: (N, S) 1 for real tokens, 0 for padding. Returns (..., N, D).
-    """
-    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (N, S, 1)
-    if mode == "mean":
-        # Clamp the count so an all-padding row gives 0, not NaN.
-        return (hidden * mask).sum(-2) / mask.sum(-2).clamp(min=1e-9)
-    if mode == "cls":
-        return hidden[..., 0, :]
-    if mode == "max":
-        # masked_fill returns a new tensor: the model's hidden states are not mutated.
-        filled = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min)
-        return filled.max(dim=-2).values
-    if mode == "lasttoken":
-        # Position of the last real token, for right- or left-padded batches alike.
-        seq_len = attention_mask.shape[-1]
-        positions = torch.arange(seq_len, device=attention_mask.device)
-        last = (positions * attention_mask.long()).argmax(dim=-1)  # (N,)
-        index = last.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])  # (N, 1, D)
-        index = index.expand(*hidden.shape[:-3], -1, -1, -1)
-        return hidden.gather(-2, index).squeeze(-2)
-    raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
-
-
 def _side_path(name_or_path: str, filename: str) -> Path | None:
     """A file stored next to the weights (local folder, or hub repo via the HF cache), or None."""
     local = Path(name_or_path)
@@ -178,18 +151,6 @@ def _load_head(name_or_path: str) -> nn.Sequential | None:
             if path is not None:
                 folder = path.parents[1]  # the snapshot folder holding every module folder
     return load_head(folder or name_or_path, entries)
-
-
-def _pooling_from_st_config(config: dict[str, Any]) -> str | None:
-    """Our pooling name from a sentence-transformers 1_Pooling/config.json (None if unsupported)."""
-    flags = {
-        "pooling_mode_mean_tokens": "mean",
-        "pooling_mode_cls_token": "cls",
-        "pooling_mode_max_tokens": "max",
-        "pooling_mode_lasttoken": "lasttoken",
-    }
-    chosen = [mode for key, mode in flags.items() if config.get(key)]
-    return chosen[0] if len(chosen) == 1 else None
 
 
 class Encoder(nn.Module):
@@ -251,10 +212,10 @@ class Encoder(nn.Module):
         st_config = _read_side_file(name_or_path, "sentence_bert_config.json") or {}
         pooling_config = _read_side_file(name_or_path, "1_Pooling/config.json") or {}
 
-        self.pooling = pooling or self.metadata.get("pooling") or _pooling_from_st_config(pooling_config)
+        self.pooling = pooling or self.metadata.get("pooling") or pooling_from_st_config(pooling_config)
         self.pooling = self.pooling or "mean"
         if self.pooling not in POOLING_MODES:
-            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+            raise ValueError(f"pooling must be one of {tuple(POOLING_MODES)}, got {self.pooling!r}")
         model_limit = min(
             getattr(self.model.config, "max_position_embeddings", None) or 10**9,
             self.tokenizer.model_max_length or 10**9,
@@ -644,12 +605,7 @@ class Encoder(nn.Module):
             (path / EXIT_HEADS_FILE).unlink()
         pooling_config = {
             "word_embedding_dimension": int(self.model.config.hidden_size),
-            "pooling_mode_cls_token": self.pooling == "cls",
-            "pooling_mode_mean_tokens": self.pooling == "mean",
-            "pooling_mode_max_tokens": self.pooling == "max",
-            "pooling_mode_mean_sqrt_len_tokens": False,
-            "pooling_mode_weightedmean_tokens": False,
-            "pooling_mode_lasttoken": self.pooling == "lasttoken",
+            **st_pooling_flags(self.pooling),  # this pooling's flag true, the others false
             "include_prompt": True,
         }
         st_config = {"max_seq_length": self.max_seq_length, "do_lower_case": self.do_lower_case}
