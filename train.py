@@ -43,11 +43,9 @@ from mrl.adaptor import (
     adaptor_loss,
     corpus_neighbours,
     embed_adaptor_data,
-    head_modules,
     load_adaptor_data,
     parse_loss_weights,
     pca_rotation,
-    save_head,
 )
 from mrl.card import write_card
 from mrl.checkpoint import (
@@ -82,6 +80,7 @@ from mrl.dist import (
 )
 from mrl.evaluation import correlations, evaluate_sts, format_table
 from mrl.gradcache import gradcache_step
+from mrl.heads import head_modules, save_head
 from mrl.losses import check_dims
 from mrl.model import Encoder
 from mrl.objectives import BaseLossEntry, base_loss_entry, build_objective

@@ -178,7 +178,7 @@ def usage_snippets(model_ref: str, meta: dict[str, Any], do_lower_case: bool) ->
         if k
         else "out = model(**batch)"
     )
-    # Exit heads (mrl/model.py ExitHead): the last depth's is the Dense module 2_Dense, the
+    # Exit heads (mrl/heads.py ExitHead): the last depth's is the Dense module 2_Dense, the
     # shallow depths' are in exit_heads.safetensors; the snippet applies the ones it uses.
     shallow_head = k is not None and k in (meta.get("exit_heads") or [])
     uses_files = shallow_head or bool(meta.get("exit_head_last_depth"))

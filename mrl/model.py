@@ -10,7 +10,7 @@ files the sentence-transformers library reads (modules.json, 1_Pooling/, sentenc
 and our own ``mrl_config.json`` with the trained dims, layers and pooling.
 
 A model may carry a **head** after pooling (modules.json entries after Pooling: Normalize, Dense,
-or our MLP adaptor; see `mrl.adaptor`): it is loaded, applied to every pooled output, and saved
+or our MLP adaptor; see `mrl.heads`): it is loaded, applied to every pooled output, and saved
 again in the same layout. A trailing Normalize is not a head (prefixes are normalised anyway).
 
 A model may also carry **exit heads** (`ExitHead`): one small residual linear map per depth k,
@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mrl.heads import Dense, ExitHead, load_head, save_head
 from mrl.hub import offline_error, offline_reason
 from mrl.losses import prefix
 from mrl.packing import PADDING_FREE_MODES, pack, packing_support, plan_buckets, plan_rows
@@ -44,43 +45,6 @@ from mrl.quantize import PRECISIONS, Ranges, calibrate, quantize
 
 METADATA_FILE = "mrl_config.json"
 EXIT_HEADS_FILE = "exit_heads.safetensors"
-
-
-class ExitHead(nn.Module):
-    """``x + W x + b`` on the pooled vector of one depth, with W and b starting at 0 (the identity).
-
-    (..., D) -> (..., D); D * D + D parameters (0.15 M at D = 384, under 1% of MiniLM-L6). The
-    residual form means a freshly added head changes nothing until training moves it.
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        # skip_init: no random init to overwrite, and no draw from the global RNG (dropout masks
-        # after adding heads stay those of a run without them).
-        self.linear = torch.nn.utils.skip_init(nn.Linear, dim, dim)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.linear(x)
-
-    @classmethod
-    def from_dense(cls, weight: Tensor, bias: Tensor) -> ExitHead:
-        """The head whose map equals a Dense layer's ``weight @ x + bias`` (the inverse of
-        `dense_weights`): W = weight - I."""
-        head = cls(weight.shape[0])
-        with torch.no_grad():
-            head.linear.weight.copy_(
-                weight - torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)
-            )
-            head.linear.bias.copy_(bias)
-        return head
-
-    def dense_weights(self) -> tuple[Tensor, Tensor]:
-        """The same map as one Dense layer: (weight I + W (D, D), bias b (D,))."""
-        weight = self.linear.weight.detach()
-        eye = torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)
-        return weight + eye, self.linear.bias.detach().clone()
 
 
 def _load_exit_heads(name_or_path: str) -> nn.ModuleDict | None:
@@ -135,9 +99,7 @@ def _read_side_file(name_or_path: str, filename: str) -> dict[str, Any] | None:
 
 
 def _load_head(name_or_path: str) -> nn.Sequential | None:
-    """The modules after pooling listed in the folder's modules.json (`mrl.adaptor.load_head`)."""
-    from mrl.adaptor import load_head
-
+    """The modules after pooling listed in the folder's modules.json (`mrl.heads.load_head`)."""
     entries = _read_side_file(name_or_path, "modules.json")
     if not entries:
         return None
@@ -279,7 +241,7 @@ class Encoder(nn.Module):
 
     def attach_head(self, modules: Sequence[nn.Module]) -> None:
         """Run ``modules`` after pooling from now on, after any head the model already has
-        (e.g. `mrl.adaptor.head_modules(adaptor)`); `save` writes them into modules.json."""
+        (e.g. `mrl.heads.head_modules(adaptor)`); `save` writes them into modules.json."""
         kept = list(self.head or []) + list(modules)
         self.head = nn.Sequential(*kept).to(self.device) if kept else None
 
@@ -573,7 +535,6 @@ class Encoder(nn.Module):
         from safetensors.torch import save_file
 
         import mrl
-        from mrl.adaptor import Dense, save_head
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

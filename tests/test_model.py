@@ -8,6 +8,8 @@ import inspect
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -382,3 +384,24 @@ def test_shallow_layers_train_on_the_vector_they_serve_with_a_final_norm(tmp_pat
 def test_bert_like_models_have_no_final_norm(tiny_model_dir):
     """BERT: nothing after the blocks, so block l's vector is hidden_states[l] as before."""
     assert find_final_norm(Encoder(str(tiny_model_dir)).model) is None
+
+
+def test_the_encoder_does_not_load_the_adaptor_training_code(tiny_model_dir, tmp_path):
+    """mrl.model depends on mrl.heads, not on mrl.adaptor (issue #24): importing it, and saving
+    and loading a model with a Dense head, leave mrl.adaptor unimported."""
+    folder = tmp_path / "m"
+    code = f"""
+import sys
+import torch
+from mrl.heads import dense_head
+from mrl.model import Encoder
+assert "mrl.adaptor" not in sys.modules, "import mrl.model imported mrl.adaptor"
+encoder = Encoder({str(tiny_model_dir)!r})
+encoder.attach_head(dense_head(torch.eye(32), torch.zeros(32)))
+encoder.save({str(folder)!r})
+assert Encoder({str(folder)!r}).head is not None
+assert "mrl.adaptor" not in sys.modules, "saving or loading a Dense head imported mrl.adaptor"
+"""
+    repo = Path(__file__).resolve().parents[1]  # `python -c` imports from its working folder
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
