@@ -16,8 +16,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, BertTokenizer
 
+from mrl.blocks import find_final_norm
 from mrl.losses import mnrl_loss, prefix
-from mrl.model import Encoder, find_final_norm
+from mrl.model import Encoder
 from mrl.pooling import pool
 
 TEXTS = [
