@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
 from mrl.heads import ExitHead  # noqa: E402
-from mrl.model import EXIT_HEADS_FILE, Encoder  # noqa: E402
+from mrl.model import Encoder  # noqa: E402
+from mrl.saved_model import EXIT_HEADS_FILE  # noqa: E402
 from tests.test_train import (  # noqa: E402,F401 (one_thread: the module's autouse fixture)
     assert_same_weights,
     one_thread,
