@@ -1,42 +1,40 @@
-"""The encoder: a `transformers.AutoModel` plus our own pooling, and the saved-model layout.
+"""The encoder: a `transformers.AutoModel` plus our pooling; every layer from one pass.
 
 One forward pass gives the **full-dim, un-normalised** pooled embedding ``(N, D)``, or with
 ``all_layers=True`` the pooled output of every transformer block ``(L, N, D)`` (index ``l - 1`` is
 block ``l``; the last entry is the final embedding). Truncation to Matryoshka prefixes and
 normalisation happen in the loss and at inference (`mrl.losses.prefix`), never here.
 
-A saved model is a folder that `AutoModel`/`AutoTokenizer` load, that also carries the small JSON
-files the sentence-transformers library reads (modules.json, 1_Pooling/, sentence_bert_config.json),
-and our own ``mrl_config.json`` with the trained dims, layers and pooling.
+A model may carry a **head** after pooling (Dense modules, or our MLP adaptor; `mrl.heads`),
+applied to every pooled output, and **exit heads** (`mrl.heads.ExitHead`): one small residual
+linear map per depth k, applied to block k's pooled vector only, so a cut to k blocks can map its
+states into the embedding space without bending blocks that also feed the deeper ones.
 
-A model may carry a **head** after pooling (modules.json entries after Pooling: Normalize, Dense,
-or our MLP adaptor; see `mrl.heads`): it is loaded, applied to every pooled output, and saved
-again in the same layout. A trailing Normalize is not a head (prefixes are normalised anyway).
-
-A model may also carry **exit heads** (`ExitHead`): one small residual linear map per depth k,
-applied to block k's pooled vector only, so a cut to k blocks can map its states into the
-embedding space without bending blocks that also feed the deeper ones. They are stored in
-``exit_heads.safetensors``; a model cut to k blocks (`Encoder.save_truncated`) writes head k as
-an ordinary Dense module, so other libraries load the cut model with its head.
+Each other job has its own module:
+- `mrl.pooling`: the pooling table (the function, its sentence-transformers flag, the card's code);
+- `mrl.saved_model`: the saved folder (transformers files, sentence-transformers side files,
+  ``mrl_config.json``, exit heads), read by the constructor, written by `Encoder.save` and
+  `Encoder.save_truncated`;
+- `mrl.blocks`: running only the first k transformer blocks;
+- `mrl.inference`: `Encoder.encode` (batches by length, prefix, normalise, quantise);
+- `mrl.packing`: the padding-free layouts of `Encoder.forward`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from mrl.blocks import find_final_norm, truncated_blocks
+from mrl.blocks import find_final_norm
 from mrl.heads import ExitHead
-from mrl.losses import prefix
+from mrl.inference import encode
 from mrl.packing import PADDING_FREE_MODES, pack, packing_support, plan_buckets, plan_rows
 from mrl.pooling import POOLING_MODES, pool, pooling_from_st_config
-from mrl.quantize import PRECISIONS, Ranges, calibrate, quantize
+from mrl.quantize import Ranges
 from mrl.saved_model import (
     METADATA_FILE,
     load_exit_heads,
@@ -326,70 +324,25 @@ class Encoder(nn.Module):
         precision: str = "float32",
         calibration: Ranges | Tensor | None = None,
     ) -> Tensor:
-        """Embed texts without a graph, in input order, on the CPU.
+        """Embed texts without a graph, in input order, on the CPU (`mrl.inference.encode`).
 
         With the defaults: the full-width, unit-length float32 embedding (N, D) (or every
-        block's, (L, N, D), with ``all_layers``). ``normalize=False`` gives the raw pooled
-        vector, which is what evaluation slices (it re-normalises each prefix itself).
-
-        - ``layers=k`` runs only the first k transformer blocks (the rest are not executed, see
-          `truncated_blocks`) and pools the model's ``last_hidden_state``; with ``all_layers`` the
-          result is (k, N, D).
-        - ``dim=d`` keeps the first d values (a Matryoshka prefix); ``normalize=True`` then scales
-          each vector to unit length, **after** the slice, as `mrl.losses.prefix` does.
-        - ``precision``: "float32", "int8"/"uint8" (codes on 256 levels with per-dimension ranges,
-          `mrl.quantize`), "binary"/"ubinary" (sign bits packed 8 per byte: (N, ceil(d / 8))).
-          For int8/uint8, ``calibration`` is either `mrl.quantize.Ranges` of width d, or a sample of
-          embeddings (M, >= d) that goes through the same slice/normalise as the output (so pass
-          raw full-width embeddings of a corpus sample). **If None, the ranges are calibrated on
-          the texts being encoded**, which makes each call's codes incomparable with another
-          call's: calibrate once and pass the ranges when encoding queries and docs separately.
-          Quantised outputs are int8/uint8 tensors; not available with ``all_layers``.
-
-        Texts are batched by length (less padding, same result), then put back in order.
+        block's, (L, N, D), with ``all_layers``); ``dim=d`` a Matryoshka prefix, ``layers=k``
+        the first k blocks only, ``normalize=False`` the raw pooled vector, ``precision`` int8 /
+        uint8 / binary / ubinary codes (with ``calibration``).
         """
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if all_layers and precision != "float32":
-            raise ValueError("all_layers returns float32 per-layer embeddings; quantise one layer at a time")
-        if dim is not None and not 1 <= dim <= self.dim:
-            raise ValueError(f"dim must be in 1..{self.dim}, got {dim}")
-        if layers is not None and not 1 <= layers <= self.num_layers:
-            raise ValueError(f"layers must be in 1..{self.num_layers}, got {layers}")
-        if calibration is not None and precision not in ("int8", "uint8"):
-            raise ValueError(f"calibration is only used by int8/uint8, not {precision!r}")
-
-        width = dim or self.dim
-        n_layers = layers or self.num_layers
-        was_training = self.training
-        self.eval()
-        # Tokenise everything once and batch by token count: batches of equal lengths carry
-        # (almost) no padding, which pooling ignores anyway, so only the speed changes.
-        ids = self.token_ids(texts) if len(texts) else []
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]), reverse=True)
-        chunks = []
-        truncation = truncated_blocks(self.model, layers) if layers else contextlib.nullcontext()
-        try:
-            with truncation, torch.inference_mode():
-                for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc="encode"):
-                    batch = self.pad([ids[i] for i in order[start : start + batch_size]])
-                    features = {k: v.to(self.device) for k, v in batch.items()}
-                    chunks.append(self(features, all_layers=all_layers).float().cpu())
-        finally:
-            self.train(was_training)
-        # Built outside inference mode: the result is an ordinary tensor that autograd may use
-        # (e.g. as distillation targets).
-        if chunks:
-            sorted_emb = torch.cat(chunks, dim=-2)  # (..., N, D) in length order
-            emb = torch.empty_like(sorted_emb)
-            emb[..., order, :] = sorted_emb
-        else:
-            emb = torch.empty((n_layers, 0, self.dim) if all_layers else (0, self.dim))
-        emb = _slice_and_normalize(emb, width, normalize)  # (..., N, d)
-        if precision in ("int8", "uint8"):
-            ranges = _resolve_calibration(calibration, emb, width, normalize)
-            return quantize(emb, precision, ranges)
-        return quantize(emb, precision)
+        return encode(
+            self,
+            texts,
+            batch_size,
+            all_layers,
+            show_progress,
+            dim=dim,
+            layers=layers,
+            normalize=normalize,
+            precision=precision,
+            calibration=calibration,
+        )
 
     def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
         """Write a folder that `AutoModel` and the sentence-transformers library both load, with
@@ -401,38 +354,3 @@ class Encoder(nn.Module):
         """Write a standalone model with only the first ``k`` blocks, whose embedding equals
         ``self.encode(texts, layers=k)`` (`mrl.saved_model.save_truncated`)."""
         save_truncated(self, path, k, metadata)
-
-
-# --------------------------------------------------------------------------------------------
-# encode helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _slice_and_normalize(emb: Tensor, width: int, normalize: bool) -> Tensor:
-    """(..., D) -> (..., width): the Matryoshka prefix (`mrl.losses.prefix`), or the raw slice."""
-    return (prefix(emb, width) if normalize else emb[..., :width]).contiguous()
-
-
-def _resolve_calibration(
-    calibration: Ranges | Tensor | None, emb: Tensor, width: int, normalize: bool
-) -> Ranges:
-    """Ranges for int8/uint8: given ranges (width must match), a sample put through the same
-    slice/normalise as ``emb``, or, with None, ``emb`` itself."""
-    if calibration is None:
-        if emb.shape[0] == 0:  # nothing to calibrate on, and nothing to quantise
-            return Ranges(low=torch.zeros(width), high=torch.zeros(width))
-        return calibrate(emb)
-    if isinstance(calibration, Ranges):
-        if calibration.dim != width:
-            raise ValueError(f"calibration ranges have width {calibration.dim}, the output {width}")
-        return calibration
-    if isinstance(calibration, (list, tuple)) and any(isinstance(item, str) for item in calibration):
-        raise ValueError(
-            "calibration takes Ranges or raw embeddings of a corpus sample (M, >= d), e.g. "
-            "encoder.encode(sample_texts, normalize=False), not the texts themselves"
-        )
-    sample = torch.as_tensor(calibration).float()
-    if sample.ndim != 2 or sample.shape[-1] < width:
-        raise ValueError(f"calibration sample must be (M, >= {width}), got {tuple(sample.shape)}")
-    # Normalising is scale-invariant, so a sample that was already sliced/normalised is unchanged.
-    return calibrate(_slice_and_normalize(sample, width, normalize))
