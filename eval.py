@@ -39,7 +39,8 @@ from mrl.card import add_eval_to_card
 from mrl.checkpoint import write_text_atomic
 from mrl.data import DataError, check_tokenized, load_source, source_name
 from mrl.evaluation import evaluate_sts, format_table
-from mrl.model import POOLING_MODES, Encoder
+from mrl.model import Encoder
+from mrl.pooling import POOLING_MODES
 from mrl.quantize import PRECISIONS
 from mrl.retrieval import (
     check_stages,

@@ -27,6 +27,7 @@ from typing import Any
 
 from mrl.checkpoint import write_text_atomic
 from mrl.evaluation import format_table
+from mrl.pooling import POOLINGS
 
 CARD_FILE = "README.md"
 _EVAL_START, _EVAL_END = "<!-- mrl:eval {} -->", "<!-- /mrl:eval {} -->"
@@ -153,21 +154,6 @@ def _example_dim(dims: list[int], full: int) -> int:
     return candidates[0] if candidates else min(dims)
 
 
-# The pooling of mrl/model.py `pool`, written out for plain transformers users: (N, S, D) -> (N, D).
-_POOLING_CODE = {
-    "mean": """def pool(tokens, attention_mask):  # (N, S, D), (N, S) -> (N, D): mean of the real tokens
-    mask = attention_mask.unsqueeze(-1).to(tokens.dtype)  # (N, S, 1)
-    return (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)""",
-    "cls": """def pool(tokens, attention_mask):  # (N, S, D), (N, S) -> (N, D): the first ([CLS]) token
-    return tokens[:, 0]""",
-    "max": """def pool(tokens, attention_mask):  # (N, S, D), (N, S) -> (N, D): max over the real tokens
-    mask = attention_mask.unsqueeze(-1).bool()  # (N, S, 1)
-    return tokens.masked_fill(~mask, torch.finfo(tokens.dtype).min).max(1).values""",
-    "lasttoken": """def pool(tokens, attention_mask):  # (N, S, D), (N, S) -> (N, D): the last real token
-    positions = torch.arange(tokens.shape[1])  # (S,)
-    last = (positions * attention_mask).argmax(1)  # (N,): for left or right padding
-    return tokens[torch.arange(len(last)), last]""",
-}
 EXAMPLE_SENTENCES = ["A man is playing a guitar.", "Someone plays music."]
 
 
@@ -192,7 +178,7 @@ def usage_snippets(model_ref: str, meta: dict[str, Any], do_lower_case: bool) ->
         if k
         else "out = model(**batch)"
     )
-    # Exit heads (mrl/model.py ExitHead): the last depth's is the Dense module 2_Dense, the
+    # Exit heads (mrl/heads.py ExitHead): the last depth's is the Dense module 2_Dense, the
     # shallow depths' are in exit_heads.safetensors; the snippet applies the ones it uses.
     shallow_head = k is not None and k in (meta.get("exit_heads") or [])
     uses_files = shallow_head or bool(meta.get("exit_head_last_depth"))
@@ -229,7 +215,7 @@ tokenizer = AutoTokenizer.from_pretrained(model_id)
 model = AutoModel.from_pretrained(model_id).eval()
 {files_code}
 
-{_POOLING_CODE[meta["pooling"]]}
+{POOLINGS[meta["pooling"]].card_code}
 
 
 sentences = {json.dumps(EXAMPLE_SENTENCES)}{lower}

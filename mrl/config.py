@@ -23,8 +23,8 @@ from typing import Any
 from mrl import objectives
 from mrl.adaptor import ADAPTOR_INITS, ADAPTOR_MODES, parse_loss_weights
 from mrl.losses import DEPTH_WEIGHTINGS
-from mrl.model import POOLING_MODES
 from mrl.packing import PADDING_FREE_MODES
+from mrl.pooling import POOLING_MODES
 from mrl.runtime import AMP_PRECISIONS, OneLineParser, main_error  # noqa: F401 (main_error: re-exported)
 
 SCHEDULERS = ("linear", "cosine", "constant")

@@ -1,195 +1,51 @@
-"""The encoder: a `transformers.AutoModel` plus our own pooling, and the saved-model layout.
+"""The encoder: a `transformers.AutoModel` plus our pooling; every layer from one pass.
 
 One forward pass gives the **full-dim, un-normalised** pooled embedding ``(N, D)``, or with
 ``all_layers=True`` the pooled output of every transformer block ``(L, N, D)`` (index ``l - 1`` is
 block ``l``; the last entry is the final embedding). Truncation to Matryoshka prefixes and
 normalisation happen in the loss and at inference (`mrl.losses.prefix`), never here.
 
-A saved model is a folder that `AutoModel`/`AutoTokenizer` load, that also carries the small JSON
-files the sentence-transformers library reads (modules.json, 1_Pooling/, sentence_bert_config.json),
-and our own ``mrl_config.json`` with the trained dims, layers and pooling.
+A model may carry a **head** after pooling (Dense modules, or our MLP adaptor; `mrl.heads`),
+applied to every pooled output, and **exit heads** (`mrl.heads.ExitHead`): one small residual
+linear map per depth k, applied to block k's pooled vector only, so a cut to k blocks can map its
+states into the embedding space without bending blocks that also feed the deeper ones.
 
-A model may carry a **head** after pooling (modules.json entries after Pooling: Normalize, Dense,
-or our MLP adaptor; see `mrl.adaptor`): it is loaded, applied to every pooled output, and saved
-again in the same layout. A trailing Normalize is not a head (prefixes are normalised anyway).
-
-A model may also carry **exit heads** (`ExitHead`): one small residual linear map per depth k,
-applied to block k's pooled vector only, so a cut to k blocks can map its states into the
-embedding space without bending blocks that also feed the deeper ones. They are stored in
-``exit_heads.safetensors``; a model cut to k blocks (`Encoder.save_truncated`) writes head k as
-an ordinary Dense module, so other libraries load the cut model with its head.
+Each other job has its own module:
+- `mrl.pooling`: the pooling table (the function, its sentence-transformers flag, the card's code);
+- `mrl.saved_model`: the saved folder (transformers files, sentence-transformers side files,
+  ``mrl_config.json``, exit heads), read by the constructor, written by `Encoder.save` and
+  `Encoder.save_truncated`;
+- `mrl.blocks`: running only the first k transformer blocks;
+- `mrl.inference`: `Encoder.encode` (batches by length, prefix, normalise, quantise);
+- `mrl.packing`: the padding-free layouts of `Encoder.forward`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
 import os
-import pickle
-import re
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from mrl.hub import offline_error, offline_reason
-from mrl.losses import prefix
+from mrl.blocks import find_final_norm
+from mrl.heads import ExitHead
+from mrl.inference import encode
 from mrl.packing import PADDING_FREE_MODES, pack, packing_support, plan_buckets, plan_rows
-from mrl.quantize import PRECISIONS, Ranges, calibrate, quantize
-
-POOLING_MODES = ("mean", "cls", "max", "lasttoken")
-METADATA_FILE = "mrl_config.json"
-EXIT_HEADS_FILE = "exit_heads.safetensors"
-
-
-class ExitHead(nn.Module):
-    """``x + W x + b`` on the pooled vector of one depth, with W and b starting at 0 (the identity).
-
-    (..., D) -> (..., D); D * D + D parameters (0.15 M at D = 384, under 1% of MiniLM-L6). The
-    residual form means a freshly added head changes nothing until training moves it.
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        # skip_init: no random init to overwrite, and no draw from the global RNG (dropout masks
-        # after adding heads stay those of a run without them).
-        self.linear = torch.nn.utils.skip_init(nn.Linear, dim, dim)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.linear(x)
-
-    @classmethod
-    def from_dense(cls, weight: Tensor, bias: Tensor) -> ExitHead:
-        """The head whose map equals a Dense layer's ``weight @ x + bias`` (the inverse of
-        `dense_weights`): W = weight - I."""
-        head = cls(weight.shape[0])
-        with torch.no_grad():
-            head.linear.weight.copy_(
-                weight - torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)
-            )
-            head.linear.bias.copy_(bias)
-        return head
-
-    def dense_weights(self) -> tuple[Tensor, Tensor]:
-        """The same map as one Dense layer: (weight I + W (D, D), bias b (D,))."""
-        weight = self.linear.weight.detach()
-        eye = torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)
-        return weight + eye, self.linear.bias.detach().clone()
-
-
-def _load_exit_heads(name_or_path: str) -> nn.ModuleDict | None:
-    """The exit heads stored beside the weights (``exit_heads.safetensors``, keys
-    ``"{depth}.linear.weight"``...), as a ModuleDict keyed by the depth as a string, or None."""
-    path = _side_path(name_or_path, EXIT_HEADS_FILE)
-    if path is None:
-        return None
-    from safetensors.torch import load_file
-
-    heads = nn.ModuleDict()
-    try:
-        tensors = load_file(str(path))
-        for depth in sorted({key.split(".", 1)[0] for key in tensors}, key=int):
-            weight = tensors[f"{depth}.linear.weight"]
-            head = ExitHead(weight.shape[0])
-            head.load_state_dict({"linear.weight": weight, "linear.bias": tensors[f"{depth}.linear.bias"]})
-            heads[depth] = head
-    except Exception as error:  # a truncated file, a key that is not "{depth}.linear.weight|bias"...
-        reason = (str(error).strip().splitlines() or [""])[0][:200]
-        raise ValueError(
-            f"{path}: not a readable exit-heads file ({type(error).__name__}: {reason})"
-        ) from None
-    return heads or None
-
-
-def pool(hidden: Tensor, attention_mask: Tensor, mode: str = "mean") -> Tensor:
-    """Pool token states into one vector per text; padding never changes the result.
-
-    hidden: (..., N, S, D) token states (leading axes, e.g. layers, broadcast);
-    attention_mask: (N, S) 1 for real tokens, 0 for padding. Returns (..., N, D).
-    """
-    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (N, S, 1)
-    if mode == "mean":
-        # Clamp the count so an all-padding row gives 0, not NaN.
-        return (hidden * mask).sum(-2) / mask.sum(-2).clamp(min=1e-9)
-    if mode == "cls":
-        return hidden[..., 0, :]
-    if mode == "max":
-        # masked_fill returns a new tensor: the model's hidden states are not mutated.
-        filled = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min)
-        return filled.max(dim=-2).values
-    if mode == "lasttoken":
-        # Position of the last real token, for right- or left-padded batches alike.
-        seq_len = attention_mask.shape[-1]
-        positions = torch.arange(seq_len, device=attention_mask.device)
-        last = (positions * attention_mask.long()).argmax(dim=-1)  # (N,)
-        index = last.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])  # (N, 1, D)
-        index = index.expand(*hidden.shape[:-3], -1, -1, -1)
-        return hidden.gather(-2, index).squeeze(-2)
-    raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
-
-
-def _side_path(name_or_path: str, filename: str) -> Path | None:
-    """A file stored next to the weights (local folder, or hub repo via the HF cache), or None."""
-    local = Path(name_or_path)
-    if local.is_dir():
-        path = local / filename
-        return path if path.is_file() else None
-    from transformers.utils import cached_file
-
-    try:
-        path = cached_file(
-            name_or_path,
-            filename,
-            local_files_only=offline_reason() is not None,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
-    except OSError:
-        return None
-    return Path(path) if path else None
-
-
-def _read_side_file(name_or_path: str, filename: str) -> dict[str, Any] | None:
-    """A JSON file stored next to the weights (local folder or hub repo), or None if absent."""
-    path = _side_path(name_or_path, filename)
-    return json.loads(path.read_text(encoding="utf-8")) if path else None
-
-
-def _load_head(name_or_path: str) -> nn.Sequential | None:
-    """The modules after pooling listed in the folder's modules.json (`mrl.adaptor.load_head`)."""
-    from mrl.adaptor import load_head
-
-    entries = _read_side_file(name_or_path, "modules.json")
-    if not entries:
-        return None
-    if Path(name_or_path).is_dir():
-        return load_head(name_or_path, entries)
-    # A hub repo: fetch each head module's files into the HF cache, then load from there.
-    folder = None
-    for entry in entries:
-        for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
-            path = _side_path(name_or_path, f"{entry['path']}/{name}") if entry["path"] else None
-            if path is not None:
-                folder = path.parents[1]  # the snapshot folder holding every module folder
-    return load_head(folder or name_or_path, entries)
-
-
-def _pooling_from_st_config(config: dict[str, Any]) -> str | None:
-    """Our pooling name from a sentence-transformers 1_Pooling/config.json (None if unsupported)."""
-    flags = {
-        "pooling_mode_mean_tokens": "mean",
-        "pooling_mode_cls_token": "cls",
-        "pooling_mode_max_tokens": "max",
-        "pooling_mode_lasttoken": "lasttoken",
-    }
-    chosen = [mode for key, mode in flags.items() if config.get(key)]
-    return chosen[0] if len(chosen) == 1 else None
+from mrl.pooling import POOLING_MODES, pool, pooling_from_st_config
+from mrl.quantize import Ranges
+from mrl.saved_model import (
+    METADATA_FILE,
+    load_exit_heads,
+    load_model_head,
+    load_transformer,
+    read_side_file,
+    resolve_model_path,
+    save_model,
+    save_truncated,
+    split_last_exit_head,
+)
 
 
 class Encoder(nn.Module):
@@ -213,48 +69,17 @@ class Encoder(nn.Module):
         padding_free: str = "off",
     ):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
         name_or_path = resolve_model_path(str(name_or_path))
         self.name_or_path = name_or_path
-        # A hub id while the hub is out of reach: the cache only, and one line at once if it is
-        # not there (instead of half a minute of retries; see mrl/hub.py).
-        offline = None if Path(name_or_path).is_dir() else offline_reason()
-        hub = {"local_files_only": True} if offline else {}
-        try:
-            self.model = AutoModel.from_pretrained(
-                name_or_path, trust_remote_code=trust_remote_code, **hub, **(model_kwargs or {})
-            )
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                name_or_path, trust_remote_code=trust_remote_code, **hub
-            )
-        except pickle.UnpicklingError as error:
-            # transformers loads .bin weights with torch.load(weights_only=True), which refuses a
-            # pickle that would call a function; say so in one line instead of torch's essay.
-            found = re.search(r"GLOBAL (\S+)", str(error))
-            what = f" (it calls {found.group(1)})" if found else ""
-            raise ValueError(
-                f"{name_or_path}: its weights are a pickle that would run code when loaded{what}; refused "
-                "(load only safetensors, or pickles of plain tensors)"
-            ) from None
-        except OSError:
-            if offline:
-                raise OSError(offline_error(name_or_path, "model folder", offline)) from None
-            raise
-        except ValueError:
-            raise
-        except Exception as error:  # e.g. SafetensorError for a truncated model.safetensors
-            reason = (str(error).strip().splitlines() or [""])[0][:300]
-            what = f"{type(error).__name__}: {reason}"
-            raise ValueError(f"{name_or_path}: cannot load the model ({what})") from None
-        self.metadata: dict[str, Any] = _read_side_file(name_or_path, METADATA_FILE) or {}
-        st_config = _read_side_file(name_or_path, "sentence_bert_config.json") or {}
-        pooling_config = _read_side_file(name_or_path, "1_Pooling/config.json") or {}
+        self.model, self.tokenizer = load_transformer(name_or_path, trust_remote_code, model_kwargs)
+        self.metadata: dict[str, Any] = read_side_file(name_or_path, METADATA_FILE) or {}
+        st_config = read_side_file(name_or_path, "sentence_bert_config.json") or {}
+        pooling_config = read_side_file(name_or_path, "1_Pooling/config.json") or {}
 
-        self.pooling = pooling or self.metadata.get("pooling") or _pooling_from_st_config(pooling_config)
+        self.pooling = pooling or self.metadata.get("pooling") or pooling_from_st_config(pooling_config)
         self.pooling = self.pooling or "mean"
         if self.pooling not in POOLING_MODES:
-            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+            raise ValueError(f"pooling must be one of {tuple(POOLING_MODES)}, got {self.pooling!r}")
         model_limit = min(
             getattr(self.model.config, "max_position_embeddings", None) or 10**9,
             self.tokenizer.model_max_length or 10**9,
@@ -273,27 +98,14 @@ class Encoder(nn.Module):
             do_lower_case if do_lower_case is not None else st_config.get("do_lower_case")
         )
         # Modules after pooling (Dense, an adaptor), applied to every pooled output; None for most.
-        self.head: nn.Sequential | None = _load_head(name_or_path)
+        self.head: nn.Sequential | None = load_model_head(name_or_path)
         # Per-depth exit heads (see ExitHead), keyed by the depth as a string; None for most models.
-        self.exit_heads: nn.ModuleDict | None = _load_exit_heads(name_or_path)
+        self.exit_heads: nn.ModuleDict | None = load_exit_heads(name_or_path)
         self.exit_heads_detached = False  # see apply_exit_heads
-        if self.metadata.get("exit_head_last_depth"):
-            # `save` wrote the last depth's exit head as the first Dense module (for other
-            # libraries); here it is that depth's head again, so shallower cuts skip it.
-            dense, *rest = list(self.head or [None])
-            if (
-                not isinstance(getattr(dense, "linear", None), nn.Linear)
-                or dense.in_features != dense.out_features
-            ):
-                raise ValueError(
-                    f"{name_or_path}: {METADATA_FILE} says the first module after pooling is the last "
-                    "layer's exit head, but modules.json has no square Dense module there"
-                )
-            self.exit_heads = self.exit_heads if self.exit_heads is not None else nn.ModuleDict()
-            self.exit_heads[str(self.num_layers)] = ExitHead.from_dense(
-                dense.linear.weight, dense.linear.bias
+        if self.metadata.get("exit_head_last_depth"):  # the first Dense is the last depth's exit head
+            self.head, self.exit_heads = split_last_exit_head(
+                name_or_path, self.head, self.exit_heads, self.num_layers
             )
-            self.head = nn.Sequential(*rest) if rest else None
         self.length_buckets = length_buckets  # see forward() (train.py: --length-buckets)
         self.final_norm = find_final_norm(self.model)  # a name in self.model, or None
         if padding_free not in PADDING_FREE_MODES:
@@ -318,7 +130,7 @@ class Encoder(nn.Module):
 
     def attach_head(self, modules: Sequence[nn.Module]) -> None:
         """Run ``modules`` after pooling from now on, after any head the model already has
-        (e.g. `mrl.adaptor.head_modules(adaptor)`); `save` writes them into modules.json."""
+        (e.g. `mrl.heads.head_modules(adaptor)`); `save` writes them into modules.json."""
         kept = list(self.head or []) + list(modules)
         self.head = nn.Sequential(*kept).to(self.device) if kept else None
 
@@ -512,314 +324,33 @@ class Encoder(nn.Module):
         precision: str = "float32",
         calibration: Ranges | Tensor | None = None,
     ) -> Tensor:
-        """Embed texts without a graph, in input order, on the CPU.
+        """Embed texts without a graph, in input order, on the CPU (`mrl.inference.encode`).
 
         With the defaults: the full-width, unit-length float32 embedding (N, D) (or every
-        block's, (L, N, D), with ``all_layers``). ``normalize=False`` gives the raw pooled
-        vector, which is what evaluation slices (it re-normalises each prefix itself).
-
-        - ``layers=k`` runs only the first k transformer blocks (the rest are not executed, see
-          `truncated_blocks`) and pools the model's ``last_hidden_state``; with ``all_layers`` the
-          result is (k, N, D).
-        - ``dim=d`` keeps the first d values (a Matryoshka prefix); ``normalize=True`` then scales
-          each vector to unit length, **after** the slice, as `mrl.losses.prefix` does.
-        - ``precision``: "float32", "int8"/"uint8" (codes on 256 levels with per-dimension ranges,
-          `mrl.quantize`), "binary"/"ubinary" (sign bits packed 8 per byte: (N, ceil(d / 8))).
-          For int8/uint8, ``calibration`` is either `mrl.quantize.Ranges` of width d, or a sample of
-          embeddings (M, >= d) that goes through the same slice/normalise as the output (so pass
-          raw full-width embeddings of a corpus sample). **If None, the ranges are calibrated on
-          the texts being encoded**, which makes each call's codes incomparable with another
-          call's: calibrate once and pass the ranges when encoding queries and docs separately.
-          Quantised outputs are int8/uint8 tensors; not available with ``all_layers``.
-
-        Texts are batched by length (less padding, same result), then put back in order.
+        block's, (L, N, D), with ``all_layers``); ``dim=d`` a Matryoshka prefix, ``layers=k``
+        the first k blocks only, ``normalize=False`` the raw pooled vector, ``precision`` int8 /
+        uint8 / binary / ubinary codes (with ``calibration``).
         """
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if all_layers and precision != "float32":
-            raise ValueError("all_layers returns float32 per-layer embeddings; quantise one layer at a time")
-        if dim is not None and not 1 <= dim <= self.dim:
-            raise ValueError(f"dim must be in 1..{self.dim}, got {dim}")
-        if layers is not None and not 1 <= layers <= self.num_layers:
-            raise ValueError(f"layers must be in 1..{self.num_layers}, got {layers}")
-        if calibration is not None and precision not in ("int8", "uint8"):
-            raise ValueError(f"calibration is only used by int8/uint8, not {precision!r}")
-
-        width = dim or self.dim
-        n_layers = layers or self.num_layers
-        was_training = self.training
-        self.eval()
-        # Tokenise everything once and batch by token count: batches of equal lengths carry
-        # (almost) no padding, which pooling ignores anyway, so only the speed changes.
-        ids = self.token_ids(texts) if len(texts) else []
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]), reverse=True)
-        chunks = []
-        truncation = truncated_blocks(self.model, layers) if layers else contextlib.nullcontext()
-        try:
-            with truncation, torch.inference_mode():
-                for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc="encode"):
-                    batch = self.pad([ids[i] for i in order[start : start + batch_size]])
-                    features = {k: v.to(self.device) for k, v in batch.items()}
-                    chunks.append(self(features, all_layers=all_layers).float().cpu())
-        finally:
-            self.train(was_training)
-        # Built outside inference mode: the result is an ordinary tensor that autograd may use
-        # (e.g. as distillation targets).
-        if chunks:
-            sorted_emb = torch.cat(chunks, dim=-2)  # (..., N, D) in length order
-            emb = torch.empty_like(sorted_emb)
-            emb[..., order, :] = sorted_emb
-        else:
-            emb = torch.empty((n_layers, 0, self.dim) if all_layers else (0, self.dim))
-        emb = _slice_and_normalize(emb, width, normalize)  # (..., N, d)
-        if precision in ("int8", "uint8"):
-            ranges = _resolve_calibration(calibration, emb, width, normalize)
-            return quantize(emb, precision, ranges)
-        return quantize(emb, precision)
-
-    def save_truncated(self, path: str | os.PathLike, k: int, metadata: dict[str, Any] | None = None) -> None:
-        """Write a standalone model with only the first ``k`` blocks (``num_hidden_layers = k``).
-
-        The folder has the same layout as `save` and loads in `AutoModel` (and here in
-        `Encoder`); its embedding equals ``self.encode(texts, layers=k)``. Only the k kept blocks
-        are copied; this encoder is left unchanged. Trained layers above k are dropped from the
-        stored metadata, and ``truncated_from`` records the original depth. Exit heads: head k is
-        written as a Dense module (other libraries apply it), heads below k stay exit heads, and
-        heads above k are dropped.
-        """
-        if not 1 <= k <= self.num_layers:
-            raise ValueError(f"k must be in 1..{self.num_layers}, got {k}")
-        with truncated_blocks(self.model, k):
-            # Inside the context the model holds only k blocks and its config says k layers, so
-            # the copy is the smaller model, standalone (its own config and weights).
-            small = copy.deepcopy(self)
-        ours = {**self.metadata, **(metadata or {}), "truncated_from": self.num_layers}
-        if ours.get("layers"):
-            ours["layers"] = [layer for layer in ours["layers"] if layer <= k] or [k]
-        small.metadata = {}
-        small.save(path, ours)
+        return encode(
+            self,
+            texts,
+            batch_size,
+            all_layers,
+            show_progress,
+            dim=dim,
+            layers=layers,
+            normalize=normalize,
+            precision=precision,
+            calibration=calibration,
+        )
 
     def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
-        """Write a folder that `AutoModel` and the sentence-transformers library both load.
+        """Write a folder that `AutoModel` and the sentence-transformers library both load, with
+        ``metadata`` (trained dims, layers, the adaptor's recipe...) in our ``mrl_config.json``
+        (`mrl.saved_model.save_model`)."""
+        save_model(self, path, metadata)
 
-        HF files (config.json, model.safetensors, tokenizer files), the sentence-transformers
-        module layout (transformer at "", pooling at "1_Pooling", then the head's modules if any;
-        no final Normalize module, so that ``truncate_dim`` there slices the raw vector and the
-        cosine re-normalises it), and our ``mrl_config.json`` with ``metadata`` (trained dims,
-        layers, the adaptor's recipe...).
-        """
-        import transformers
-        from safetensors.torch import save_file
-
-        import mrl
-        from mrl.adaptor import Dense, save_head
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
-        modules = [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ]
-        # Exit heads of the shallow depths go to their own file; the last depth's head (a cut
-        # model's, or one trained at full depth) is this model's own output map, so it is written
-        # as a Dense module, first after pooling, where every library applies it.
-        exit_heads = dict(self.exit_heads.items()) if self.exit_heads else {}
-        shallow = {k: h for k, h in exit_heads.items() if int(k) < self.num_layers}
-        final = exit_heads.get(str(self.num_layers))
-        head = ([Dense.from_weights(*final.dense_weights())] if final is not None else []) + list(
-            self.head or []
-        )
-        if head:
-            modules += save_head(path, head, first_index=2)
-        if shallow:
-            state = {
-                f"{k}.{name}": t.detach().contiguous().cpu()
-                for k, h in shallow.items()
-                for name, t in h.state_dict().items()
-            }
-            save_file(state, str(path / EXIT_HEADS_FILE))
-        elif (path / EXIT_HEADS_FILE).exists():
-            (path / EXIT_HEADS_FILE).unlink()
-        pooling_config = {
-            "word_embedding_dimension": int(self.model.config.hidden_size),
-            "pooling_mode_cls_token": self.pooling == "cls",
-            "pooling_mode_mean_tokens": self.pooling == "mean",
-            "pooling_mode_max_tokens": self.pooling == "max",
-            "pooling_mode_mean_sqrt_len_tokens": False,
-            "pooling_mode_weightedmean_tokens": False,
-            "pooling_mode_lasttoken": self.pooling == "lasttoken",
-            "include_prompt": True,
-        }
-        st_config = {"max_seq_length": self.max_seq_length, "do_lower_case": self.do_lower_case}
-        versions = {
-            "mrl": mrl.__version__,
-            "transformers": transformers.__version__,
-            "pytorch": torch.__version__,
-        }
-        st_meta = {
-            "__version__": versions,
-            "prompts": {},
-            "default_prompt_name": None,
-            "similarity_fn_name": "cosine",
-        }
-        ours = {
-            **self.metadata,
-            **(metadata or {}),
-            "pooling": self.pooling,
-            "max_seq_length": self.max_seq_length,
-            "dim": self.dim,
-            "num_layers": self.num_layers,
-        }
-        if shallow:
-            ours["exit_heads"] = sorted(int(k) for k in shallow)
-        else:
-            ours.pop("exit_heads", None)
-        if final is not None:  # the first Dense of modules.json is the last depth's exit head
-            ours["exit_head_last_depth"] = True
-        else:
-            ours.pop("exit_head_last_depth", None)
-        (path / "1_Pooling").mkdir(exist_ok=True)
-        for name, content in [
-            ("modules.json", modules),
-            ("1_Pooling/config.json", pooling_config),
-            ("sentence_bert_config.json", st_config),
-            ("config_sentence_transformers.json", st_meta),
-            (METADATA_FILE, ours),
-        ]:
-            (path / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-
-
-def resolve_model_path(name: str) -> str:
-    """``name`` checked as a local model folder when it looks like a path: a missing path, a
-    file, or a folder without config.json raise FileNotFoundError (one line). A training run
-    folder (checkpoints/, run.json) stands for its final model ``RUN/model``; one without a
-    final model yet is refused with what to do. Hub ids pass through unchanged."""
-    path = Path(name)
-    if _looks_like_path(name) and not path.exists():
-        raise FileNotFoundError(f"model folder {name} does not exist")
-    if path.exists() and not path.is_dir():
-        raise FileNotFoundError(f"{name} is a file, not a model folder (a folder with config.json)")
-    if path.is_dir() and ((path / "checkpoints").is_dir() or (path / "run.json").is_file()):
-        if (path / "model" / "config.json").is_file():
-            return str(path / "model")
-        raise FileNotFoundError(
-            f"{name} is a training run without a final model yet (no {path / 'model'}); "
-            f"finish it with: python train.py --output-dir {name} --resume"
-        )
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{name} has no config.json: not a transformers model folder")
-    return name
-
-
-def _looks_like_path(name: str) -> bool:
-    """A local path rather than a hub id ("org/name"): absolute, ./relative, ~, 3+ parts, or a
-    name whose parent folder exists here (``runs/model`` when ``runs/`` exists)."""
-    parent = Path(name).parent
-    return (
-        name.startswith(("/", ".", "~")) or name.count("/") > 1 or (parent != Path(".") and parent.is_dir())
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Layer truncation and encode helpers
-# --------------------------------------------------------------------------------------------
-
-
-def find_blocks(model: nn.Module) -> tuple[nn.Module, str]:
-    """The (parent module, attribute name) of the model's list of transformer blocks.
-
-    It is the ``nn.ModuleList`` whose length is ``config.num_hidden_layers``: ``encoder.layer``
-    in BERT, RoBERTa, XLM-R and MPNet, ``layers`` in ModernBERT, ``transformer.layer`` in
-    DistilBERT, and so on for most `transformers` encoders. If several lists qualify (a
-    per-layer list of something else), the one holding the most parameters is the blocks.
-    """
-    n = getattr(model.config, "num_hidden_layers", None)
-    found = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n and name:
-            parent_name, _, attr = name.rpartition(".")
-            size = sum(p.numel() for p in module.parameters())
-            found.append((size, model.get_submodule(parent_name) if parent_name else model, attr))
-    if not found:
-        raise ValueError(f"no nn.ModuleList of length num_hidden_layers={n} in {type(model).__name__}")
-    _, parent, attr = max(found, key=lambda item: item[0])
-    return parent, attr
-
-
-def find_final_norm(model: nn.Module) -> str | None:
-    """The name (for ``model.get_submodule``) of the norm a model applies after its last block
-    (ModernBERT's ``final_norm``, Llama's ``norm``, GPT-2's ``ln_f``), or None (BERT, RoBERTa,
-    XLM-R, MPNet, DistilBERT, ELECTRA).
-
-    It is the one sibling of the block list (`find_blocks`) whose class is a norm. A model's
-    ``last_hidden_state`` has passed through it, while ``hidden_states[l]`` of the blocks before
-    the last have not: see `Encoder._pooled`.
-    """
-    parent, attr = find_blocks(model)
-    prefix = next(name for name, module in model.named_modules() if module is parent)
-    norms = [n for n, m in parent.named_children() if n != attr and "norm" in type(m).__name__.lower()]
-    return (f"{prefix}.{norms[0]}" if prefix else norms[0]) if len(norms) == 1 else None
-
-
-@contextlib.contextmanager
-def truncated_blocks(model: nn.Module, k: int) -> Iterator[nn.Module]:
-    """Within the block, ``model`` runs only its first ``k`` transformer blocks.
-
-    Swaps the block list for one holding the first k blocks (the same module objects, so weights
-    and hooks are shared) and sets ``config.num_hidden_layers = k`` (and slices a per-layer
-    ``config.layer_types``), restoring all of it on exit, exceptions included. The model's
-    ``last_hidden_state`` is then block k's output, passed through whatever the model applies
-    after its blocks (nothing in BERT; the final norm in ModernBERT), i.e. exactly what a k-layer
-    model with these weights outputs. Not thread-safe: it edits the model in place.
-    """
-    parent, attr = find_blocks(model)
-    blocks = getattr(parent, attr)
-    if not 1 <= k <= len(blocks):
-        raise ValueError(f"k must be in 1..{len(blocks)}, got {k}")
-    config = model.config
-    saved = {"num_hidden_layers": config.num_hidden_layers}
-    layer_types = getattr(config, "layer_types", None)
-    if isinstance(layer_types, (list, tuple)) and len(layer_types) == len(blocks):
-        saved["layer_types"] = layer_types
-    setattr(parent, attr, nn.ModuleList(list(blocks)[:k]))
-    try:
-        config.num_hidden_layers = k
-        if "layer_types" in saved:
-            config.layer_types = list(layer_types)[:k]
-        yield model
-    finally:
-        setattr(parent, attr, blocks)
-        for key, value in saved.items():
-            setattr(config, key, value)
-
-
-def _slice_and_normalize(emb: Tensor, width: int, normalize: bool) -> Tensor:
-    """(..., D) -> (..., width): the Matryoshka prefix (`mrl.losses.prefix`), or the raw slice."""
-    return (prefix(emb, width) if normalize else emb[..., :width]).contiguous()
-
-
-def _resolve_calibration(
-    calibration: Ranges | Tensor | None, emb: Tensor, width: int, normalize: bool
-) -> Ranges:
-    """Ranges for int8/uint8: given ranges (width must match), a sample put through the same
-    slice/normalise as ``emb``, or, with None, ``emb`` itself."""
-    if calibration is None:
-        if emb.shape[0] == 0:  # nothing to calibrate on, and nothing to quantise
-            return Ranges(low=torch.zeros(width), high=torch.zeros(width))
-        return calibrate(emb)
-    if isinstance(calibration, Ranges):
-        if calibration.dim != width:
-            raise ValueError(f"calibration ranges have width {calibration.dim}, the output {width}")
-        return calibration
-    if isinstance(calibration, (list, tuple)) and any(isinstance(item, str) for item in calibration):
-        raise ValueError(
-            "calibration takes Ranges or raw embeddings of a corpus sample (M, >= d), e.g. "
-            "encoder.encode(sample_texts, normalize=False), not the texts themselves"
-        )
-    sample = torch.as_tensor(calibration).float()
-    if sample.ndim != 2 or sample.shape[-1] < width:
-        raise ValueError(f"calibration sample must be (M, >= {width}), got {tuple(sample.shape)}")
-    # Normalising is scale-invariant, so a sample that was already sliced/normalised is unchanged.
-    return calibrate(_slice_and_normalize(sample, width, normalize))
+    def save_truncated(self, path: str | os.PathLike, k: int, metadata: dict[str, Any] | None = None) -> None:
+        """Write a standalone model with only the first ``k`` blocks, whose embedding equals
+        ``self.encode(texts, layers=k)`` (`mrl.saved_model.save_truncated`)."""
+        save_truncated(self, path, k, metadata)

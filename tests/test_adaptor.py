@@ -13,25 +13,27 @@ import torch
 from safetensors.torch import load_file
 
 from mrl.adaptor import (
-    ST_DENSE,
-    ST_IDENTITY,
-    ST_NORMALIZE,
     Adaptor,
-    Dense,
     NeighbourBatchSampler,
     adaptor_loss,
     corpus_neighbours,
-    dense_head,
     fit_pca,
-    head_modules,
     listwise_loss,
-    load_head,
     neighbourhood_loss,
     pca_dense,
     pca_rotation,
     reconstruction_loss,
-    save_head,
     similarity_loss,
+)
+from mrl.heads import (
+    ST_DENSE,
+    ST_IDENTITY,
+    ST_NORMALIZE,
+    Dense,
+    dense_head,
+    head_modules,
+    load_head,
+    save_head,
     transform_embeddings,
 )
 from mrl.model import Encoder

@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from mrl.model import Encoder, find_blocks, truncated_blocks
+from mrl.blocks import find_blocks, truncated_blocks
+from mrl.model import Encoder
 from mrl.quantize import Ranges, calibrate, dequantize_scalar
 
 TEXTS = [

@@ -1,4 +1,4 @@
-"""Exit heads (mrl/model.py ExitHead): a residual linear map on one depth's pooled vector.
+"""Exit heads (mrl/heads.py ExitHead): a residual linear map on one depth's pooled vector.
 
 The reference for every embedding is computed here by hand from `transformers` outputs (the
 hidden state of block k, mean-pooled over the mask, then ``(I + W) x + b``), never from the
@@ -17,7 +17,9 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
-from mrl.model import EXIT_HEADS_FILE, Encoder, ExitHead  # noqa: E402
+from mrl.heads import ExitHead  # noqa: E402
+from mrl.model import Encoder  # noqa: E402
+from mrl.saved_model import EXIT_HEADS_FILE  # noqa: E402
 from tests.test_train import (  # noqa: E402,F401 (one_thread: the module's autouse fixture)
     assert_same_weights,
     one_thread,

@@ -1,5 +1,6 @@
-"""Encoder and pooling against references written out here: per-row loops, hand-made masked means,
-finite differences, and the saved folder read back through plain `transformers`."""
+"""Encoder against references written out here: per-row loops, hand-made masked means, finite
+differences, and the saved folder read back through plain `transformers` (the pooling functions
+alone: tests/test_pooling.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ import inspect
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, BertTokenizer
 
+from mrl.blocks import find_final_norm
 from mrl.losses import mnrl_loss, prefix
-from mrl.model import Encoder, find_final_norm, pool
+from mrl.model import Encoder
+from mrl.pooling import pool
 
-MODES = ("mean", "cls", "max", "lasttoken")
 TEXTS = [
     "the cat sat on the mat",
     "a dog",
@@ -24,133 +28,6 @@ TEXTS = [
     "cat",
     "a woman runs",
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# pool
-# --------------------------------------------------------------------------------------------
-
-
-def pool_reference(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Per-row python loop over the real (unmasked) tokens; hidden (N, S, D) -> (N, D)."""
-    rows = []
-    for i in range(hidden.shape[0]):
-        positions = [s for s in range(hidden.shape[1]) if mask[i, s] == 1]
-        tokens = hidden[i, positions]  # (n_i, D), real tokens only
-        if mode == "mean":
-            rows.append(tokens.sum(0) / len(positions))
-        elif mode == "cls":
-            rows.append(hidden[i, 0])
-        elif mode == "max":
-            rows.append(torch.stack([tokens[:, k].max() for k in range(tokens.shape[1])]))
-        elif mode == "lasttoken":
-            rows.append(hidden[i, positions[-1]])
-    return torch.stack(rows)
-
-
-def right_padded_mask(lengths: list[int], seq_len: int) -> torch.Tensor:
-    return torch.tensor([[1] * n + [0] * (seq_len - n) for n in lengths])
-
-
-def left_padded_mask(lengths: list[int], seq_len: int) -> torch.Tensor:
-    return torch.tensor([[0] * (seq_len - n) + [1] * n for n in lengths])
-
-
-@pytest.fixture
-def hidden_and_mask():
-    torch.manual_seed(0)
-    lengths = [5, 1, 3, 5]
-    hidden = torch.randn(len(lengths), 5, 6, dtype=torch.float64)  # (N, S, D)
-    return hidden, right_padded_mask(lengths, 5)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_pool_matches_per_row_loop(hidden_and_mask, mode):
-    hidden, mask = hidden_and_mask
-    torch.testing.assert_close(pool(hidden, mask, mode), pool_reference(hidden, mask, mode))
-
-
-@pytest.mark.parametrize("mode", ["mean", "max", "lasttoken"])
-def test_pool_left_padded_matches_loop(mode):
-    torch.manual_seed(1)
-    hidden = torch.randn(3, 6, 4, dtype=torch.float64)
-    mask = left_padded_mask([6, 2, 4], 6)
-    got = pool(hidden, mask, mode)
-    torch.testing.assert_close(got, pool_reference(hidden, mask, mode))
-    if mode == "lasttoken":  # left padding: the last real token is the last position for every row
-        torch.testing.assert_close(got, hidden[:, -1])
-
-
-def test_lasttoken_right_padded_picks_last_real_token():
-    torch.manual_seed(2)
-    hidden = torch.randn(3, 5, 4, dtype=torch.float64)
-    lengths = [5, 2, 3]
-    got = pool(hidden, right_padded_mask(lengths, 5), "lasttoken")
-    torch.testing.assert_close(got, torch.stack([hidden[i, n - 1] for i, n in enumerate(lengths)]))
-
-
-# cls reads position 0, which left padding moves by definition: right padding only for it.
-@pytest.mark.parametrize(
-    ("mode", "side"), [(m, "right") for m in MODES] + [(m, "left") for m in MODES if m != "cls"]
-)
-def test_pool_invariant_to_extra_padding(mode, side):
-    """Extra padding columns holding garbage (huge values of either sign) change nothing."""
-    torch.manual_seed(3)
-    lengths = [4, 2, 3]
-    hidden = torch.randn(3, 4, 5, dtype=torch.float64)
-    make_mask = right_padded_mask if side == "right" else left_padded_mask
-    mask = make_mask(lengths, 4)
-    garbage = 1e6 * torch.randn(3, 3, 5, dtype=torch.float64)
-    if side == "right":
-        padded_hidden = torch.cat([hidden, garbage], dim=1)
-        padded_mask = torch.cat([mask, torch.zeros(3, 3, dtype=mask.dtype)], dim=1)
-    else:
-        padded_hidden = torch.cat([garbage, hidden], dim=1)
-        padded_mask = torch.cat([torch.zeros(3, 3, dtype=mask.dtype), mask], dim=1)
-    torch.testing.assert_close(pool(padded_hidden, padded_mask, mode), pool(hidden, mask, mode))
-
-
-def test_pool_garbage_inside_padding_of_short_rows():
-    """Garbage in the padded positions of the shorter rows is ignored too (not only extra columns)."""
-    torch.manual_seed(4)
-    hidden = torch.randn(3, 5, 4, dtype=torch.float64)
-    mask = right_padded_mask([5, 2, 3], 5)
-    noisy = hidden.clone()
-    noisy[mask == 0] = 1e6
-    for mode in MODES:
-        torch.testing.assert_close(pool(noisy, mask, mode), pool(hidden, mask, mode))
-
-
-def test_mean_pool_all_padding_row_is_zero_not_nan():
-    hidden = torch.randn(2, 3, 4)
-    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
-    out = pool(hidden, mask, "mean")
-    assert torch.isfinite(out).all()
-    torch.testing.assert_close(out[1], torch.zeros(4))
-
-
-def test_max_pool_does_not_mutate_input(hidden_and_mask):
-    hidden, mask = hidden_and_mask
-    hidden_before, mask_before = hidden.clone(), mask.clone()
-    pool(hidden, mask, "max")
-    assert torch.equal(hidden, hidden_before)
-    assert torch.equal(mask, mask_before)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_pool_broadcasts_leading_layer_axis(mode):
-    torch.manual_seed(5)
-    hidden = torch.randn(3, 4, 6, 5, dtype=torch.float64)  # (L, N, S, D)
-    mask = right_padded_mask([6, 1, 4, 3], 6)  # (N, S)
-    got = pool(hidden, mask, mode)
-    assert got.shape == (3, 4, 5)
-    for layer in range(3):
-        torch.testing.assert_close(got[layer], pool_reference(hidden[layer], mask, mode))
-
-
-def test_pool_unknown_mode_raises():
-    with pytest.raises(ValueError, match="pooling"):
-        pool(torch.zeros(1, 2, 3), torch.ones(1, 2), "median")
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,3 +385,24 @@ def test_shallow_layers_train_on_the_vector_they_serve_with_a_final_norm(tmp_pat
 def test_bert_like_models_have_no_final_norm(tiny_model_dir):
     """BERT: nothing after the blocks, so block l's vector is hidden_states[l] as before."""
     assert find_final_norm(Encoder(str(tiny_model_dir)).model) is None
+
+
+def test_the_encoder_does_not_load_the_adaptor_training_code(tiny_model_dir, tmp_path):
+    """mrl.model depends on mrl.heads, not on mrl.adaptor (issue #24): importing it, and saving
+    and loading a model with a Dense head, leave mrl.adaptor unimported."""
+    folder = tmp_path / "m"
+    code = f"""
+import sys
+import torch
+from mrl.heads import dense_head
+from mrl.model import Encoder
+assert "mrl.adaptor" not in sys.modules, "import mrl.model imported mrl.adaptor"
+encoder = Encoder({str(tiny_model_dir)!r})
+encoder.attach_head(dense_head(torch.eye(32), torch.zeros(32)))
+encoder.save({str(folder)!r})
+assert Encoder({str(folder)!r}).head is not None
+assert "mrl.adaptor" not in sys.modules, "saving or loading a Dense head imported mrl.adaptor"
+"""
+    repo = Path(__file__).resolve().parents[1]  # `python -c` imports from its working folder
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repo root
 import mrl.train.adaptor  # noqa: E402
 import train  # noqa: E402
-from mrl.adaptor import Adaptor, transform_embeddings  # noqa: E402
+from mrl.adaptor import Adaptor  # noqa: E402
+from mrl.heads import transform_embeddings  # noqa: E402
 from mrl.model import Encoder  # noqa: E402
 from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
 from tests.test_train import assert_same_history, error_line, one_thread, read_metrics  # noqa: E402,F401

@@ -30,7 +30,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from mrl.adaptor import dense_head, pca_rotation  # noqa: E402
+from mrl.adaptor import pca_rotation  # noqa: E402
+from mrl.heads import dense_head  # noqa: E402
 from mrl.model import Encoder  # noqa: E402
 
 DIMS = ["384", "256", "128", "64", "32", "16"]

@@ -6,7 +6,7 @@
 The frozen model's embeddings of the SciFact corpus and test queries (max length 256, as in
 experiment B) and of the STS-B test sentences are read from the embedding cache (encoded once,
 `mrl.embcache`); each run's saved head (``RUN/model``, Normalize + Dense or the MLP adaptor) is
-applied to them with `mrl.adaptor.transform_embeddings`, which is exactly what the saved model
+applied to them with `mrl.heads.transform_embeddings`, which is exactly what the saved model
 computes after pooling (tests/test_adaptor.py checks it, and run.sh checks one model with eval.py).
 Scores come from the project's own code: `mrl.retrieval.evaluate_cells` (nDCG@10, exact float32
 search) and `mrl.evaluation.correlations` (Spearman x100). Each run writes
@@ -29,9 +29,10 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from mrl.adaptor import dense_head, pca_dense, transform_embeddings  # noqa: E402
+from mrl.adaptor import pca_dense  # noqa: E402
 from mrl.embcache import cached_embeddings  # noqa: E402
 from mrl.evaluation import correlations  # noqa: E402
+from mrl.heads import dense_head, transform_embeddings  # noqa: E402
 from mrl.model import Encoder  # noqa: E402
 from mrl.retrieval import evaluate_cells, load_beir  # noqa: E402
 

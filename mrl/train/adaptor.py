@@ -31,16 +31,15 @@ from mrl.adaptor import (
     adaptor_loss,
     corpus_neighbours,
     embed_adaptor_data,
-    head_modules,
     load_adaptor_data,
     parse_loss_weights,
     pca_rotation,
-    save_head,
 )
 from mrl.checkpoint import save_folder_atomic, write_text_atomic
 from mrl.config import TrainConfig
 from mrl.data import BatchSampler, DataError, Examples, load_source, source_name
 from mrl.evaluation import correlations
+from mrl.heads import head_modules, save_head
 from mrl.losses import check_dims
 from mrl.model import Encoder
 from mrl.rundir import check_data
