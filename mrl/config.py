@@ -16,12 +16,12 @@ import json
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mrl import objectives
-from mrl.adaptor import ADAPTOR_INITS, ADAPTOR_MODES, parse_loss_weights
 from mrl.losses import DEPTH_WEIGHTINGS
 from mrl.model import POOLING_MODES
 from mrl.packing import PADDING_FREE_MODES
@@ -29,6 +29,37 @@ from mrl.runtime import AMP_PRECISIONS, OneLineParser, main_error  # noqa: F401 
 
 SCHEDULERS = ("linear", "cosine", "constant")
 EXIT_HEAD_MODES = ("none", "shallow", "all")
+
+# --adaptor's choices and its loss-weight parser live here, not in mrl/adaptor.py, so that the
+# config (the lowest layer) imports no model code; mrl/adaptor.py imports them from here.
+ADAPTOR_KINDS = ("linear", "mlp", "rotation")
+ADAPTOR_INITS = ("identity", "pca")  # --adaptor-init: where a linear or rotation adaptor starts
+ADAPTOR_MODES = ("off", *ADAPTOR_KINDS)  # --adaptor: "off" trains the encoder as usual
+LOSS_WEIGHT_NAMES = ("sim", "nbr", "list", "rec", "rank")  # --adaptor-weights NAME=W
+
+
+def parse_loss_weights(specs: Sequence[str]) -> dict[str, float]:
+    """``["sim=1", "nbr=0.5"]`` -> ``{"sim": 1.0, "nbr": 0.5, "list": 0.0, "rec": 0.0, "rank": 0.0}``.
+
+    Names are `LOSS_WEIGHT_NAMES`; a name not given weighs 0. Raises a ValueError naming
+    ``--adaptor-weights`` for a bad spec, an unknown name, a repeat or a negative weight.
+    """
+    weights = dict.fromkeys(LOSS_WEIGHT_NAMES, 0.0)
+    seen = set()
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or name not in weights or name in seen or not number >= 0:
+            raise ValueError(
+                f"--adaptor-weights: '{spec}' is not NAME=WEIGHT with NAME one of "
+                f"{', '.join(LOSS_WEIGHT_NAMES)} (each once) and WEIGHT >= 0"
+            )
+        seen.add(name)
+        weights[name] = number
+    return weights
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
