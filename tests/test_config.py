@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
-from mrl.config import TrainConfig, config_diff, parse_config, validate_for_model
+from mrl import objectives
+from mrl.config import GROUPS, TrainConfig, build_parser, config_diff, parse_config, validate_for_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repo root
 from train import lr_factor  # noqa: E402
@@ -52,6 +54,43 @@ def test_cli_flags_set_fields():
     assert config.detach_kl_target is False
     assert config.two_d == "fixed"  # the --2d flag maps to the field two_d
     assert parse_config(["--2d", "random"]).two_d == "random"
+
+
+# ------------------------------------------------------------------------------ --help groups
+
+
+def test_every_field_has_a_group_and_help_and_the_dataclass_is_in_group_order():
+    fields = dataclasses.fields(TrainConfig)
+    assert all(f.metadata["group"] in GROUPS and f.metadata["help"] for f in fields)
+    order = [f.metadata["group"] for f in fields]
+    seen = list(dict.fromkeys(order))  # each group once, contiguous, in GROUPS' order
+    assert seen == [g for g in GROUPS if g in order] == list(GROUPS)
+    assert sum(1 for a, b in zip(order, order[1:]) if a != b) == len(GROUPS) - 1
+
+
+def test_help_lists_each_flag_under_its_group():
+    text = build_parser().format_help()
+    # argparse prints a group as "\n<title>:\n  <description>\n\n  --flag ..." in the order added.
+    starts = [text.index(f"\n{title}:\n") for title in GROUPS]
+    assert starts == sorted(starts)
+    sections = dict(zip(GROUPS, (text[a:b] for a, b in zip(starts, starts[1:] + [len(text)]))))
+    for f in dataclasses.fields(TrainConfig):
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        where = [title for title, section in sections.items() if re.search(rf"\n  {flag}\b(?!-)", section)]
+        assert where == [f.metadata["group"]], (flag, where)
+
+
+def test_objective_flags_describe_the_tables_entries(monkeypatch):
+    """--loss / --2d / the distillation flags list each entry's help and citation, read from the
+    table when the parser is built: a newly registered entry describes itself there too."""
+    flat = " ".join(build_parser().format_help().split())
+    for table in (objectives.BASE_LOSSES, objectives.WRAPPERS, objectives.DISTILLS):
+        for name, entry in table.items():
+            assert f"{name} = {' '.join(entry.help.split())}" in flat, name
+            assert entry.citation and " ".join(entry.citation.split()) in flat, name
+    entry = objectives.BaseLossEntry(bind=None, help="my loss", citation="Me 2026")
+    monkeypatch.setitem(objectives.BASE_LOSSES, "mine", entry)
+    assert "mine = my loss [Me 2026]" in " ".join(build_parser().format_help().split())
 
 
 # ------------------------------------------------------------------------------ config files
