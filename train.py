@@ -58,7 +58,7 @@ from mrl.checkpoint import (
     save_folder_atomic,
     write_text_atomic,
 )
-from mrl.config import TrainConfig, config_diff, parse_config, validate_for_model
+from mrl.config import TrainConfig, config_diff, parse_config, validate_for_model, validate_for_run
 from mrl.data import (
     BatchSampler,
     DataError,
@@ -242,7 +242,7 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
             length_buckets=config.length_buckets,
             padding_free=config.padding_free,
         ).to(device)
-        validate_for_model(config, encoder.dim, encoder.num_layers)
+        validate_for_model(config, encoder.dim, encoder.num_layers, has_head=encoder.head is not None)
     except (OSError, ValueError) as error:
         main_error(str(error).splitlines()[0])
     # BERT-style pooler heads are never used by our pooling: freeze them, so AdamW leaves them
@@ -255,10 +255,6 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
     if config.exit_heads != "none":  # new heads start as the identity; a model's own are kept
         depths = list(range(1, encoder.num_layers)) if config.two_d != "off" else []  # what a loss reaches
         encoder.add_exit_heads(depths + ([encoder.num_layers] if config.exit_heads == "all" else []))
-        if config.exit_head_detach and encoder.head is not None:
-            main_error(
-                f"--exit-head-detach: {config.model} has a head after pooling; train its exit heads jointly"
-            )
         encoder.exit_heads_detached = config.exit_head_detach
     if encoder.head is not None:
         # A head after pooling (a Dense layer, an adaptor) stays as it is: checkpoints hold the
@@ -571,8 +567,6 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
     start = time.perf_counter()
     try:
         if config.adaptor_embeddings:
-            if config.eval_data:
-                main_error("--eval-data needs an encoder; with --adaptor-embeddings give --eval-data (none)")
             data = load_adaptor_data(config.adaptor_embeddings, config.adaptor_pairs)
         else:
             dev_sets = {
@@ -898,14 +892,12 @@ def main(argv: list[str] | None = None) -> Path:
         main_error(str(error))
     rank, world_size, device = dist_info.rank, dist_info.world_size, dist_info.device
     main_process = rank == 0
-    if config.exit_head_detach and world_size > 1:  # its second loss runs outside DDP's forward
-        main_error(
-            "--exit-head-detach runs in one process for now (under torchrun, leave it out: joint heads)"
-        )
+    try:  # settings that need the number of processes
+        validate_for_run(config, world_size)
+    except ValueError as error:
+        main_error(str(error))
     run_dir = prepare_run_dir(config)
     if config.adaptor != "off":  # only a small head on frozen, cached embeddings (mrl/adaptor.py)
-        if world_size > 1:
-            main_error("--adaptor trains in one process (a few MB of cached vectors); run it with python")
         quiet_transformers()
         try:
             return train_adaptor(config, argv, run_dir, device)
@@ -942,8 +934,6 @@ def main(argv: list[str] | None = None) -> Path:
     collate, sampler = make_batches(config, train, encoder, world_size, base.in_batch_negatives)
     distill_batch, n_distill = None, None
     if config.distill_data:  # plain sentences whose only loss is distillation
-        if world_size > 1:
-            main_error("--distill-data runs in one process for now (torchrun: leave it out)")
         distill_batch, n_distill = make_distill_batches(
             config, encoder, eval_sets, config.batch_size * train.n_columns
         )

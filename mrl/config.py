@@ -2,9 +2,16 @@
 
 The dataclass below is the whole configuration, in the groups of ``--help`` (`GROUPS`), every
 field with its help. ``parse_config(argv)`` builds the command line from it; ``--config FILE``
-(JSON or TOML, keys are field names) supplies defaults and flags on the command line win.
-``validate`` is loud: it names the flag or key at fault. The loop reads the config and never
-mutates it.
+(JSON or TOML, keys are field names) supplies defaults and flags on the command line win. The
+loop reads the config and never mutates it.
+
+Every check of a setting against another one lives here, loud and naming the flag:
+
+- `validate(config)`: everything that needs no model, data or processes (`parse_config` runs it);
+- `validate_for_run(config, world_size)`: what needs the number of processes (torchrun);
+- `validate_for_model(config, model_dim, num_layers, has_head)`: what needs the loaded encoder.
+
+Checks of data against a setting (a score column, token lengths) stay with the data readers.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mrl import objectives
-from mrl.losses import DEPTH_WEIGHTINGS
+from mrl.losses import DEPTH_WEIGHTINGS, check_dims
 from mrl.model import POOLING_MODES
 from mrl.packing import PADDING_FREE_MODES
 from mrl.runtime import AMP_PRECISIONS, OneLineParser, main_error  # noqa: F401 (main_error: re-exported)
@@ -594,8 +601,13 @@ def default_dev_data(train_data: str) -> list[str]:
     return []
 
 
+# ============================================================================================
+# Validation: every check of one setting against another, in one place
+# ============================================================================================
+
+
 def validate(config: TrainConfig) -> None:
-    """Checks that need no model or data; each error names the flag."""
+    """Checks that need no model, data or processes; each error names the flag."""
 
     def fail(message: str) -> None:
         raise ValueError(message)
@@ -607,7 +619,7 @@ def validate(config: TrainConfig) -> None:
             f"--depth-weighting must be one of {', '.join(DEPTH_WEIGHTINGS)}, got '{config.depth_weighting}'"
         )
     # Names, dims, what the base loss needs, the wrapper's own flags: the objectives table.
-    objectives.validate_config(config)
+    validate_objective(config)
     if config.dim_weights is not None:
         n_dims = len(config.dims) if config.dims else 1
         if len(config.dim_weights) != n_dims:
@@ -666,6 +678,63 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
+def validate_objective(config: TrainConfig) -> None:
+    """The objective's settings, from what the table's entries say about themselves (raise
+    ValueError naming the flag): known names, dims, a batch with negatives for in-batch-negative
+    losses, each wrapper's own checks, distillation, and no flag that no chosen entry reads."""
+    base, wrapper = objectives.base_loss_entry(config.loss), objectives.wrapper_entry(config.two_d)
+    if config.dims is not None:
+        check_dims(config.dims, flag="--dims")
+    if base.in_batch_negatives and config.batch_size < 2:
+        raise ValueError("--batch-size 1 leaves in-batch negatives with no negatives; use at least 2")
+    wrapper.validate(config)  # its own checks, e.g. fixed: no repeated pairs
+    check_fields_read(config, "--2d", objectives.WRAPPERS, {config.two_d})
+    check_distillation(config)
+    distills = {config.layer_distill, config.prefix_distill}
+    check_fields_read(config, "--layer-distill or --prefix-distill", objectives.DISTILLS, distills)
+    check_fields_read(config, "--loss", objectives.BASE_LOSSES, {config.loss})
+
+
+def check_fields_read(config: TrainConfig, flag: str, table: dict[str, Any], chosen: set[str]) -> None:
+    """A field that some entries of ``table`` read (their ``fields``) but none of the ``chosen``
+    does must keep its default: e.g. ``--n-layers-per-step 2`` with ``--2d off`` would be silently
+    ignored, so it stops, naming the entries that read it ("needs --2d random")."""
+    readers: dict[str, list[str]] = {}
+    for name, entry in table.items():
+        for key in entry.fields:
+            readers.setdefault(key, []).append(name)
+    for key, names in readers.items():
+        f = _FIELDS[key]
+        if not chosen.intersection(names) and getattr(config, key) != _default(f):
+            raise ValueError(f"{flag_name(f)} needs {flag} {'|'.join(names)}")
+
+
+def check_distillation(config: TrainConfig) -> None:
+    """--layer-distill and --prefix-distill against the wrapper and the table, --distill-data
+    against them and GradCache, and the distillation numbers."""
+    if config.layer_distill != "off":
+        objectives.distill_entry(config.layer_distill, "--layer-distill")
+        if not objectives.wrapper_entry(config.two_d).all_layers:
+            raise ValueError(
+                "--layer-distill needs a 2D wrapper (--2d random or fixed): it trains shallow layers"
+            )
+    if (
+        config.prefix_distill != "off"
+        and not objectives.distill_entry(config.prefix_distill, "--prefix-distill").prefix
+    ):
+        raise ValueError(f"--prefix-distill {config.prefix_distill}: a prefix cannot learn it; use kl or mse")
+    if config.distill_data and config.layer_distill == "off" and config.prefix_distill == "off":
+        raise ValueError(
+            "--distill-data needs --layer-distill or --prefix-distill (its only loss is distillation)"
+        )
+    if config.distill_data and config.mini_batch_size:
+        raise ValueError("--distill-data does not combine with --mini-batch-size (GradCache) yet")
+    if config.distill_temperature <= 0:
+        raise ValueError("--distill-temperature must be positive")
+    if config.distill_batch_size is not None and config.distill_batch_size < 2:
+        raise ValueError("--distill-batch-size must be at least 2 (a similarity structure needs 2 texts)")
+
+
 def validate_adaptor(config: TrainConfig) -> None:
     """The --adaptor flags: used only with --adaptor, and sane (each error names the flag)."""
     if config.adaptor == "off":
@@ -707,6 +776,8 @@ def validate_adaptor(config: TrainConfig) -> None:
     bad = [flag for flag, used in unsupported.items() if used]
     if bad:
         raise ValueError(f"{', '.join(bad)}: not used by --adaptor (it trains in fp32 on cached vectors)")
+    if config.adaptor_embeddings and config.eval_data:  # a dev set is embedded by the encoder
+        raise ValueError("--eval-data needs an encoder; with --adaptor-embeddings give --eval-data (none)")
 
 
 def check_numbers(config: TrainConfig) -> None:
@@ -766,9 +837,32 @@ def check_numbers(config: TrainConfig) -> None:
         raise ValueError(f"--n-dims-per-step {config.n_dims_per_step}: there are only {n_dims} dims")
 
 
-def validate_for_model(config: TrainConfig, model_dim: int, num_layers: int) -> None:
-    """Checks against the loaded model (dims, the wrapper's layers): the objectives table's."""
-    objectives.validate_for_model(config, model_dim, num_layers)
+def validate_for_run(config: TrainConfig, world_size: int) -> None:
+    """Checks against the number of processes (``world_size`` > 1 under torchrun)."""
+    if world_size <= 1:
+        return
+    if config.exit_head_detach:  # its second loss runs outside DDP's forward
+        raise ValueError(
+            "--exit-head-detach runs in one process for now (under torchrun, leave it out: joint heads)"
+        )
+    if config.adaptor != "off":
+        raise ValueError("--adaptor trains in one process (a few MB of cached vectors); run it with python")
+    if config.distill_data:
+        raise ValueError("--distill-data runs in one process for now (torchrun: leave it out)")
+
+
+def validate_for_model(config: TrainConfig, model_dim: int, num_layers: int, has_head: bool = False) -> None:
+    """Checks against the loaded encoder: its embedding dim, its number of blocks (the dims and
+    the wrapper's layers must exist in it), and whether it has a head after pooling."""
+    check_dims(config.dims or [model_dim], model_dim, flag="--dims")
+    wrapper = objectives.wrapper_entry(config.two_d)
+    if wrapper.all_layers and num_layers < 2:
+        raise ValueError(f"--2d {config.two_d} needs a model with at least 2 layers")
+    wrapper.validate_for_model(config, model_dim, num_layers)
+    if config.exit_head_detach and has_head:
+        raise ValueError(
+            f"--exit-head-detach: {config.model} has a head after pooling; train its exit heads jointly"
+        )
 
 
 def config_diff(saved: dict[str, Any], current: TrainConfig) -> list[str]:

@@ -12,14 +12,15 @@ This module is the one place that knows them:
 - each `DistillEntry` is a self-distillation term (``--layer-distill``, ``--prefix-distill``):
   how a student's embeddings are pulled toward the model's own final layer / full width.
 
-Every entry also describes itself: ``fields``, the config fields it reads, ``citation`` and
-``card``, its text in the model card's recipe (`mrl.card`, a ``str.format`` template over the
-run's config.json). The name is the table key.
+Every entry also describes itself: ``fields``, the config fields it reads (`mrl.config.validate`
+refuses such a field set while no chosen entry reads it: ``--n-layers-per-step needs --2d
+random``), ``citation`` (shown in ``--help``) and ``card``, its line of the model card's recipe
+(`mrl.card`, a ``str.format`` template over the run's config.json). The name is the table key.
 
-`train.py` and `mrl.config.validate` only ask this table (`build_objective`, `validate_config`,
-`validate_for_model`); an unknown name is an error listing the known ones. Adding a base loss or a
-2D schedule is one pure function in `mrl/losses.py` plus one entry below (README, "Adding an
-objective"); nothing in `train.py` changes.
+`train.py` builds the loss with `build_objective`; `mrl.config` runs every check (the ones that
+follow from the table's properties and each entry's own ``validate`` hooks). An unknown name is an
+error listing the known ones. Adding a base loss or a 2D schedule is one pure function in
+`mrl/losses.py` plus one entry below (README, "Adding an objective"); nothing in `train.py` changes.
 
 The math stays in `mrl/losses.py` (pure functions over tensors); this module only wires config
 fields to their arguments. It reads the config by attribute and does not import `mrl.config`.
@@ -38,7 +39,6 @@ from torch import Tensor
 from mrl.losses import (
     BaseLoss,
     Distill,
-    check_dims,
     cosent_loss,
     fixed_pairs_loss,
     layer_dropping_loss,
@@ -159,7 +159,8 @@ class WrapperEntry:
         ``--dims`` or the model's full dim; ``generator`` draws its random choices (the same on
         every rank, saved in checkpoints).
     all_layers: the loss takes every block's embedding, (L, C, B, D).
-    validate: config checks that need no model (raise ValueError naming the flag).
+    validate: its own config checks that need no model (raise ValueError naming the flag); run
+        by `mrl.config.validate`.
     validate_for_model: its checks against the model's dim and number of blocks.
     help, citation: one line each for ``--help``.
     fields: the config fields ``build`` reads.
@@ -405,29 +406,8 @@ def add_distillation(objective: Objective, config: Config, dims: list[int]) -> O
     return objective
 
 
-def _check_distillation(config: Config) -> None:
-    if config.layer_distill != "off":
-        distill_entry(config.layer_distill, "--layer-distill")
-        if not wrapper_entry(config.two_d).all_layers:
-            raise ValueError(
-                "--layer-distill needs a 2D wrapper (--2d random or fixed): it trains shallow layers"
-            )
-    if config.prefix_distill != "off" and not distill_entry(config.prefix_distill, "--prefix-distill").prefix:
-        raise ValueError(f"--prefix-distill {config.prefix_distill}: a prefix cannot learn it; use kl or mse")
-    if config.distill_data and config.layer_distill == "off" and config.prefix_distill == "off":
-        raise ValueError(
-            "--distill-data needs --layer-distill or --prefix-distill (its only loss is distillation)"
-        )
-    if config.distill_data and config.mini_batch_size:
-        raise ValueError("--distill-data does not combine with --mini-batch-size (GradCache) yet")
-    if config.distill_temperature <= 0:
-        raise ValueError("--distill-temperature must be positive")
-    if config.distill_batch_size is not None and config.distill_batch_size < 2:
-        raise ValueError("--distill-batch-size must be at least 2 (a similarity structure needs 2 texts)")
-
-
 # --------------------------------------------------------------------------------------------
-# What train.py and mrl.config ask
+# What train.py and mrl.config ask (mrl.config runs the checks)
 # --------------------------------------------------------------------------------------------
 
 
@@ -443,28 +423,6 @@ def wrapper_entry(name: str) -> WrapperEntry:
     if name not in WRAPPERS:
         raise ValueError(f"--2d '{name}' is unknown; known: {', '.join(WRAPPERS)}")
     return WRAPPERS[name]
-
-
-def validate_config(config: Config) -> None:
-    """Objective checks that need no model or data (raise ValueError naming the flag)."""
-    base, wrapper = base_loss_entry(config.loss), wrapper_entry(config.two_d)
-    if config.dims is not None:
-        check_dims(config.dims, flag="--dims")
-    if base.in_batch_negatives and config.batch_size < 2:
-        raise ValueError("--batch-size 1 leaves in-batch negatives with no negatives; use at least 2")
-    if config.layer_dim_pairs is not None and config.two_d != "fixed":
-        raise ValueError("--layer-dim-pairs needs --2d fixed")
-    wrapper.validate(config)
-    _check_distillation(config)
-
-
-def validate_for_model(config: Config, model_dim: int, num_layers: int) -> None:
-    """Checks against the loaded model: the dims and the wrapper's layers must exist in it."""
-    check_dims(config.dims or [model_dim], model_dim, flag="--dims")
-    wrapper = wrapper_entry(config.two_d)
-    if wrapper.all_layers and num_layers < 2:
-        raise ValueError(f"--2d {config.two_d} needs a model with at least 2 layers")
-    wrapper.validate_for_model(config, model_dim, num_layers)
 
 
 def build_objective(

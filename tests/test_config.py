@@ -6,13 +6,22 @@ import dataclasses
 import json
 import math
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from mrl import objectives
-from mrl.config import GROUPS, TrainConfig, build_parser, config_diff, parse_config, validate_for_model
+from mrl.config import (
+    GROUPS,
+    TrainConfig,
+    build_parser,
+    config_diff,
+    parse_config,
+    validate_for_model,
+    validate_for_run,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repo root
 from train import lr_factor  # noqa: E402
@@ -240,6 +249,105 @@ def test_validate_for_model_rejects_pairs_outside_the_model(pair):
 def test_validate_for_model_needs_two_layers_for_2d():
     with pytest.raises(ValueError, match="--2d"):
         validate_for_model(TrainConfig(two_d="random"), model_dim=32, num_layers=1)
+
+
+# ------------------------------------------------------- flags that only the chosen objective reads
+
+WRONG_MODE_CASES = [
+    # Derived from the table entries' fields: a field no chosen entry reads keeps its default.
+    (["--n-layers-per-step", "2"], "--n-layers-per-step needs --2d random"),
+    (["--2d", "fixed", "--last-layer-weight", "0.5"], "--last-layer-weight needs --2d random"),
+    (["--prior-layers-weight", "5"], "--prior-layers-weight needs --2d random"),
+    (["--depth-weighting", "uniform"], "--depth-weighting needs --2d random"),
+    (["--kl-weight", "0"], "--kl-weight needs --2d random|fixed"),
+    (["--kl-temperature", "0.1"], "--kl-temperature needs --2d random|fixed"),
+    (["--no-detach-kl-target"], "--detach-kl-target needs --2d random|fixed"),
+    (["--layer-dim-pairs", "1:8"], "--layer-dim-pairs needs --2d fixed"),
+    (["--2d", "random", "--layer-dim-pairs", "1:8"], "--layer-dim-pairs needs --2d fixed"),
+    (["--distill-weight", "0.5"], "--distill-weight needs --layer-distill or --prefix-distill kl|mse|emb"),
+    (
+        ["--2d", "random", "--layer-distill", "emb", "--distill-temperature", "0.1"],
+        "--distill-temperature needs --layer-distill or --prefix-distill kl",
+    ),
+    # The fixed wrapper's own check keeps its message (it says why).
+    (
+        ["--2d", "fixed", "--dim-weights", "1"],
+        "--dim-weights and --n-dims-per-step apply to --2d off/random; fixed mode sums its pairs",
+    ),
+]
+
+
+@pytest.mark.parametrize("argv, message", WRONG_MODE_CASES, ids=[" ".join(c[0]) for c in WRONG_MODE_CASES])
+def test_a_flag_no_chosen_objective_reads_is_an_error(argv, message):
+    assert error_of(argv) == message
+
+
+def test_the_same_flags_pass_with_an_objective_that_reads_them():
+    for argv in (
+        ["--2d", "random", "--n-layers-per-step", "2", "--depth-weighting", "uniform", "--kl-weight", "0"],
+        ["--2d", "fixed", "--layer-dim-pairs", "1:8", "--kl-temperature", "0.1", "--no-detach-kl-target"],
+        ["--2d", "fixed", "--layer-distill", "emb", "--prefix-distill", "kl", "--distill-temperature", "0.1"],
+        ["--prefix-distill", "mse", "--distill-weight", "0.5"],
+    ):
+        parse_config(argv)
+
+
+def test_every_field_an_entry_reads_is_a_config_field():
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for table in (objectives.BASE_LOSSES, objectives.WRAPPERS, objectives.DISTILLS):
+        for name, entry in table.items():
+            assert set(entry.fields) <= names, (name, set(entry.fields) - names)
+
+
+# ------------------------------------------------------------ checks needing processes or the model
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--2d", "random", "--exit-heads", "shallow", "--exit-head-detach"],
+            "--exit-head-detach runs in one process for now (under torchrun, leave it out: joint heads)",
+        ),
+        (
+            ["--adaptor", "linear"],
+            "--adaptor trains in one process (a few MB of cached vectors); run it with python",
+        ),
+        (
+            ["--prefix-distill", "kl", "--distill-data", "plain.csv"],
+            "--distill-data runs in one process for now (torchrun: leave it out)",
+        ),
+    ],
+)
+def test_validate_for_run_refuses_what_runs_in_one_process_only(argv, message):
+    config = parse_config(argv)
+    validate_for_run(config, world_size=1)
+    with pytest.raises(ValueError) as info:
+        validate_for_run(config, world_size=2)
+    assert str(info.value) == message
+
+
+def test_validate_for_model_refuses_detached_heads_after_a_models_own_head():
+    config = parse_config(["--model", "org/with-dense", "--exit-heads", "all", "--exit-head-detach"])
+    validate_for_model(config, model_dim=32, num_layers=3, has_head=False)
+    with pytest.raises(ValueError) as info:
+        validate_for_model(config, model_dim=32, num_layers=3, has_head=True)
+    assert str(info.value) == (
+        "--exit-head-detach: org/with-dense has a head after pooling; train its exit heads jointly"
+    )
+    validate_for_model(parse_config(["--exit-heads", "all"]), model_dim=32, num_layers=3, has_head=True)
+
+
+def test_adaptor_embeddings_have_no_encoder_for_a_dev_set():
+    argv = ["--adaptor", "linear", "--adaptor-embeddings", "corpus.npy"]
+    assert parse_config(argv).eval_data == []  # the adaptor's default: no dev set
+    message = error_of([*argv, "--eval-data", "dev.csv"])
+    assert message == "--eval-data needs an encoder; with --adaptor-embeddings give --eval-data (none)"
+
+
+def test_the_config_imports_no_adaptor_code():
+    code = "import sys, mrl.config; assert 'mrl.adaptor' not in sys.modules, 'mrl.adaptor imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
 # ------------------------------------------------------------------------------- depth weighting names

@@ -594,18 +594,18 @@ NUMBER_CASES = [
     ("scale-inf", ["--scale", "inf"], "--scale"),
     ("scale-huge", ["--scale", "1e30"], "--scale"),
     ("scale-tiny", ["--scale", "1e-30"], "--scale"),
-    ("kl-temperature-zero", ["--kl-temperature", "0"], "--kl-temperature"),
-    ("kl-temperature-nan", ["--kl-temperature", "nan"], "--kl-temperature"),
-    ("kl-temperature-denormal", ["--kl-temperature", "1e-44"], "--kl-temperature"),
-    ("kl-temperature-inf", ["--kl-temperature", "inf"], "--kl-temperature"),
-    ("kl-weight-negative", ["--kl-weight=-1"], "--kl-weight"),
-    ("kl-weight-nan", ["--kl-weight", "nan"], "--kl-weight"),
+    ("kl-temperature-zero", ["--2d", "random", "--kl-temperature", "0"], "--kl-temperature"),
+    ("kl-temperature-nan", ["--2d", "random", "--kl-temperature", "nan"], "--kl-temperature"),
+    ("kl-temperature-denormal", ["--2d", "random", "--kl-temperature", "1e-44"], "--kl-temperature"),
+    ("kl-temperature-inf", ["--2d", "random", "--kl-temperature", "inf"], "--kl-temperature"),
+    ("kl-weight-negative", ["--2d", "random", "--kl-weight=-1"], "--kl-weight"),
+    ("kl-weight-nan", ["--2d", "random", "--kl-weight", "nan"], "--kl-weight"),
     ("dim-weights-nan", ["--dims", "32", "16", "--dim-weights", "1", "nan"], "--dim-weights"),
     ("dim-weights-inf", ["--dims", "32", "16", "--dim-weights", "inf", "1"], "--dim-weights"),
     ("dim-weights-negative", ["--dims", "32", "16", "--dim-weights", "1", "-1"], "--dim-weights"),
     ("dim-weights-all-zero", ["--dims", "32", "16", "--dim-weights", "0", "0"], "--dim-weights"),
     ("dim-weights-overflowing", ["--dims", "32", "16", "--dim-weights", "1e300", "1e300"], "--dim-weights"),
-    ("kl-weight-huge", ["--kl-weight", "1e7"], "--kl-weight"),
+    ("kl-weight-huge", ["--2d", "random", "--kl-weight", "1e7"], "--kl-weight"),
     ("last-layer-weight-nan", ["--2d", "random", "--last-layer-weight", "nan"], "--last-layer-weight"),
     ("prior-layers-weight-neg", ["--2d", "random", "--prior-layers-weight=-2"], "--prior-layers-weight"),
     (
@@ -678,6 +678,7 @@ def _toml(value) -> str:
 def test_bad_numbers_in_a_config_file(tiny_model_dir, files, tmp_path, capsys, key, value, suffix):
     config = tmp_path / f"config{suffix}"
     extra = {"dims": [32, 16]} if key == "dim_weights" else {}
+    extra = {"two_d": "random"} if key.startswith("kl_") else extra  # the 2D wrappers read them
     if suffix == ".json":
         config.write_text(json.dumps({key: value, **extra}))
     else:
@@ -692,7 +693,7 @@ def test_valid_edge_values_still_pass():
     for argv in (
         ["--scale", "1e4"],
         ["--scale", "1e-4"],
-        ["--kl-temperature", "1e-4"],
+        ["--2d", "random", "--kl-temperature", "1e-4"],
         ["--weight-decay", "0", "--max-grad-norm", "0", "--warmup-ratio", "0"],
         ["--dims", "32", "16", "--dim-weights", "0", "1"],
         ["--2d", "random", "--last-layer-weight", "0"],
