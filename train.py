@@ -239,7 +239,6 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
             config.pooling,
             config.max_seq_length,
             trust_remote_code=config.trust_remote_code,
-            length_buckets=config.length_buckets,
             padding_free=config.padding_free,
         ).to(device)
         validate_for_model(config, encoder.dim, encoder.num_layers, has_head=encoder.head is not None)

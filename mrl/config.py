@@ -334,11 +334,6 @@ class TrainConfig:
         "attention, buckets = adaptive sub-batches by length, auto = pack where the model allows it",
         choices=PADDING_FREE_MODES,
     )
-    length_buckets: int = _runtime(
-        1,
-        "with --padding-free off: run each batch as K sub-batches of similar length (less "
-        "padding, same batches)",
-    )
     mini_batch_size: int | None = _runtime(
         None, "GradCache: encode the batch N texts at a time (memory of N, gradients of the whole batch)"
     )
@@ -404,6 +399,24 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
+# Flags retired in issue 24: no recorded experiment needs them (README, "Retired flags"). On the
+# command line and in a --config file they stop with this message; a run's saved config.json
+# that holds one without effect is read without it (upgrade_run_config).
+RETIRED_FLAGS = {
+    "length_buckets": "--length-buckets is retired (issue 24): --padding-free buckets picks the "
+    "sub-batches of each batch from its lengths, --padding-free off pads it whole; a run trained "
+    "with --padding-free off --length-buckets K > 1 resumes with commit 3b9729e",
+}
+
+
+def _retired(message: str) -> type[argparse.Action]:
+    class Retired(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(message)
+
+    return Retired
+
+
 def build_parser() -> argparse.ArgumentParser:
     """argparse generated from TrainConfig; every default is None so we can tell what was given."""
     parser = OneLineParser(
@@ -430,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
                 choices = f.metadata["choices"]
                 kwargs["choices"] = choices() if callable(choices) else choices
         groups[f.metadata["group"]].add_argument(flag_name(f), **kwargs)
+    for name, message in RETIRED_FLAGS.items():  # not in --help; a one-line error saying why
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(
+            flag, nargs="*", action=_retired(message), default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
@@ -464,6 +482,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     values.pop("derived", None)  # a saved config.json carries derived quantities; they are recomputed
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for key, value in values.items():
+        if key in RETIRED_FLAGS:
+            raise ValueError(f"--config {path}: key '{key}': {RETIRED_FLAGS[key]}")
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -560,11 +580,19 @@ def upgrade_run_config(values: dict[str, Any]) -> dict[str, Any]:
     A run written before 2026-12-01 has no ``dense_embedding_grad``: it trained with autograd's
     dense embedding gradient, so it resumes (and serves as --config) on that path, whose sums
     match its own to the last bit also with several backwards per step (mrl/sparse_grad.py).
+
+    A run written before issue 24 holds ``length_buckets`` (retired): 1 (the default, every
+    recorded run) or any value with a ``padding_free`` other than "off" did nothing and is dropped;
+    K > 1 with "off" is left for `read_config_file` to refuse with RETIRED_FLAGS' message.
     """
     if values.get("depth_weighting") == "linear":
         values = {**values, "depth_weighting": "proportional"}
     if "dense_embedding_grad" not in values:
         values = {**values, "dense_embedding_grad": True}
+    if "length_buckets" in values and (
+        values["length_buckets"] == 1 or values.get("padding_free", "off") != "off"
+    ):
+        values = {key: value for key, value in values.items() if key != "length_buckets"}
     return values
 
 
@@ -633,7 +661,6 @@ def validate(config: TrainConfig) -> None:
         "max_seq_length",
         "eval_batch_size",
         "log_every",
-        "length_buckets",
     ):
         if getattr(config, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")

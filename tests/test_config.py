@@ -390,6 +390,48 @@ def test_an_old_run_config_keeps_its_meaning(tmp_path):
     assert "'reciprocal'" in error_of(["--config", str(path)])
 
 
+# ------------------------------------------------------------------------------- retired flags
+
+
+def test_a_retired_flag_says_why_on_the_command_line_and_in_a_config_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_config(["--length-buckets", "4"])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert info.value.code == 2 and line.startswith("error: --length-buckets is retired (issue 24)")
+    assert "--padding-free buckets" in line
+    assert "--length-buckets" not in build_parser().format_help()
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"length_buckets": 4}))
+    assert error_of(["--config", str(path)]).startswith(f"--config {path}: key 'length_buckets': --length")
+
+
+@pytest.mark.parametrize(
+    "saved, resumes",
+    [({"length_buckets": 1}, True), ({"length_buckets": 4, "padding_free": "auto"}, True)]
+    + [
+        ({"length_buckets": 4, "padding_free": "off"}, False),
+        ({"length_buckets": 4, "padding_free": None}, False),
+    ],
+)
+def test_a_run_saved_with_a_retired_flag_resumes_or_says_why(tmp_path, saved, resumes):
+    """A run's config.json from before issue 24 holds length_buckets: where it did nothing (1, the
+    value of every recorded run, or with padding-free batches) the run resumes unchanged; a run
+    that used it (or may have: saved before --padding-free existed) stops with one line naming
+    the commit that resumes it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    old = {**TrainConfig(eval_data=[]).to_dict(), **saved, "derived": {"total_steps": 6}}
+    old = {key: value for key, value in old.items() if value is not None or key != "padding_free"}
+    (run / "config.json").write_text(json.dumps(old))
+    argv = ["--resume", "--output-dir", str(run)]
+    if resumes:
+        config = parse_config(argv)
+        assert config.padding_free == saved.get("padding_free", "auto") and config_diff(old, config) == []
+    else:
+        message = error_of(argv)
+        assert "key 'length_buckets'" in message and "commit 3b9729e" in message and "\n" not in message
+
+
 # ------------------------------------------------------------------------------- LR schedule
 
 
