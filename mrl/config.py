@@ -729,6 +729,8 @@ def check_fields_read(config: TrainConfig, flag: str, table: dict[str, Any], cho
     readers: dict[str, list[str]] = {}
     for name, entry in table.items():
         for key in entry.fields:
+            if key not in _FIELDS:  # a fork's entry naming a field TrainConfig lacks
+                raise ValueError(f"{flag} {name}: its table entry reads '{key}', which is not a config field")
             readers.setdefault(key, []).append(name)
     for key, names in readers.items():
         f = _FIELDS[key]

@@ -299,6 +299,12 @@ def test_every_field_an_entry_reads_is_a_config_field():
             assert set(entry.fields) <= names, (name, set(entry.fields) - names)
 
 
+def test_an_entry_reading_an_unknown_field_is_named(monkeypatch):
+    entry = objectives.WrapperEntry(build=None, fields=("kl_wieght",))
+    monkeypatch.setitem(objectives.WRAPPERS, "mine", entry)
+    assert error_of([]) == "--2d mine: its table entry reads 'kl_wieght', which is not a config field"
+
+
 # ------------------------------------------------------------ checks needing processes or the model
 
 
