@@ -26,7 +26,7 @@ import datetime
 import sys
 import time
 
-from mrl.config import TrainConfig, parse_config
+from mrl.config import TrainConfig, parse_config, validate_for_run
 from mrl.dist import DistStartError, barrier, cleanup, init_distributed
 from mrl.rundir import one_line_faults
 from mrl.runtime import main_error, quiet_transformers
@@ -55,16 +55,14 @@ def main(argv: list[str] | None = None):
         main_error(f"--device: {error}")
     except DistStartError as error:
         main_error(str(error))
-    if config.exit_head_detach and dist.world_size > 1:  # its second loss runs outside DDP's forward
-        main_error(
-            "--exit-head-detach runs in one process for now (under torchrun, leave it out: joint heads)"
-        )
+    try:  # settings that need the number of processes
+        validate_for_run(config, dist.world_size)
+    except ValueError as error:
+        main_error(str(error))
     run_dir = prepare_run_dir(config)  # never overwrites an experiment; --resume only its own config
 
     # ---- the training: data, model, objective, batches, optimiser (mrl/train/encoder.py) ---------
     if config.adaptor != "off":  # only a small head on frozen, cached embeddings (mrl/train/adaptor.py)
-        if dist.world_size > 1:
-            main_error("--adaptor trains in one process (a few MB of cached vectors); run it with python")
         quiet_transformers()
         job = adaptor.build(config, run_dir, dist.device)
         state = TrainState(pair_cursor=(0, 0))

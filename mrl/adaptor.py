@@ -47,13 +47,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
+# The choices of --adaptor / --adaptor-init and the --adaptor-weights parser live in mrl.config
+# (which imports no model code); re-exported here.
+from mrl.config import (  # noqa: F401
+    ADAPTOR_INITS,
+    ADAPTOR_KINDS,
+    ADAPTOR_MODES,
+    LOSS_WEIGHT_NAMES,
+    parse_loss_weights,
+)
 from mrl.losses import DEFAULT_SCALE, matryoshka_loss, mnrl_loss, prefix
 
-LOSS_WEIGHT_NAMES = ("sim", "nbr", "list", "rec", "rank")  # --adaptor-weights NAME=W
-
-ADAPTOR_KINDS = ("linear", "mlp", "rotation")
-ADAPTOR_INITS = ("identity", "pca")  # --adaptor-init: where a linear or rotation adaptor starts
-ADAPTOR_MODES = ("off", *ADAPTOR_KINDS)  # --adaptor: "off" trains the encoder as usual
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
 
@@ -389,30 +393,6 @@ def adaptor_loss(
 # --------------------------------------------------------------------------------------------
 # Data: the corpus to adapt to, and optional (query, document) pairs
 # --------------------------------------------------------------------------------------------
-
-
-def parse_loss_weights(specs: Sequence[str]) -> dict[str, float]:
-    """``["sim=1", "nbr=0.5"]`` -> ``{"sim": 1.0, "nbr": 0.5, "list": 0.0, "rec": 0.0, "rank": 0.0}``.
-
-    Names are `LOSS_WEIGHT_NAMES`; a name not given weighs 0. Raises a ValueError naming
-    ``--adaptor-weights`` for a bad spec, an unknown name, a repeat or a negative weight.
-    """
-    weights = dict.fromkeys(LOSS_WEIGHT_NAMES, 0.0)
-    seen = set()
-    for spec in specs:
-        name, sep, value = spec.partition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            number = float("nan")
-        if not sep or name not in weights or name in seen or not number >= 0:
-            raise ValueError(
-                f"--adaptor-weights: '{spec}' is not NAME=WEIGHT with NAME one of "
-                f"{', '.join(LOSS_WEIGHT_NAMES)} (each once) and WEIGHT >= 0"
-            )
-        seen.add(name)
-        weights[name] = number
-    return weights
 
 
 def load_corpus_texts(

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mrl import objectives
 from mrl.checkpoint import write_text_atomic
 from mrl.evaluation import format_table
 from mrl.pooling import POOLINGS
@@ -138,6 +139,23 @@ def _duration(seconds: float) -> str:
     if hours:
         return f"{hours} h {minutes} min"
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def _trains_layers(meta: dict[str, Any]) -> bool:
+    """Whether the model was trained as 2D (several depths): its wrapper's entry in the objectives
+    table says so; a name this code does not know (a fork's run) by the layers it evaluated."""
+    entry = objectives.WRAPPERS.get(meta.get("two_d", "off"))
+    return entry.all_layers if entry is not None else bool(meta.get("layers"))
+
+
+def _entry_text(table: dict[str, Any], name: str, config: dict[str, Any]) -> str:
+    """An objectives-table entry's card text (`mrl.objectives`) filled from the run's
+    config.json; "" when it has none or the name or a field is unknown here (a fork's run)."""
+    entry = table.get(name)
+    try:
+        return entry.card.format(**config) if entry is not None else ""
+    except (KeyError, IndexError, ValueError):
+        return ""
 
 
 def _front_matter(meta: dict[str, Any]) -> str:
@@ -288,7 +306,7 @@ def build_card(
     base = config.get("model") or meta.get("base_model")
     base_card = base_model_card(base) if base else {}
 
-    two_d = meta.get("two_d", "off") != "off"
+    two_d = _trains_layers(meta)
     datasets = [d for d in [_hub_dataset(config.get("train_data", ""))] if d]
     language = guess_language(sample_texts) if sample_texts else None
     language = language or base_card.get("language")
@@ -375,7 +393,8 @@ def _recipe_table(config, derived, meta, run, wall_seconds, resumed_at, base) ->
         examples = derived.get("train_examples")
         add("training data", f"`{config['train_data']}`" + (f" ({examples:,} rows)" if examples else ""))
         add("dev data", ", ".join(f"`{d}`" for d in config.get("eval_data") or []) or "none")
-        add("loss", f"{config['loss']} (scale {config['scale']})")
+        text = _entry_text(objectives.BASE_LOSSES, config["loss"], config)
+        add("loss", f"{config['loss']} ({text})" if text else config["loss"])
     elif meta.get("loss"):
         add("loss", meta["loss"])
     add("Matryoshka dims", ", ".join(map(str, meta.get("dims") or [])))
@@ -383,18 +402,24 @@ def _recipe_table(config, derived, meta, run, wall_seconds, resumed_at, base) ->
         add("dim weights", ", ".join(map(str, config["dim_weights"])))
     if config.get("n_dims_per_step"):
         add("dims per step", config["n_dims_per_step"])
-    if meta.get("two_d", "off") != "off":
+    if _trains_layers(meta):
         detail = f"`--2d {meta['two_d']}`, evaluated layers {meta.get('layers')}"
         if meta.get("layer_dim_pairs"):
             detail += ", (layer, dim) pairs " + " ".join(f"{l}:{d}" for l, d in meta["layer_dim_pairs"])
-        if config:
-            detail += f", KL weight {config['kl_weight']} (T {config['kl_temperature']})"
-            if meta["two_d"] == "random":
-                detail += f", {config['n_layers_per_step']} layer(s)/step"
-                detail += f", depth weighting {config['depth_weighting']}"
-        add("layers (2D)", detail)
+        text = _entry_text(objectives.WRAPPERS, meta["two_d"], config) if config else ""
+        add("layers (2D)", detail + (f", {text}" if text else ""))
     else:
         add("layers", f"all {meta['num_layers']} (no 2D training)")
+    distills = []  # --layer-distill / --prefix-distill: each term's own card text
+    for key, students in (("layer_distill", "shallow layers"), ("prefix_distill", "prefixes")):
+        name = config.get(key, "off")
+        if name != "off":
+            text = _entry_text(objectives.DISTILLS, name, config)
+            distills.append(f"{students}: `{name}`" + (f" ({text})" if text else ""))
+    if distills:
+        data = config.get("distill_data") or []
+        extra = f", plus {len(data)} file(s) of plain sentences (`--distill-data`)" if data else ""
+        add("self-distillation", "; ".join(distills) + f", weight {config['distill_weight']}{extra}")
     if config and config.get("exit_heads", "none") != "none":
         how = "learning on detached vectors" if config.get("exit_head_detach") else "trained with the model"
         add("exit heads", f"`--exit-heads {config['exit_heads']}`, lr {config['exit_head_lr']}, {how}")

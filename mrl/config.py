@@ -1,9 +1,17 @@
 """TrainConfig: the single source of training defaults, its argparse, config files and validation.
 
-The dataclass below is the whole configuration, grouped and commented. ``parse_config(argv)``
-builds the command line from it; ``--config FILE`` (JSON or TOML, keys are field names) supplies
-defaults and flags on the command line win. ``validate`` is loud: it names the flag or key at fault.
-The loop reads the config and never mutates it.
+The dataclass below is the whole configuration, in the groups of ``--help`` (`GROUPS`), every
+field with its help. ``parse_config(argv)`` builds the command line from it; ``--config FILE``
+(JSON or TOML, keys are field names) supplies defaults and flags on the command line win. The
+loop reads the config and never mutates it.
+
+Every check of a setting against another one lives here, loud and naming the flag:
+
+- `validate(config)`: everything that needs no model, data or processes (`parse_config` runs it);
+- `validate_for_run(config, world_size)`: what needs the number of processes (torchrun);
+- `validate_for_model(config, model_dim, num_layers, has_head)`: what needs the loaded encoder.
+
+Checks of data against a setting (a score column, token lengths) stay with the data readers.
 """
 
 from __future__ import annotations
@@ -16,13 +24,13 @@ import json
 import math
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mrl import objectives
-from mrl.adaptor import ADAPTOR_INITS, ADAPTOR_MODES, parse_loss_weights
-from mrl.losses import DEPTH_WEIGHTINGS
+from mrl.losses import DEPTH_WEIGHTINGS, check_dims
 from mrl.packing import PADDING_FREE_MODES
 from mrl.pooling import POOLING_MODES
 from mrl.runtime import AMP_PRECISIONS, OneLineParser, main_error  # noqa: F401 (main_error: re-exported)
@@ -30,58 +38,122 @@ from mrl.runtime import AMP_PRECISIONS, OneLineParser, main_error  # noqa: F401 
 SCHEDULERS = ("linear", "cosine", "constant")
 EXIT_HEAD_MODES = ("none", "shallow", "all")
 
+# --adaptor's choices and its loss-weight parser live here, not in mrl/adaptor.py, so that the
+# config (the lowest layer) imports no model code; mrl/adaptor.py imports them from here.
+ADAPTOR_KINDS = ("linear", "mlp", "rotation")
+ADAPTOR_INITS = ("identity", "pca")  # --adaptor-init: where a linear or rotation adaptor starts
+ADAPTOR_MODES = ("off", *ADAPTOR_KINDS)  # --adaptor: "off" trains the encoder as usual
+LOSS_WEIGHT_NAMES = ("sim", "nbr", "list", "rec", "rank")  # --adaptor-weights NAME=W
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    """A dataclass field carrying its command-line help (and optional choices / flag name)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
+
+def parse_loss_weights(specs: Sequence[str]) -> dict[str, float]:
+    """``["sim=1", "nbr=0.5"]`` -> ``{"sim": 1.0, "nbr": 0.5, "list": 0.0, "rec": 0.0, "rank": 0.0}``.
+
+    Names are `LOSS_WEIGHT_NAMES`; a name not given weighs 0. Raises a ValueError naming
+    ``--adaptor-weights`` for a bad spec, an unknown name, a repeat or a negative weight.
+    """
+    weights = dict.fromkeys(LOSS_WEIGHT_NAMES, 0.0)
+    seen = set()
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or name not in weights or name in seen or not number >= 0:
+            raise ValueError(
+                f"--adaptor-weights: '{spec}' is not NAME=WEIGHT with NAME one of "
+                f"{', '.join(LOSS_WEIGHT_NAMES)} (each once) and WEIGHT >= 0"
+            )
+        seen.add(name)
+        weights[name] = number
+    return weights
+
+
+# The --help groups, in order: (title, what its flags decide). Every TrainConfig field belongs to
+# one, and the dataclass lists the fields group by group in this order (tests/test_config.py).
+GROUPS = {
+    "model": "the encoder that is fine-tuned",
+    "data": "what it trains and is evaluated on",
+    "objective": "the base loss and the Matryoshka dims (mrl/objectives.py)",
+    "2D": "layers x dims (--2d), and a small exit head per depth for the cut models",
+    "distillation": "self-distillation: shallow layers / small prefixes learn the full model's similarities",
+    "adaptor": "Matryoshka-Adaptor: train only a small head on frozen embeddings (mrl/adaptor.py)",
+    "optimisation": "steps, batches and AdamW",
+    "runtime": "devices, seeds, precision, processes, memory and speed",
+    "output": "evaluation, logging, checkpoints and the run directory",
+}
+
+
+def _group(title: str) -> Callable[..., Any]:
+    """The field maker of one --help group: ``name: type = _data(default, help, **extra)``."""
+    assert title in GROUPS, title
+
+    def make(default: Any, help: Any, **extra: Any) -> Any:
+        """A dataclass field carrying its group, its --help text (a string, or a function called
+        when the parser is built) and optional choices / flag name."""
+        metadata = {"group": title, "help": help, **extra}
+        if isinstance(default, list):
+            return field(default_factory=lambda: list(default), metadata=metadata)
+        return field(default=default, metadata=metadata)
+
+    return make
+
+
+_model, _data, _objective, _two_d = _group("model"), _group("data"), _group("objective"), _group("2D")
+_distill, _adaptor, _optim = _group("distillation"), _group("adaptor"), _group("optimisation")
+_runtime, _output = _group("runtime"), _group("output")
+
+
+def _choices_help(lead: str, table: dict[str, Any], off: str | None = None) -> Callable[[], str]:
+    """--help of a flag choosing an entry of an objectives table: each entry's own help and
+    citation, read when the parser is built (a fork's new entry describes itself here too);
+    ``off``: what the choice "off" (not in the table) means, if it exists."""
+
+    def text() -> str:
+        items = [f"off = {off}"] if off else []
+        items += [
+            f"{name} = {entry.help}" + (f" [{entry.citation}]" if entry.citation else "")
+            for name, entry in table.items()
+        ]
+        return f"{lead}: " + "; ".join(items)
+
+    return text
 
 
 @dataclass
 class TrainConfig:
-    # --- model -------------------------------------------------------------------------------
-    model: str = _opt("sentence-transformers/all-MiniLM-L6-v2", "hub id or local folder of an encoder")
-    pooling: str = _opt("mean", "how token states become one vector", choices=POOLING_MODES)
-    max_seq_length: int = _opt(128, "longer texts are truncated to this many tokens")
-    trust_remote_code: bool = _opt(
+    # --- model: the encoder that is fine-tuned ------------------------------------------------
+    model: str = _model("sentence-transformers/all-MiniLM-L6-v2", "hub id or local folder of an encoder")
+    pooling: str = _model("mean", "how token states become one vector", choices=POOLING_MODES)
+    max_seq_length: int = _model(128, "longer texts are truncated to this many tokens")
+    trust_remote_code: bool = _model(
         False, "run Python code shipped with the model (off: only when you trust it)"
     )
 
-    # --- data --------------------------------------------------------------------------------
-    train_data: str = _opt(
+    # --- data: what it trains and is evaluated on ---------------------------------------------
+    train_data: str = _data(
         "sentence-transformers/stsb", "training file (.csv/.tsv/.jsonl with a header) or hub dataset id"
     )
-    train_subset: str | None = _opt(
+    train_subset: str | None = _data(
         None, "hub dataset subset, e.g. 'triplet' for sentence-transformers/all-nli"
     )
-    train_split: str = _opt("train", "hub dataset split")
-    text_columns: list[str] | None = _opt(
+    train_split: str = _data("train", "hub dataset split")
+    text_columns: list[str] | None = _data(
         None, "text columns in order (anchor, positive, negatives...); default: detected from the header"
     )
-    score_column: str | None = _opt(None, "score column for CoSENT (default 'score'); ignored by mnrl")
-    where: list[str] = _opt([], "keep only rows where COLUMN=VALUE, e.g. label=entailment (repeatable)")
-    score_range: list[float] | None = _opt(
+    score_column: str | None = _data(None, "score column for CoSENT (default 'score'); ignored by mnrl")
+    where: list[str] = _data([], "keep only rows where COLUMN=VALUE, e.g. label=entailment (repeatable)")
+    score_range: list[float] | None = _data(
         [0.0, 1.0], "LOW HIGH: a training score outside this range is an error (e.g. 0 5 for raw STS)"
     )
-    group_by_length: bool = _opt(
+    group_by_length: bool = _data(
         False,
         "batch texts of similar token length together: less padding, but it changes which pairs "
         "share a batch and cost 1-1.5 Spearman out of domain at 64/32 dims (README)",
     )
-    padding_free: str = _opt(
-        "auto",
-        "compute no padding, batches unchanged: pack = texts end to end with block-diagonal "
-        "attention, buckets = adaptive sub-batches by length, auto = pack where the model allows it",
-        choices=PADDING_FREE_MODES,
-    )
-    length_buckets: int = _opt(
-        1,
-        "with --padding-free off: run each batch as K sub-batches of similar length (less "
-        "padding, same batches)",
-    )
-    max_train_samples: int | None = _opt(None, "use only the first N training rows (quick experiments)")
-    eval_data: list[str] = _opt(
+    max_train_samples: int | None = _data(None, "use only the first N training rows (quick experiments)")
+    eval_data: list[str] = _data(
         ["sentence-transformers/stsb@validation"],
         "dev sets for periodic evaluation: files (sentence1,sentence2,score) or HUB_ID@split; none: "
         "give the flag alone. Not given: for a local --train-data the scored-pairs file beside it "
@@ -89,88 +161,106 @@ class TrainConfig:
         "else (default: sentence-transformers/stsb@validation)",
     )
 
-    # --- loss --------------------------------------------------------------------------------
-    # The choices of --loss and --2d are the entries of the objectives table (mrl/objectives.py),
-    # read when the parser is built, so an objective registered there is a valid choice here.
-    loss: str = _opt(
+    # --- objective: the base loss and the Matryoshka dims --------------------------------------
+    # The choices of --loss, --2d and the distillation flags are the entries of the objectives
+    # table (mrl/objectives.py), read when the parser is built, so an objective registered there
+    # is a valid choice here, and its help and citation are listed in --help.
+    loss: str = _objective(
         "cosent",
-        "base loss: CoSENT on scored pairs or in-batch negatives",
+        _choices_help("base loss", objectives.BASE_LOSSES),
         choices=lambda: tuple(objectives.BASE_LOSSES),
     )
-    scale: float = _opt(20.0, "similarity scale = 1 / temperature")
-    dims: list[int] | None = _opt(None, "Matryoshka dims, e.g. 384 256 128 64 32; default: the full dim only")
-    dim_weights: list[float] | None = _opt(None, "one weight per dim (default 1 each; the loss is their sum)")
-    n_dims_per_step: int | None = _opt(None, "sample this many of --dims each step (default: all)")
+    scale: float = _objective(20.0, "similarity scale = 1 / temperature")
+    dims: list[int] | None = _objective(
+        None, "Matryoshka dims, e.g. 384 256 128 64 32; default: the full dim only"
+    )
+    dim_weights: list[float] | None = _objective(
+        None, "one weight per dim (default 1 each; the loss is their sum)"
+    )
+    n_dims_per_step: int | None = _objective(None, "sample this many of --dims each step (default: all)")
+    gather_across_devices: bool = _objective(
+        True, "under torchrun, score each anchor against every GPU's candidates (global in-batch negatives)"
+    )
 
-    # --- 2D: layers x dims -------------------------------------------------------------------
-    two_d: str = _opt(
+    # --- 2D: layers x dims, and exit heads per depth -------------------------------------------
+    two_d: str = _two_d(
         "off",
-        "2D Matryoshka: random layer dropping or a fixed (layer, dim) schedule",
+        _choices_help("2D Matryoshka", objectives.WRAPPERS),
         choices=lambda: tuple(objectives.WRAPPERS),
         flag="--2d",
     )
-    n_layers_per_step: int = _opt(1, "random mode: earlier layers sampled per step (-1: all of them)")
-    last_layer_weight: float = _opt(1.0, "random mode: weight of the final layer's loss")
-    prior_layers_weight: float = _opt(1.0, "random mode: weight of the sampled layers' losses")
+    n_layers_per_step: int = _two_d(1, "random mode: earlier layers sampled per step (-1: all of them)")
+    last_layer_weight: float = _two_d(1.0, "random mode: weight of the final layer's loss")
+    prior_layers_weight: float = _two_d(1.0, "random mode: weight of the sampled layers' losses")
     # No argparse choices: a retired name ('linear', 'inverse') gets its own error in validate().
-    depth_weighting: str = _opt(
+    depth_weighting: str = _two_d(
         "proportional",
         "random mode: weight of a sampled block l of L: 'proportional' = l/L (ours); upstream's "
         "'uniform' = 1, 'log' = 1/(1+ln(1+idx)), 'reciprocal' = 1/(1+idx) (upstream's 'linear'), "
         "idx = l-1; the upstream ones average the sampled blocks",
     )
-    kl_weight: float = _opt(1.0, "weight of the KL term aligning shallow layers with the final one (0: off)")
-    kl_temperature: float = _opt(0.3, "temperature of that KL term")
-    detach_kl_target: bool = _opt(True, "treat the final layer as a fixed KL target (upstream: no)")
-    layer_dim_pairs: list[str] | None = _opt(
+    kl_weight: float = _two_d(
+        1.0, "weight of the KL term aligning shallow layers with the final one (0: off)"
+    )
+    kl_temperature: float = _two_d(0.3, "temperature of that KL term")
+    detach_kl_target: bool = _two_d(True, "treat the final layer as a fixed KL target (upstream: no)")
+    layer_dim_pairs: list[str] | None = _two_d(
         None, "fixed mode: LAYER:DIM pairs, e.g. 2:32 4:64 6:384; default: --dims spread over the layers"
     )
-
-    # --- self-distillation: shallow layers / small prefixes learn the full model's similarities -
-    layer_distill: str = _opt(
-        "off",
-        "2D: every trained shallow (layer, dim) cell also learns the final layer's in-batch "
-        "similarities at that dim (teacher detached): kl (row-wise), mse (of the similarity "
-        "matrices) or emb (MSE to the final layer's prefix)",
-        choices=lambda: ("off", *objectives.DISTILLS),
-    )
-    prefix_distill: str = _opt(
-        "off",
-        "every --dims prefix below the full width also learns the full width's in-batch "
-        "similarities (teacher detached): kl or mse",
-        choices=lambda: ("off", *(name for name, e in objectives.DISTILLS.items() if e.prefix)),
-    )
-    distill_weight: float = _opt(1.0, "weight of each distillation term")
-    distill_temperature: float = _opt(0.05, "temperature of the row-wise KL distillation")
-    distill_data: list[str] = _opt(
-        [],
-        "files of plain sentences (any reader; every text column) whose only loss is the "
-        "distillation term, one extra batch per micro-batch; never evaluation text",
-    )
-    distill_exclude: list[str] = _opt(
-        [],
-        "files whose texts are never distilled on (e.g. STS-B dev/test, SICK, BEIR queries); the "
-        "--eval-data sets are always excluded",
-    )
-    distill_batch_size: int | None = _opt(
-        None, "texts per --distill-data batch (default: the texts of one training batch)"
-    )
-    # --- exit heads: a small map per depth for the cut models (mrl/model.py ExitHead) ---------
-    exit_heads: str = _opt(
+    # Exit heads: a small map per depth for the cut models (mrl/model.py ExitHead).
+    exit_heads: str = _two_d(
         "none",
         "give each shallow depth (shallow: 1..L-1; all: 1..L) a residual linear map of its pooled "
         "vector, identity at start, trained with the model: a cut to k blocks maps its states into "
         "the embedding space without bending the blocks the deeper layers share",
         choices=EXIT_HEAD_MODES,
     )
-    exit_head_lr: float = _opt(1e-3, "learning rate of the exit heads (with --lr's warmup and decay)")
-    exit_head_detach: bool = _opt(
+    exit_head_lr: float = _two_d(1e-3, "learning rate of the exit heads (with --lr's warmup and decay)")
+    exit_head_detach: bool = _two_d(
         False,
         "the exit heads learn on detached vectors (the same losses once more, with the heads): the "
         "blocks then train exactly as without heads, so the full model pays nothing for them",
     )
-    # --- Matryoshka-Adaptor: train only a small head on frozen embeddings (mrl/adaptor.py) ----
-    adaptor: str = _opt(
+
+    # --- distillation: shallow layers / small prefixes learn the full model's similarities ----
+    layer_distill: str = _distill(
+        "off",
+        _choices_help(
+            "2D: every trained shallow (layer, dim) cell also learns the final layer's in-batch "
+            "similarities at that dim (teacher detached)",
+            objectives.DISTILLS,
+            off="none",
+        ),
+        choices=lambda: ("off", *objectives.DISTILLS),
+    )
+    prefix_distill: str = _distill(
+        "off",
+        _choices_help(
+            "every --dims prefix below the full width also learns the full width's in-batch "
+            "similarities (teacher detached)",
+            {name: e for name, e in objectives.DISTILLS.items() if e.prefix},
+            off="none",
+        ),
+        choices=lambda: ("off", *(name for name, e in objectives.DISTILLS.items() if e.prefix)),
+    )
+    distill_weight: float = _distill(1.0, "weight of each distillation term")
+    distill_temperature: float = _distill(0.05, "temperature of the row-wise KL distillation")
+    distill_data: list[str] = _distill(
+        [],
+        "files of plain sentences (any reader; every text column) whose only loss is the "
+        "distillation term, one extra batch per micro-batch; never evaluation text",
+    )
+    distill_exclude: list[str] = _distill(
+        [],
+        "files whose texts are never distilled on (e.g. STS-B dev/test, SICK, BEIR queries); the "
+        "--eval-data sets are always excluded",
+    )
+    distill_batch_size: int | None = _distill(
+        None, "texts per --distill-data batch (default: the texts of one training batch)"
+    )
+
+    # --- adaptor: train only a small head on frozen embeddings (mrl/adaptor.py) ---------------
+    adaptor: str = _adaptor(
         "off",
         "train only an adaptor f(e) = x + g(x), x = e/|e|, on the frozen encoder's embeddings of the "
         "--train-data corpus (encoded once, cached): 'linear' (saved as a Dense layer), 'mlp', or "
@@ -179,97 +269,98 @@ class TrainConfig:
         "other defaults change with it (see ADAPTOR_DEFAULTS)",
         choices=ADAPTOR_MODES,
     )
-    adaptor_embeddings: str | None = _opt(
+    adaptor_embeddings: str | None = _adaptor(
         None, "adaptor: precomputed corpus embeddings (.npy or .safetensors, N x D), e.g. a closed API's"
     )
-    adaptor_pairs: str | None = _opt(
+    adaptor_pairs: str | None = _adaptor(
         None,
         "adaptor: (query, document) pairs for the ranking loss: a BEIR split folder (queries.jsonl, "
         "qrels.tsv; documents from the corpus), a file with two text columns, or with "
         "--adaptor-embeddings a .safetensors holding 'query' and 'document' (P x D)",
     )
-    adaptor_hidden: int | None = _opt(None, "adaptor mlp: hidden units (default: the embedding dim)")
-    adaptor_init: str = _opt(
+    adaptor_hidden: int | None = _adaptor(None, "adaptor mlp: hidden units (default: the embedding dim)")
+    adaptor_init: str = _adaptor(
         "identity",
         "adaptor linear or rotation: start at the identity, or at the corpus' uncentred PCA rotation (pca: "
         "full-width cosines unchanged, each prefix starts as PCA's)",
         choices=ADAPTOR_INITS,
     )
-    adaptor_weights: list[str] = _opt(
+    adaptor_weights: list[str] = _adaptor(
         ["list=1", "rank=1"],
         "adaptor loss weights NAME=W: sim (pairwise similarity), nbr (top-k neighbourhood), list "
         "(listwise neighbourhood), rec (reconstruction), rank (in-batch negatives on the pairs, "
         "used only with --adaptor-pairs); an absent name weighs 0; the paper's: sim=1 nbr=1",
     )
-    adaptor_k: int = _opt(10, "adaptor: neighbours per row in the top-k neighbourhood loss (nbr)")
-    adaptor_temperature: float = _opt(0.05, "adaptor: temperature of the listwise loss (list)")
-    adaptor_neighbours: int = _opt(
+    adaptor_k: int = _adaptor(10, "adaptor: neighbours per row in the top-k neighbourhood loss (nbr)")
+    adaptor_temperature: float = _adaptor(0.05, "adaptor: temperature of the listwise loss (list)")
+    adaptor_neighbours: int = _adaptor(
         0,
         "adaptor: build each batch from B/(1+M) random anchors and each one's M nearest corpus "
         "neighbours (0: B random rows)",
     )
-    adaptor_pair_batch_size: int = _opt(64, "adaptor: pairs per step for the ranking loss")
-    embedding_cache: str | None = _opt(
+    adaptor_pair_batch_size: int = _adaptor(64, "adaptor: pairs per step for the ranking loss")
+    embedding_cache: str | None = _adaptor(
         None,
         "adaptor: folder of cached embeddings (default: $MRL_EMBEDDING_CACHE or ~/.cache/mrl/embeddings)",
     )
 
-    # --- optimisation ------------------------------------------------------------------------
-    epochs: int = _opt(1, "passes over the training data (ignored when --max-steps is set)")
-    max_steps: int | None = _opt(None, "stop after this many optimizer steps")
-    batch_size: int = _opt(16, "texts tuples per micro-batch (in-batch negatives come from this batch)")
-    grad_accum: int = _opt(
+    # --- optimisation: steps, batches and AdamW ------------------------------------------------
+    epochs: int = _optim(1, "passes over the training data (ignored when --max-steps is set)")
+    max_steps: int | None = _optim(None, "stop after this many optimizer steps")
+    batch_size: int = _optim(16, "texts tuples per micro-batch (in-batch negatives come from this batch)")
+    grad_accum: int = _optim(
         1,
         "micro-batches per optimizer step; this does NOT add in-batch negatives (each micro-batch "
         "only sees its own rows)",
     )
-    lr: float = _opt(2e-5, "peak learning rate of AdamW")
-    weight_decay: float = _opt(0.0, "AdamW weight decay (never on biases and LayerNorm weights)")
-    warmup_ratio: float = _opt(0.1, "fraction of the steps with linear warmup from 0")
-    scheduler: str = _opt("linear", "learning-rate decay after warmup", choices=SCHEDULERS)
-    max_grad_norm: float = _opt(1.0, "clip the global gradient norm to this (0: no clipping)")
+    lr: float = _optim(2e-5, "peak learning rate of AdamW")
+    weight_decay: float = _optim(0.0, "AdamW weight decay (never on biases and LayerNorm weights)")
+    warmup_ratio: float = _optim(0.1, "fraction of the steps with linear warmup from 0")
+    scheduler: str = _optim("linear", "learning-rate decay after warmup", choices=SCHEDULERS)
+    max_grad_norm: float = _optim(1.0, "clip the global gradient norm to this (0: no clipping)")
 
-    # --- scale: several GPUs, big contrastive batches, memory --------------------------------
-    mini_batch_size: int | None = _opt(
+    # --- runtime: devices, seeds, precision, processes, memory and speed ------------------------
+    precision: str = _runtime("fp32", "autocast precision; fp16 adds a GradScaler", choices=AMP_PRECISIONS)
+    device: str = _runtime("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    seed: int = _runtime(12, "seeds data order, dropout and dim/layer sampling")
+    dist_timeout: float = _runtime(
+        1800.0,
+        "under torchrun: seconds to wait for the other processes to start (and for any collective) "
+        "before stopping with an error",
+    )
+    padding_free: str = _runtime(
+        "auto",
+        "compute no padding, batches unchanged: pack = texts end to end with block-diagonal "
+        "attention, buckets = adaptive sub-batches by length, auto = pack where the model allows it",
+        choices=PADDING_FREE_MODES,
+    )
+    mini_batch_size: int | None = _runtime(
         None, "GradCache: encode the batch N texts at a time (memory of N, gradients of the whole batch)"
     )
-    mini_batch_tokens: int | None = _opt(
+    mini_batch_tokens: int | None = _runtime(
         None,
         "GradCache: encode at most N padded tokens at a time (texts sorted by length; one long "
         "text cannot blow a mini-batch's memory); combines with --mini-batch-size",
     )
-    gather_across_devices: bool = _opt(
-        True, "under torchrun, score each anchor against every GPU's candidates (global in-batch negatives)"
-    )
-    gradient_checkpointing: bool = _opt(False, "recompute encoder activations in backward (less memory)")
-    compile: bool = _opt(False, "torch.compile the encoder (dynamic shapes: padded lengths vary)")
-    dense_embedding_grad: bool = _opt(
+    gradient_checkpointing: bool = _runtime(False, "recompute encoder activations in backward (less memory)")
+    compile: bool = _runtime(False, "torch.compile the encoder (dynamic shapes: padded lengths vary)")
+    dense_embedding_grad: bool = _runtime(
         False,
         "let autograd allocate the dense (vocab, D) word-embedding gradient every backward, as "
         "before 2026-12-01 (slower on CPU; the same sums bit for bit also with several backwards "
         "per step; see mrl/sparse_grad.py)",
     )
 
-    # --- runtime -----------------------------------------------------------------------------
-    precision: str = _opt("fp32", "autocast precision; fp16 adds a GradScaler", choices=AMP_PRECISIONS)
-    device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    seed: int = _opt(12, "seeds data order, dropout and dim/layer sampling")
-    dist_timeout: float = _opt(
-        1800.0,
-        "under torchrun: seconds to wait for the other processes to start (and for any collective) "
-        "before stopping with an error",
-    )
-
-    # --- evaluation, logging, checkpoints ------------------------------------------------------
-    eval_every: int = _opt(
+    # --- output: evaluation, logging, checkpoints and the run directory -----------------------
+    eval_every: int = _output(
         100, "evaluate on --eval-data every N steps, at step 0 and at the end (0: only those two)"
     )
-    eval_batch_size: int = _opt(64, "batch size for encoding during evaluation")
-    log_every: int = _opt(10, "write a log line and scalars every N steps")
-    save_every: int = _opt(0, "save a resumable checkpoint every N steps (0: only at the end)")
-    keep_last: int = _opt(2, "keep this many most recent checkpoints")
-    output_dir: str | None = _opt(None, "run directory (default: runs/<date>-<time>); never overwritten")
-    resume: bool = _opt(False, "continue the run in --output-dir from its latest checkpoint")
+    eval_batch_size: int = _output(64, "batch size for encoding during evaluation")
+    log_every: int = _output(10, "write a log line and scalars every N steps")
+    save_every: int = _output(0, "save a resumable checkpoint every N steps (0: only at the end)")
+    keep_last: int = _output(2, "keep this many most recent checkpoints")
+    output_dir: str | None = _output(None, "run directory (default: runs/<date>-<time>); never overwritten")
+    resume: bool = _output(False, "continue the run in --output-dir from its latest checkpoint")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -308,17 +399,37 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
+# Flags retired in issue 24: no recorded experiment needs them (README, "Retired flags"). On the
+# command line and in a --config file they stop with this message; a run's saved config.json
+# that holds one without effect is read without it (upgrade_run_config).
+RETIRED_FLAGS = {
+    "length_buckets": "--length-buckets is retired (issue 24): --padding-free buckets picks the "
+    "sub-batches of each batch from its lengths, --padding-free off pads it whole; a run trained "
+    "with --padding-free off --length-buckets K > 1 resumes with commit 3b9729e",
+}
+
+
+def _retired(message: str) -> type[argparse.Action]:
+    class Retired(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(message)
+
+    return Retired
+
+
 def build_parser() -> argparse.ArgumentParser:
     """argparse generated from TrainConfig; every default is None so we can tell what was given."""
     parser = OneLineParser(
         description="Train a Matryoshka (or 2D) sentence embedding model.", argument_default=None
     )
     parser.add_argument("--config", help="JSON or TOML file of defaults (keys are field names); flags win")
+    groups = {title: parser.add_argument_group(title, about) for title, about in GROUPS.items()}
     for f in dataclasses.fields(TrainConfig):
         kind, is_list, _ = _field_type(f)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         # Each default stated once: by the help text itself, or appended here (None: nothing to say).
         help_text = f.metadata["help"]
+        help_text = help_text() if callable(help_text) else help_text
         if default is not None and "default" not in help_text:
             help_text += f" (default: {default})"
         kwargs: dict[str, Any] = {"dest": f.name, "help": help_text, "default": None}
@@ -331,7 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
             if "choices" in f.metadata:
                 choices = f.metadata["choices"]
                 kwargs["choices"] = choices() if callable(choices) else choices
-        parser.add_argument(flag_name(f), **kwargs)
+        groups[f.metadata["group"]].add_argument(flag_name(f), **kwargs)
+    for name, message in RETIRED_FLAGS.items():  # not in --help; a one-line error saying why
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(
+            flag, nargs="*", action=_retired(message), default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
@@ -366,6 +482,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     values.pop("derived", None)  # a saved config.json carries derived quantities; they are recomputed
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for key, value in values.items():
+        if key in RETIRED_FLAGS:
+            raise ValueError(f"--config {path}: key '{key}': {RETIRED_FLAGS[key]}")
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -462,11 +580,19 @@ def upgrade_run_config(values: dict[str, Any]) -> dict[str, Any]:
     A run written before 2026-12-01 has no ``dense_embedding_grad``: it trained with autograd's
     dense embedding gradient, so it resumes (and serves as --config) on that path, whose sums
     match its own to the last bit also with several backwards per step (mrl/sparse_grad.py).
+
+    A run written before issue 24 holds ``length_buckets`` (retired): 1 (the default, every
+    recorded run) or any value with a ``padding_free`` other than "off" did nothing and is dropped;
+    K > 1 with "off" is left for `read_config_file` to refuse with RETIRED_FLAGS' message.
     """
     if values.get("depth_weighting") == "linear":
         values = {**values, "depth_weighting": "proportional"}
     if "dense_embedding_grad" not in values:
         values = {**values, "dense_embedding_grad": True}
+    if "length_buckets" in values and (
+        values["length_buckets"] == 1 or values.get("padding_free", "off") != "off"
+    ):
+        values = {key: value for key, value in values.items() if key != "length_buckets"}
     return values
 
 
@@ -503,8 +629,13 @@ def default_dev_data(train_data: str) -> list[str]:
     return []
 
 
+# ============================================================================================
+# Validation: every check of one setting against another, in one place
+# ============================================================================================
+
+
 def validate(config: TrainConfig) -> None:
-    """Checks that need no model or data; each error names the flag."""
+    """Checks that need no model, data or processes; each error names the flag."""
 
     def fail(message: str) -> None:
         raise ValueError(message)
@@ -516,7 +647,7 @@ def validate(config: TrainConfig) -> None:
             f"--depth-weighting must be one of {', '.join(DEPTH_WEIGHTINGS)}, got '{config.depth_weighting}'"
         )
     # Names, dims, what the base loss needs, the wrapper's own flags: the objectives table.
-    objectives.validate_config(config)
+    validate_objective(config)
     if config.dim_weights is not None:
         n_dims = len(config.dims) if config.dims else 1
         if len(config.dim_weights) != n_dims:
@@ -530,7 +661,6 @@ def validate(config: TrainConfig) -> None:
         "max_seq_length",
         "eval_batch_size",
         "log_every",
-        "length_buckets",
     ):
         if getattr(config, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
@@ -575,6 +705,65 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
+def validate_objective(config: TrainConfig) -> None:
+    """The objective's settings, from what the table's entries say about themselves (raise
+    ValueError naming the flag): known names, dims, a batch with negatives for in-batch-negative
+    losses, each wrapper's own checks, distillation, and no flag that no chosen entry reads."""
+    base, wrapper = objectives.base_loss_entry(config.loss), objectives.wrapper_entry(config.two_d)
+    if config.dims is not None:
+        check_dims(config.dims, flag="--dims")
+    if base.in_batch_negatives and config.batch_size < 2:
+        raise ValueError("--batch-size 1 leaves in-batch negatives with no negatives; use at least 2")
+    wrapper.validate(config)  # its own checks, e.g. fixed: no repeated pairs
+    check_fields_read(config, "--2d", objectives.WRAPPERS, {config.two_d})
+    check_distillation(config)
+    distills = {config.layer_distill, config.prefix_distill}
+    check_fields_read(config, "--layer-distill or --prefix-distill", objectives.DISTILLS, distills)
+    check_fields_read(config, "--loss", objectives.BASE_LOSSES, {config.loss})
+
+
+def check_fields_read(config: TrainConfig, flag: str, table: dict[str, Any], chosen: set[str]) -> None:
+    """A field that some entries of ``table`` read (their ``fields``) but none of the ``chosen``
+    does must keep its default: e.g. ``--n-layers-per-step 2`` with ``--2d off`` would be silently
+    ignored, so it stops, naming the entries that read it ("needs --2d random")."""
+    readers: dict[str, list[str]] = {}
+    for name, entry in table.items():
+        for key in entry.fields:
+            if key not in _FIELDS:  # a fork's entry naming a field TrainConfig lacks
+                raise ValueError(f"{flag} {name}: its table entry reads '{key}', which is not a config field")
+            readers.setdefault(key, []).append(name)
+    for key, names in readers.items():
+        f = _FIELDS[key]
+        if not chosen.intersection(names) and getattr(config, key) != _default(f):
+            raise ValueError(f"{flag_name(f)} needs {flag} {'|'.join(names)}")
+
+
+def check_distillation(config: TrainConfig) -> None:
+    """--layer-distill and --prefix-distill against the wrapper and the table, --distill-data
+    against them and GradCache, and the distillation numbers."""
+    if config.layer_distill != "off":
+        objectives.distill_entry(config.layer_distill, "--layer-distill")
+        if not objectives.wrapper_entry(config.two_d).all_layers:
+            raise ValueError(
+                "--layer-distill needs a 2D wrapper (--2d random or fixed): it trains shallow layers"
+            )
+    if (
+        config.prefix_distill != "off"
+        and not objectives.distill_entry(config.prefix_distill, "--prefix-distill").prefix
+    ):
+        raise ValueError(f"--prefix-distill {config.prefix_distill}: a prefix cannot learn it; use kl or mse")
+    if config.distill_data and config.layer_distill == "off" and config.prefix_distill == "off":
+        raise ValueError(
+            "--distill-data needs --layer-distill or --prefix-distill (its only loss is distillation)"
+        )
+    if config.distill_data and config.mini_batch_size:
+        raise ValueError("--distill-data does not combine with --mini-batch-size (GradCache) yet")
+    if config.distill_temperature <= 0:
+        raise ValueError("--distill-temperature must be positive")
+    if config.distill_batch_size is not None and config.distill_batch_size < 2:
+        raise ValueError("--distill-batch-size must be at least 2 (a similarity structure needs 2 texts)")
+
+
 def validate_adaptor(config: TrainConfig) -> None:
     """The --adaptor flags: used only with --adaptor, and sane (each error names the flag)."""
     if config.adaptor == "off":
@@ -616,6 +805,8 @@ def validate_adaptor(config: TrainConfig) -> None:
     bad = [flag for flag, used in unsupported.items() if used]
     if bad:
         raise ValueError(f"{', '.join(bad)}: not used by --adaptor (it trains in fp32 on cached vectors)")
+    if config.adaptor_embeddings and config.eval_data:  # a dev set is embedded by the encoder
+        raise ValueError("--eval-data needs an encoder; with --adaptor-embeddings give --eval-data (none)")
 
 
 def check_numbers(config: TrainConfig) -> None:
@@ -675,9 +866,32 @@ def check_numbers(config: TrainConfig) -> None:
         raise ValueError(f"--n-dims-per-step {config.n_dims_per_step}: there are only {n_dims} dims")
 
 
-def validate_for_model(config: TrainConfig, model_dim: int, num_layers: int) -> None:
-    """Checks against the loaded model (dims, the wrapper's layers): the objectives table's."""
-    objectives.validate_for_model(config, model_dim, num_layers)
+def validate_for_run(config: TrainConfig, world_size: int) -> None:
+    """Checks against the number of processes (``world_size`` > 1 under torchrun)."""
+    if world_size <= 1:
+        return
+    if config.exit_head_detach:  # its second loss runs outside DDP's forward
+        raise ValueError(
+            "--exit-head-detach runs in one process for now (under torchrun, leave it out: joint heads)"
+        )
+    if config.adaptor != "off":
+        raise ValueError("--adaptor trains in one process (a few MB of cached vectors); run it with python")
+    if config.distill_data:
+        raise ValueError("--distill-data runs in one process for now (torchrun: leave it out)")
+
+
+def validate_for_model(config: TrainConfig, model_dim: int, num_layers: int, has_head: bool = False) -> None:
+    """Checks against the loaded encoder: its embedding dim, its number of blocks (the dims and
+    the wrapper's layers must exist in it), and whether it has a head after pooling."""
+    check_dims(config.dims or [model_dim], model_dim, flag="--dims")
+    wrapper = objectives.wrapper_entry(config.two_d)
+    if wrapper.all_layers and num_layers < 2:
+        raise ValueError(f"--2d {config.two_d} needs a model with at least 2 layers")
+    wrapper.validate_for_model(config, model_dim, num_layers)
+    if config.exit_head_detach and has_head:
+        raise ValueError(
+            f"--exit-head-detach: {config.model} has a head after pooling; train its exit heads jointly"
+        )
 
 
 def config_diff(saved: dict[str, Any], current: TrainConfig) -> list[str]:

@@ -12,10 +12,15 @@ This module is the one place that knows them:
 - each `DistillEntry` is a self-distillation term (``--layer-distill``, ``--prefix-distill``):
   how a student's embeddings are pulled toward the model's own final layer / full width.
 
-`train.py` and `mrl.config.validate` only ask this table (`build_objective`, `validate_config`,
-`validate_for_model`); an unknown name is an error listing the known ones. Adding a base loss or a
-2D schedule is one pure function in `mrl/losses.py` plus one entry below (README, "Adding an
-objective"); nothing in `train.py` changes.
+Every entry also describes itself: ``fields``, the config fields it reads (`mrl.config.validate`
+refuses such a field set while no chosen entry reads it: ``--n-layers-per-step needs --2d
+random``), ``citation`` (shown in ``--help``) and ``card``, its line of the model card's recipe
+(`mrl.card`, a ``str.format`` template over the run's config.json). The name is the table key.
+
+`train.py` builds the loss with `build_objective`; `mrl.config` runs every check (the ones that
+follow from the table's properties and each entry's own ``validate`` hooks). An unknown name is an
+error listing the known ones. Adding a base loss or a 2D schedule is one pure function in
+`mrl/losses.py` plus one entry below (README, "Adding an objective"); nothing in `train.py` changes.
 
 The math stays in `mrl/losses.py` (pure functions over tensors); this module only wires config
 fields to their arguments. It reads the config by attribute and does not import `mrl.config`.
@@ -34,7 +39,6 @@ from torch import Tensor
 from mrl.losses import (
     BaseLoss,
     Distill,
-    check_dims,
     cosent_loss,
     fixed_pairs_loss,
     layer_dropping_loss,
@@ -67,6 +71,9 @@ class BaseLossEntry:
     in_batch_negatives: rows of a batch are each other's negatives, so a batch must hold no
         duplicate text (a false negative otherwise) and at least 2 rows.
     columns: (fewest, most) text columns per row; most = None for no limit.
+    help, citation: one line each for ``--help``.
+    fields: the config fields ``bind`` reads.
+    card: the model card's text after the name, a ``str.format`` template over config.json.
     """
 
     bind: Callable[[Config, slice | None], BaseLoss]
@@ -74,6 +81,9 @@ class BaseLossEntry:
     in_batch_negatives: bool = False
     columns: tuple[int, int | None] = (2, 2)
     help: str = ""
+    fields: tuple[str, ...] = ()
+    citation: str = ""
+    card: str = ""
 
 
 BASE_LOSSES: dict[str, BaseLossEntry] = {
@@ -82,18 +92,27 @@ BASE_LOSSES: dict[str, BaseLossEntry] = {
         needs_score=True,
         columns=(2, 2),
         help="CoSENT on scored pairs",
+        fields=("scale",),
+        citation="Su 2022, kexue.fm/archives/8847",
+        card="scale {scale}",
     ),
     "mnrl": BaseLossEntry(
         bind=lambda config, local: partial(mnrl_loss, scale=config.scale, local=local),
         in_batch_negatives=True,
         columns=(2, None),
         help="in-batch negatives (anchor, positive, hard negatives...)",
+        fields=("scale",),
+        citation="Henderson et al. 2017, arXiv:1705.00652",
+        card="scale {scale}",
     ),
     "mnrl-symmetric": BaseLossEntry(
         bind=lambda config, local: partial(mnrl_loss, scale=config.scale, symmetric=True, local=local),
         in_batch_negatives=True,
         columns=(2, None),
         help="in-batch negatives, plus the positive -> anchor direction",
+        fields=("scale",),
+        citation="Henderson et al. 2017, arXiv:1705.00652",
+        card="scale {scale}",
     ),
 }
 
@@ -140,8 +159,13 @@ class WrapperEntry:
         ``--dims`` or the model's full dim; ``generator`` draws its random choices (the same on
         every rank, saved in checkpoints).
     all_layers: the loss takes every block's embedding, (L, C, B, D).
-    validate: config checks that need no model (raise ValueError naming the flag).
-    validate_for_model: checks against the model's dim and number of blocks.
+    validate: its own config checks that need no model (raise ValueError naming the flag); run
+        by `mrl.config.validate`.
+    validate_for_model: its checks against the model's dim and number of blocks.
+    help, citation: one line each for ``--help``.
+    fields: the config fields ``build`` reads.
+    card: the model card's text after the evaluated layers, a ``str.format`` template over
+        config.json.
     """
 
     build: Callable[[BaseLoss, Config, list[int], int, torch.Generator], Objective]
@@ -149,6 +173,9 @@ class WrapperEntry:
     validate: Callable[[Config], None] = _nothing
     validate_for_model: Callable[[Config, int, int], None] = _nothing
     help: str = ""
+    fields: tuple[str, ...] = ()
+    citation: str = ""
+    card: str = ""
 
 
 def _matryoshka(base: BaseLoss, config: Config, dims: list[int], num_layers: int, generator) -> Objective:
@@ -252,13 +279,33 @@ def _check_fixed_pairs_for_model(config: Config, model_dim: int, num_layers: int
             raise ValueError(f"--layer-dim-pairs {layer}:{d}: dims must be in 1..{model_dim}")
 
 
+# What the 2D wrappers read besides --dims: the KL term pulling shallow layers toward the final one.
+_KL_FIELDS = ("kl_weight", "kl_temperature", "detach_kl_target")
+_KL_CARD = "KL weight {kl_weight} (T {kl_temperature})"
+
 WRAPPERS: dict[str, WrapperEntry] = {
-    "off": WrapperEntry(build=_matryoshka, help="Matryoshka over --dims at the final layer"),
+    "off": WrapperEntry(
+        build=_matryoshka,
+        help="Matryoshka over --dims at the final layer",
+        fields=("dim_weights", "n_dims_per_step"),
+        citation="Kusupati et al. 2022, arXiv:2205.13147",
+    ),
     "random": WrapperEntry(
         build=_layer_dropping,
         all_layers=True,
         validate=_check_layer_dropping,
         help="2D: the final layer plus randomly sampled earlier layers (2DMSE)",
+        fields=(
+            "dim_weights",
+            "n_dims_per_step",
+            "n_layers_per_step",
+            "last_layer_weight",
+            "prior_layers_weight",
+            "depth_weighting",
+            *_KL_FIELDS,
+        ),
+        citation="Li et al. 2024, arXiv:2402.14776",
+        card=_KL_CARD + ", {n_layers_per_step} layer(s)/step, depth weighting {depth_weighting}",
     ),
     "fixed": WrapperEntry(
         build=_fixed_pairs,
@@ -266,6 +313,9 @@ WRAPPERS: dict[str, WrapperEntry] = {
         validate=_check_fixed_pairs,
         validate_for_model=_check_fixed_pairs_for_model,
         help="2D: a fixed (layer, dim) schedule (Starbucks)",
+        fields=("layer_dim_pairs", *_KL_FIELDS),
+        citation="Zhuang et al. 2024, arXiv:2410.13230",
+        card=_KL_CARD,
     ),
 }
 
@@ -284,26 +334,37 @@ class DistillEntry:
     bind: ``config -> distill(student, teacher)``.
     prefix: it compares similarities only, so a d-prefix can learn it from the full width
         (an embedding-level term cannot: the prefix is part of its own teacher).
+    help, citation: one line each for ``--help``.
+    fields: the config fields ``bind`` reads, and --distill-weight (every term is weighed by it).
+    card: the model card's text after the name, a ``str.format`` template over config.json.
     """
 
     bind: Callable[[Config], Distill]
     prefix: bool = True
     help: str = ""
+    fields: tuple[str, ...] = ("distill_weight",)
+    citation: str = ""
+    card: str = ""
 
 
 DISTILLS: dict[str, DistillEntry] = {
     "kl": DistillEntry(
         bind=lambda config: partial(similarity_distill, kind="kl", temperature=config.distill_temperature),
         help="row-wise KL between the in-batch similarity matrices (temperature --distill-temperature)",
+        fields=("distill_weight", "distill_temperature"),
+        citation="ours: experiment E",
+        card="T {distill_temperature}",
     ),
     "mse": DistillEntry(
         bind=lambda config: partial(similarity_distill, kind="mse"),
         help="squared error between the in-batch similarity matrices",
+        citation="ours: experiment E",
     ),
     "emb": DistillEntry(
         bind=lambda config: partial(similarity_distill, kind="emb"),
         prefix=False,
         help="squared error between the unit embeddings (layer distillation only)",
+        citation="ours: experiment E",
     ),
 }
 
@@ -345,29 +406,8 @@ def add_distillation(objective: Objective, config: Config, dims: list[int]) -> O
     return objective
 
 
-def _check_distillation(config: Config) -> None:
-    if config.layer_distill != "off":
-        distill_entry(config.layer_distill, "--layer-distill")
-        if not wrapper_entry(config.two_d).all_layers:
-            raise ValueError(
-                "--layer-distill needs a 2D wrapper (--2d random or fixed): it trains shallow layers"
-            )
-    if config.prefix_distill != "off" and not distill_entry(config.prefix_distill, "--prefix-distill").prefix:
-        raise ValueError(f"--prefix-distill {config.prefix_distill}: a prefix cannot learn it; use kl or mse")
-    if config.distill_data and config.layer_distill == "off" and config.prefix_distill == "off":
-        raise ValueError(
-            "--distill-data needs --layer-distill or --prefix-distill (its only loss is distillation)"
-        )
-    if config.distill_data and config.mini_batch_size:
-        raise ValueError("--distill-data does not combine with --mini-batch-size (GradCache) yet")
-    if config.distill_temperature <= 0:
-        raise ValueError("--distill-temperature must be positive")
-    if config.distill_batch_size is not None and config.distill_batch_size < 2:
-        raise ValueError("--distill-batch-size must be at least 2 (a similarity structure needs 2 texts)")
-
-
 # --------------------------------------------------------------------------------------------
-# What train.py and mrl.config ask
+# What train.py and mrl.config ask (mrl.config runs the checks)
 # --------------------------------------------------------------------------------------------
 
 
@@ -383,28 +423,6 @@ def wrapper_entry(name: str) -> WrapperEntry:
     if name not in WRAPPERS:
         raise ValueError(f"--2d '{name}' is unknown; known: {', '.join(WRAPPERS)}")
     return WRAPPERS[name]
-
-
-def validate_config(config: Config) -> None:
-    """Objective checks that need no model or data (raise ValueError naming the flag)."""
-    base, wrapper = base_loss_entry(config.loss), wrapper_entry(config.two_d)
-    if config.dims is not None:
-        check_dims(config.dims, flag="--dims")
-    if base.in_batch_negatives and config.batch_size < 2:
-        raise ValueError("--batch-size 1 leaves in-batch negatives with no negatives; use at least 2")
-    if config.layer_dim_pairs is not None and config.two_d != "fixed":
-        raise ValueError("--layer-dim-pairs needs --2d fixed")
-    wrapper.validate(config)
-    _check_distillation(config)
-
-
-def validate_for_model(config: Config, model_dim: int, num_layers: int) -> None:
-    """Checks against the loaded model: the dims and the wrapper's layers must exist in it."""
-    check_dims(config.dims or [model_dim], model_dim, flag="--dims")
-    wrapper = wrapper_entry(config.two_d)
-    if wrapper.all_layers and num_layers < 2:
-        raise ValueError(f"--2d {config.two_d} needs a model with at least 2 layers")
-    wrapper.validate_for_model(config, model_dim, num_layers)
 
 
 def build_objective(

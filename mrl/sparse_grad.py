@@ -12,7 +12,7 @@ Nothing the model learns changes: clipping, the loss scaler, the optimizer and t
 gradient of the usual shape. When each backward looks the table up once (packed or unsplit
 batches) it is bit for bit the gradient autograd builds: the same additions, row by row, in token
 order (tests/test_sparse_grad.py). When a backward covers several lookups (adaptive buckets,
---length-buckets, gradient accumulation, GradCache, --distill-data batches) the sums are the same
+Encoder(length_buckets=K), gradient accumulation, GradCache, --distill-data batches) the sums are the same
 up to float rounding: a1 + a2 + b1 + b2 in one running sum instead of (a1 + a2) + (b1 + b2) for a
 row two lookups touch.
 

@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py / eval.
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
 from mrl import card as card_module  # noqa: E402
+from mrl import objectives  # noqa: E402
 from mrl.card import EXAMPLE_SENTENCES, build_card, guess_language, write_card  # noqa: E402
+from mrl.config import TrainConfig  # noqa: E402
 from mrl.model import Encoder  # noqa: E402
 from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
 from tests.test_train import one_thread  # noqa: E402,F401 (autouse: one torch thread)
@@ -143,6 +145,62 @@ def test_recipe_states_what_produced_the_model(run_2d):
         assert expected in recipe, expected
     assert re.search(r"\| wall time \| \d+ (min \d+ )?s \(start to saved model on cpu", recipe)
     assert "python train.py --model " in recipe and "--2d random" in recipe
+
+
+def recipe_rows(config: dict, meta: dict) -> dict[str, str]:
+    table = card_module._recipe_table(config, {}, meta, {}, None, None, "some/model")
+    return dict(re.findall(r"^\| (.+?) \| (.+) \|$", table, re.M))
+
+
+@pytest.mark.parametrize(
+    "two_d, layers, expected",
+    [
+        ("off", None, None),
+        (
+            "random",
+            [1, 2, 3],
+            "`--2d random`, evaluated layers [1, 2, 3], KL weight 1.0 (T 0.3), 1 layer(s)/step, "
+            "depth weighting proportional",
+        ),
+        (
+            "fixed",
+            [1, 3],
+            "`--2d fixed`, evaluated layers [1, 3], (layer, dim) pairs 1:16 3:32, KL weight 1.0 (T 0.3)",
+        ),
+    ],
+)
+def test_recipe_text_comes_from_the_objectives_table(two_d, layers, expected):
+    """The loss and 2D rows are each entry's own card text (mrl/objectives.py), word for word what
+    the card said when it named the modes itself; no distillation, no distillation row."""
+    config = {**TrainConfig(two_d=two_d).to_dict(), "derived": {}}
+    meta = {"two_d": two_d, "layers": layers, "num_layers": 3, "dims": [32, 16], "loss": "cosent"}
+    if two_d == "fixed":
+        meta["layer_dim_pairs"] = [[1, 16], [3, 32]]
+    rows = recipe_rows(config, meta)
+    assert rows["loss"] == "cosent (scale 20.0)"
+    assert rows.get("layers (2D)") == expected
+    assert ("layers" in rows) == (two_d == "off") and "self-distillation" not in rows
+    if two_d == "off":
+        assert rows["layers"] == "all 3 (no 2D training)"
+
+
+def test_recipe_states_self_distillation_and_a_forks_entries(monkeypatch):
+    config = TrainConfig(two_d="random", layer_distill="kl", prefix_distill="mse", distill_data=["a.csv"])
+    meta = {"two_d": "random", "layers": [1, 2, 3], "num_layers": 3, "dims": [32, 16]}
+    rows = recipe_rows(config.to_dict(), meta)
+    assert rows["self-distillation"] == (
+        "shallow layers: `kl` (T 0.05); prefixes: `mse`, weight 1.0, plus 1 file(s) of plain "
+        "sentences (`--distill-data`)"
+    )
+    # A fork's entries: their own card text, or the name alone; an unknown 2D wrapper is told by
+    # the layers it evaluated.
+    monkeypatch.setitem(objectives.BASE_LOSSES, "mine", objectives.BaseLossEntry(bind=None, card="m {lr}"))
+    rows = recipe_rows(
+        {**config.to_dict(), "loss": "mine", "layer_distill": "off", "prefix_distill": "off"}, meta
+    )
+    assert rows["loss"] == "mine (m 2e-05)" and "self-distillation" not in rows
+    rows = recipe_rows({**config.to_dict(), "loss": "gone"}, {**meta, "two_d": "diagonal"})
+    assert rows["loss"] == "gone" and rows["layers (2D)"] == "`--2d diagonal`, evaluated layers [1, 2, 3]"
 
 
 def run_snippet(code: str) -> dict:

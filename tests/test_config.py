@@ -5,12 +5,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from mrl.config import TrainConfig, config_diff, parse_config, validate_for_model
+from mrl import objectives
+from mrl.config import (
+    GROUPS,
+    TrainConfig,
+    build_parser,
+    config_diff,
+    parse_config,
+    validate_for_model,
+    validate_for_run,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repo root
 from train import lr_factor  # noqa: E402
@@ -52,6 +63,43 @@ def test_cli_flags_set_fields():
     assert config.detach_kl_target is False
     assert config.two_d == "fixed"  # the --2d flag maps to the field two_d
     assert parse_config(["--2d", "random"]).two_d == "random"
+
+
+# ------------------------------------------------------------------------------ --help groups
+
+
+def test_every_field_has_a_group_and_help_and_the_dataclass_is_in_group_order():
+    fields = dataclasses.fields(TrainConfig)
+    assert all(f.metadata["group"] in GROUPS and f.metadata["help"] for f in fields)
+    order = [f.metadata["group"] for f in fields]
+    seen = list(dict.fromkeys(order))  # each group once, contiguous, in GROUPS' order
+    assert seen == [g for g in GROUPS if g in order] == list(GROUPS)
+    assert sum(1 for a, b in zip(order, order[1:]) if a != b) == len(GROUPS) - 1
+
+
+def test_help_lists_each_flag_under_its_group():
+    text = build_parser().format_help()
+    # argparse prints a group as "\n<title>:\n  <description>\n\n  --flag ..." in the order added.
+    starts = [text.index(f"\n{title}:\n") for title in GROUPS]
+    assert starts == sorted(starts)
+    sections = dict(zip(GROUPS, (text[a:b] for a, b in zip(starts, starts[1:] + [len(text)]))))
+    for f in dataclasses.fields(TrainConfig):
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        where = [title for title, section in sections.items() if re.search(rf"\n  {flag}\b(?!-)", section)]
+        assert where == [f.metadata["group"]], (flag, where)
+
+
+def test_objective_flags_describe_the_tables_entries(monkeypatch):
+    """--loss / --2d / the distillation flags list each entry's help and citation, read from the
+    table when the parser is built: a newly registered entry describes itself there too."""
+    flat = " ".join(build_parser().format_help().split())
+    for table in (objectives.BASE_LOSSES, objectives.WRAPPERS, objectives.DISTILLS):
+        for name, entry in table.items():
+            assert f"{name} = {' '.join(entry.help.split())}" in flat, name
+            assert entry.citation and " ".join(entry.citation.split()) in flat, name
+    entry = objectives.BaseLossEntry(bind=None, help="my loss", citation="Me 2026")
+    monkeypatch.setitem(objectives.BASE_LOSSES, "mine", entry)
+    assert "mine = my loss [Me 2026]" in " ".join(build_parser().format_help().split())
 
 
 # ------------------------------------------------------------------------------ config files
@@ -203,6 +251,111 @@ def test_validate_for_model_needs_two_layers_for_2d():
         validate_for_model(TrainConfig(two_d="random"), model_dim=32, num_layers=1)
 
 
+# ------------------------------------------------------- flags that only the chosen objective reads
+
+WRONG_MODE_CASES = [
+    # Derived from the table entries' fields: a field no chosen entry reads keeps its default.
+    (["--n-layers-per-step", "2"], "--n-layers-per-step needs --2d random"),
+    (["--2d", "fixed", "--last-layer-weight", "0.5"], "--last-layer-weight needs --2d random"),
+    (["--prior-layers-weight", "5"], "--prior-layers-weight needs --2d random"),
+    (["--depth-weighting", "uniform"], "--depth-weighting needs --2d random"),
+    (["--kl-weight", "0"], "--kl-weight needs --2d random|fixed"),
+    (["--kl-temperature", "0.1"], "--kl-temperature needs --2d random|fixed"),
+    (["--no-detach-kl-target"], "--detach-kl-target needs --2d random|fixed"),
+    (["--layer-dim-pairs", "1:8"], "--layer-dim-pairs needs --2d fixed"),
+    (["--2d", "random", "--layer-dim-pairs", "1:8"], "--layer-dim-pairs needs --2d fixed"),
+    (["--distill-weight", "0.5"], "--distill-weight needs --layer-distill or --prefix-distill kl|mse|emb"),
+    (
+        ["--2d", "random", "--layer-distill", "emb", "--distill-temperature", "0.1"],
+        "--distill-temperature needs --layer-distill or --prefix-distill kl",
+    ),
+    # The fixed wrapper's own check keeps its message (it says why).
+    (
+        ["--2d", "fixed", "--dim-weights", "1"],
+        "--dim-weights and --n-dims-per-step apply to --2d off/random; fixed mode sums its pairs",
+    ),
+]
+
+
+@pytest.mark.parametrize("argv, message", WRONG_MODE_CASES, ids=[" ".join(c[0]) for c in WRONG_MODE_CASES])
+def test_a_flag_no_chosen_objective_reads_is_an_error(argv, message):
+    assert error_of(argv) == message
+
+
+def test_the_same_flags_pass_with_an_objective_that_reads_them():
+    for argv in (
+        ["--2d", "random", "--n-layers-per-step", "2", "--depth-weighting", "uniform", "--kl-weight", "0"],
+        ["--2d", "fixed", "--layer-dim-pairs", "1:8", "--kl-temperature", "0.1", "--no-detach-kl-target"],
+        ["--2d", "fixed", "--layer-distill", "emb", "--prefix-distill", "kl", "--distill-temperature", "0.1"],
+        ["--prefix-distill", "mse", "--distill-weight", "0.5"],
+    ):
+        parse_config(argv)
+
+
+def test_every_field_an_entry_reads_is_a_config_field():
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for table in (objectives.BASE_LOSSES, objectives.WRAPPERS, objectives.DISTILLS):
+        for name, entry in table.items():
+            assert set(entry.fields) <= names, (name, set(entry.fields) - names)
+
+
+def test_an_entry_reading_an_unknown_field_is_named(monkeypatch):
+    entry = objectives.WrapperEntry(build=None, fields=("kl_wieght",))
+    monkeypatch.setitem(objectives.WRAPPERS, "mine", entry)
+    assert error_of([]) == "--2d mine: its table entry reads 'kl_wieght', which is not a config field"
+
+
+# ------------------------------------------------------------ checks needing processes or the model
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--2d", "random", "--exit-heads", "shallow", "--exit-head-detach"],
+            "--exit-head-detach runs in one process for now (under torchrun, leave it out: joint heads)",
+        ),
+        (
+            ["--adaptor", "linear"],
+            "--adaptor trains in one process (a few MB of cached vectors); run it with python",
+        ),
+        (
+            ["--prefix-distill", "kl", "--distill-data", "plain.csv"],
+            "--distill-data runs in one process for now (torchrun: leave it out)",
+        ),
+    ],
+)
+def test_validate_for_run_refuses_what_runs_in_one_process_only(argv, message):
+    config = parse_config(argv)
+    validate_for_run(config, world_size=1)
+    with pytest.raises(ValueError) as info:
+        validate_for_run(config, world_size=2)
+    assert str(info.value) == message
+
+
+def test_validate_for_model_refuses_detached_heads_after_a_models_own_head():
+    config = parse_config(["--model", "org/with-dense", "--exit-heads", "all", "--exit-head-detach"])
+    validate_for_model(config, model_dim=32, num_layers=3, has_head=False)
+    with pytest.raises(ValueError) as info:
+        validate_for_model(config, model_dim=32, num_layers=3, has_head=True)
+    assert str(info.value) == (
+        "--exit-head-detach: org/with-dense has a head after pooling; train its exit heads jointly"
+    )
+    validate_for_model(parse_config(["--exit-heads", "all"]), model_dim=32, num_layers=3, has_head=True)
+
+
+def test_adaptor_embeddings_have_no_encoder_for_a_dev_set():
+    argv = ["--adaptor", "linear", "--adaptor-embeddings", "corpus.npy"]
+    assert parse_config(argv).eval_data == []  # the adaptor's default: no dev set
+    message = error_of([*argv, "--eval-data", "dev.csv"])
+    assert message == "--eval-data needs an encoder; with --adaptor-embeddings give --eval-data (none)"
+
+
+def test_the_config_imports_no_adaptor_code():
+    code = "import sys, mrl.config; assert 'mrl.adaptor' not in sys.modules, 'mrl.adaptor imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
 # ------------------------------------------------------------------------------- depth weighting names
 
 
@@ -241,6 +394,48 @@ def test_an_old_run_config_keeps_its_meaning(tmp_path):
     assert config_diff(old, config) == []
     path.write_text(json.dumps({**old, "depth_weighting": "inverse"}))
     assert "'reciprocal'" in error_of(["--config", str(path)])
+
+
+# ------------------------------------------------------------------------------- retired flags
+
+
+def test_a_retired_flag_says_why_on_the_command_line_and_in_a_config_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_config(["--length-buckets", "4"])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert info.value.code == 2 and line.startswith("error: --length-buckets is retired (issue 24)")
+    assert "--padding-free buckets" in line
+    assert "--length-buckets" not in build_parser().format_help()
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"length_buckets": 4}))
+    assert error_of(["--config", str(path)]).startswith(f"--config {path}: key 'length_buckets': --length")
+
+
+@pytest.mark.parametrize(
+    "saved, resumes",
+    [({"length_buckets": 1}, True), ({"length_buckets": 4, "padding_free": "auto"}, True)]
+    + [
+        ({"length_buckets": 4, "padding_free": "off"}, False),
+        ({"length_buckets": 4, "padding_free": None}, False),
+    ],
+)
+def test_a_run_saved_with_a_retired_flag_resumes_or_says_why(tmp_path, saved, resumes):
+    """A run's config.json from before issue 24 holds length_buckets: where it did nothing (1, the
+    value of every recorded run, or with padding-free batches) the run resumes unchanged; a run
+    that used it (or may have: saved before --padding-free existed) stops with one line naming
+    the commit that resumes it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    old = {**TrainConfig(eval_data=[]).to_dict(), **saved, "derived": {"total_steps": 6}}
+    old = {key: value for key, value in old.items() if value is not None or key != "padding_free"}
+    (run / "config.json").write_text(json.dumps(old))
+    argv = ["--resume", "--output-dir", str(run)]
+    if resumes:
+        config = parse_config(argv)
+        assert config.padding_free == saved.get("padding_free", "auto") and config_diff(old, config) == []
+    else:
+        message = error_of(argv)
+        assert "key 'length_buckets'" in message and "commit 3b9729e" in message and "\n" not in message
 
 
 # ------------------------------------------------------------------------------- LR schedule

@@ -7,20 +7,19 @@ The references use python floats and explicit loops; they never call mrl.losses 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repo root
 import train  # noqa: E402
-from mrl import objectives  # noqa: E402
-from mrl.config import parse_config  # noqa: E402
+from mrl.config import parse_config, validate  # noqa: E402
 from mrl.data import DataError, evaluation_file_reason, load_distill_texts  # noqa: E402
 from mrl.losses import (  # noqa: E402
     cosent_loss,
@@ -267,7 +266,14 @@ def test_distillation_flags_are_checked():
     with pytest.raises(SystemExit):  # argparse: emb cannot teach a prefix
         parse_config(["--prefix-distill", "emb"])
     with pytest.raises(ValueError, match="a prefix cannot learn it"):  # the table says so too
-        objectives.validate_config(SimpleNamespace(**{**vars(parse_config([])), "prefix_distill": "emb"}))
+        validate(dataclasses.replace(parse_config([]), prefix_distill="emb"))
+    with pytest.raises(ValueError, match="--distill-weight needs --layer-distill or --prefix-distill"):
+        parse_config(["--distill-weight", "0.5"])  # no distillation reads it
+    with pytest.raises(
+        ValueError, match="--distill-temperature needs --layer-distill or --prefix-distill kl$"
+    ):
+        parse_config(["--2d", "random", "--layer-distill", "mse", "--distill-temperature", "0.1"])
+    assert parse_config(["--prefix-distill", "kl", "--distill-temperature", "0.1"]).distill_temperature == 0.1
 
 
 # --------------------------------------------------------------------------------------------

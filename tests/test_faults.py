@@ -153,6 +153,31 @@ def refused(
     return lines[0]
 
 
+def config_refused(argv: list[str], capsys, contains) -> str:
+    """``parse_config(argv)`` must refuse ``argv`` with the one line ``train.main`` prints for it
+    (``train.main`` prints ``error: `` + a ValueError's text, exit code 2; argparse prints its own
+    one line, exit code 2), holding every text of ``contains``. The parser writes nothing; that
+    ``train.main`` stops there before creating anything is `test_train_main_stops_at_a_bad_setting`.
+    Returns the line."""
+    capsys.readouterr()
+    try:
+        parse_config(argv)
+    except ValueError as error:
+        line = f"error: {error}"
+        assert "\n" not in line, line
+    except SystemExit as stop:
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert stop.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
+        line = lines[0]
+    else:
+        raise AssertionError(f"accepted: {argv}")
+    for text in contains:
+        assert text in line, (text, line)
+    assert "Traceback" not in line and "hub datasets need" not in line, line
+    return line
+
+
 def copy_run(run: Path, dest: Path) -> Path:
     shutil.copytree(run, dest)
     return dest
@@ -595,18 +620,18 @@ NUMBER_CASES = [
     ("scale-inf", ["--scale", "inf"], "--scale"),
     ("scale-huge", ["--scale", "1e30"], "--scale"),
     ("scale-tiny", ["--scale", "1e-30"], "--scale"),
-    ("kl-temperature-zero", ["--kl-temperature", "0"], "--kl-temperature"),
-    ("kl-temperature-nan", ["--kl-temperature", "nan"], "--kl-temperature"),
-    ("kl-temperature-denormal", ["--kl-temperature", "1e-44"], "--kl-temperature"),
-    ("kl-temperature-inf", ["--kl-temperature", "inf"], "--kl-temperature"),
-    ("kl-weight-negative", ["--kl-weight=-1"], "--kl-weight"),
-    ("kl-weight-nan", ["--kl-weight", "nan"], "--kl-weight"),
+    ("kl-temperature-zero", ["--2d", "random", "--kl-temperature", "0"], "--kl-temperature"),
+    ("kl-temperature-nan", ["--2d", "random", "--kl-temperature", "nan"], "--kl-temperature"),
+    ("kl-temperature-denormal", ["--2d", "random", "--kl-temperature", "1e-44"], "--kl-temperature"),
+    ("kl-temperature-inf", ["--2d", "random", "--kl-temperature", "inf"], "--kl-temperature"),
+    ("kl-weight-negative", ["--2d", "random", "--kl-weight=-1"], "--kl-weight"),
+    ("kl-weight-nan", ["--2d", "random", "--kl-weight", "nan"], "--kl-weight"),
     ("dim-weights-nan", ["--dims", "32", "16", "--dim-weights", "1", "nan"], "--dim-weights"),
     ("dim-weights-inf", ["--dims", "32", "16", "--dim-weights", "inf", "1"], "--dim-weights"),
     ("dim-weights-negative", ["--dims", "32", "16", "--dim-weights", "1", "-1"], "--dim-weights"),
     ("dim-weights-all-zero", ["--dims", "32", "16", "--dim-weights", "0", "0"], "--dim-weights"),
     ("dim-weights-overflowing", ["--dims", "32", "16", "--dim-weights", "1e300", "1e300"], "--dim-weights"),
-    ("kl-weight-huge", ["--kl-weight", "1e7"], "--kl-weight"),
+    ("kl-weight-huge", ["--2d", "random", "--kl-weight", "1e7"], "--kl-weight"),
     ("last-layer-weight-nan", ["--2d", "random", "--last-layer-weight", "nan"], "--last-layer-weight"),
     ("prior-layers-weight-neg", ["--2d", "random", "--prior-layers-weight=-2"], "--prior-layers-weight"),
     (
@@ -632,7 +657,6 @@ NUMBER_CASES = [
     ("dist-timeout-nan", ["--dist-timeout", "nan"], "--dist-timeout"),
     ("score-range-nan", ["--score-range", "nan", "1"], "--score-range"),
     ("eval-batch-size-zero", ["--eval-batch-size", "0"], "--eval-batch-size"),
-    ("length-buckets-zero", ["--length-buckets", "0"], "--length-buckets"),
     # argparse's own errors are one line too
     ("negative-without-equals", ["--lr", "-1e-5"], "--lr=-1e-5"),
     ("not-a-number", ["--lr", "fast"], "--lr"),
@@ -642,9 +666,8 @@ NUMBER_CASES = [
 
 
 @pytest.mark.parametrize("case, flags, flag", NUMBER_CASES, ids=[c[0] for c in NUMBER_CASES])
-def test_bad_numbers_on_the_command_line(tiny_model_dir, files, tmp_path, capsys, case, flags, flag):
-    argv = [*run_args(tiny_model_dir, files["train"], tmp_path / "out"), *flags]
-    refused(lambda: train.main(argv), capsys, tmp_path, 2, [flag])
+def test_bad_numbers_on_the_command_line(capsys, case, flags, flag):
+    config_refused(flags, capsys, [flag])
 
 
 # The same values from a config file (JSON accepts NaN and Infinity, TOML nan and inf).
@@ -676,24 +699,39 @@ def _toml(value) -> str:
 
 @pytest.mark.parametrize("suffix", [".json", ".toml"])
 @pytest.mark.parametrize("key, value", FILE_CASES, ids=[f"{k}={v}" for k, v in FILE_CASES])
-def test_bad_numbers_in_a_config_file(tiny_model_dir, files, tmp_path, capsys, key, value, suffix):
+def test_bad_numbers_in_a_config_file(tmp_path, capsys, key, value, suffix):
     config = tmp_path / f"config{suffix}"
     extra = {"dims": [32, 16]} if key == "dim_weights" else {}
+    extra = {"two_d": "random"} if key.startswith("kl_") else extra  # the 2D wrappers read them
     if suffix == ".json":
         config.write_text(json.dumps({key: value, **extra}))
     else:
         config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in {key: value, **extra}.items()))
-    argv = ["--config", str(config), *run_args(tiny_model_dir, files["train"], tmp_path / "out")]
-    argv = [a for a in argv if a not in ("--dims", "32", "16")] if key == "dim_weights" else argv
     flag = "--" + key.replace("_", "-")
-    refused(lambda: train.main(argv), capsys, tmp_path, 2, [flag, f"(set in --config {config})"])
+    config_refused(
+        ["--config", str(config), "--max-steps", "4"], capsys, [flag, f"(set in --config {config})"]
+    )
+
+
+@pytest.mark.parametrize("how", ["config-file", "flag"])
+def test_train_main_stops_at_a_bad_setting(tiny_model_dir, files, tmp_path, capsys, how):
+    """What the parser refuses (the cases above), train.main refuses in one line, exit code 2,
+    before creating or changing anything: a value from a config file and an argparse error."""
+    argv = run_args(tiny_model_dir, files["train"], tmp_path / "out")
+    if how == "config-file":
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps({"lr": float("nan")}))
+        argv, contains = ["--config", str(config), *argv], ["--lr", f"(set in --config {config})"]
+    else:
+        argv, contains = [*argv, "--lr", "fast"], ["--lr", "invalid float value"]
+    refused(lambda: train.main(argv), capsys, tmp_path, 2, contains)
 
 
 def test_valid_edge_values_still_pass():
     for argv in (
         ["--scale", "1e4"],
         ["--scale", "1e-4"],
-        ["--kl-temperature", "1e-4"],
+        ["--2d", "random", "--kl-temperature", "1e-4"],
         ["--weight-decay", "0", "--max-grad-norm", "0", "--warmup-ratio", "0"],
         ["--dims", "32", "16", "--dim-weights", "0", "1"],
         ["--2d", "random", "--last-layer-weight", "0"],
@@ -1414,14 +1452,13 @@ CONFIG_FILE_CASES = [
 
 
 @pytest.mark.parametrize("case, text, expected", CONFIG_FILE_CASES, ids=[c[0] for c in CONFIG_FILE_CASES])
-def test_hostile_config_files_are_one_line(tiny_model_dir, files, tmp_path, capsys, case, text, expected):
+def test_hostile_config_files_are_one_line(tmp_path, capsys, case, text, expected):
     config = tmp_path / "config.json"
     if text is None:
         config.mkdir()
     else:
         config.write_text(text)
-    argv = ["--config", str(config), *run_args(tiny_model_dir, files["train"], tmp_path / "out")]
-    refused(lambda: train.main(argv), capsys, tmp_path, 2, ["--config", str(config), expected])
+    config_refused(["--config", str(config)], capsys, ["--config", str(config), expected])
 
 
 # ============================================================================================

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))  # train.py lives in the repo root
 import mrl.train.setup  # noqa: E402
 import train  # noqa: E402
 from mrl.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
-from mrl.config import TrainConfig, parse_config  # noqa: E402
+from mrl.config import TrainConfig, parse_config, validate_for_model  # noqa: E402
 from tests.fixture_text import WORDS, distinct_sentences, sentence, write_csv  # noqa: E402,F401
 
 KILL_SEED = int(os.environ.get("MRL_KILL_SEED", "20240611"))
@@ -397,19 +397,35 @@ BAD_INPUT = [
     ("score-out-of-range", {"--train-data": ["{bad:score-7}"]}, ["score-7.csv:3:", "--score-range"]),
     ("ragged-row", {"--train-data": ["{bad:ragged}"]}, ["ragged.csv:7:"]),
     ("not-utf-8", {"--train-data": ["{bad:latin-1}"]}, ["latin-1.csv:8:", "UTF-8"]),
-    ("dim-zero", {"--dims": ["32", "0"]}, ["--dims"]),
-    ("dim-negative", {"--dims": ["32", "-8"]}, ["--dims"]),
-    ("dim-duplicated", {"--dims": ["32", "16", "16"]}, ["--dims"]),
-    ("dim-beyond-model", {"--dims": ["64", "32"]}, ["--dims", "64"]),
-    ("dim-weights-length", {"--dim-weights": ["1", "1", "1"]}, ["--dim-weights"]),
-    ("layer-beyond-model", {"--2d": ["fixed"], "--layer-dim-pairs": ["9:16"]}, ["--layer-dim-pairs", "9:16"]),
-    ("mnrl-batch-of-one", {"--loss": ["mnrl"], "--batch-size": ["1"]}, ["--batch-size"]),
     ("output-dir-not-empty", {"--output-dir": ["{tmp}/taken"]}, ["--output-dir", "--resume"]),
     ("resume-changed-lr", {"argv": ["--output-dir", "{run}", "--resume", "--lr", "1e-3"]}, ["lr"]),
     ("model-missing", {"--model": ["{tmp}/no-such-model"]}, ["no-such-model"]),
     ("model-empty-folder", {"--model": ["{tmp}/empty-model"]}, ["empty-model"]),
     ("model-not-a-model", {"--model": ["{tmp}/text-only"]}, ["text-only"]),
 ]
+
+
+# Bad settings: refused by the parser, or against the model's width and depth (the tiny model:
+# 32 dims, 3 layers) by validate_for_model; train.main prints either as its one error line before
+# writing anything (tests/test_faults.py, test_train_main_stops_at_a_bad_setting).
+BAD_SETTINGS = [
+    ("dim-zero", ["--dims", "32", "0"], ["--dims"]),
+    ("dim-negative", ["--dims", "32", "-8"], ["--dims"]),
+    ("dim-duplicated", ["--dims", "32", "16", "16"], ["--dims"]),
+    ("dim-beyond-model", ["--dims", "64", "32"], ["--dims", "64"]),
+    ("dim-weights-length", ["--dims", "32", "16", "--dim-weights", "1", "1", "1"], ["--dim-weights"]),
+    ("layer-beyond-model", ["--2d", "fixed", "--layer-dim-pairs", "9:16"], ["--layer-dim-pairs", "9:16"]),
+    ("mnrl-batch-of-one", ["--loss", "mnrl", "--batch-size", "1"], ["--batch-size"]),
+]
+
+
+@pytest.mark.parametrize("argv, expected", [c[1:] for c in BAD_SETTINGS], ids=[c[0] for c in BAD_SETTINGS])
+def test_bad_settings_are_one_error_line(argv, expected):
+    with pytest.raises(ValueError) as info:
+        validate_for_model(parse_config(argv), model_dim=32, num_layers=3)
+    assert "\n" not in str(info.value)
+    for text in expected:
+        assert text in str(info.value), (text, str(info.value))
 
 
 @pytest.mark.parametrize("change, expected", [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])

@@ -32,11 +32,10 @@ from mrl.adaptor import (
     corpus_neighbours,
     embed_adaptor_data,
     load_adaptor_data,
-    parse_loss_weights,
     pca_rotation,
 )
 from mrl.checkpoint import save_folder_atomic, write_text_atomic
-from mrl.config import TrainConfig
+from mrl.config import TrainConfig, parse_loss_weights
 from mrl.data import BatchSampler, DataError, Examples, load_source, source_name
 from mrl.evaluation import correlations
 from mrl.heads import head_modules, save_head
@@ -258,8 +257,6 @@ def load_vectors(config: TrainConfig, run_dir: Path, device: torch.device, cache
         main_error(str(error))
     try:
         if config.adaptor_embeddings:
-            if config.eval_data:
-                main_error("--eval-data needs an encoder; with --adaptor-embeddings give --eval-data (none)")
             data = load_adaptor_data(config.adaptor_embeddings, config.adaptor_pairs)
         else:
             dev_sets = {

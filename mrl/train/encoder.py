@@ -310,8 +310,6 @@ def build(config: TrainConfig, run_dir: Path, dist: DistInfo, wall_start: float)
     collate, sampler = make_batches(config, train, encoder, world_size, base.in_batch_negatives)
     distill_batch, n_distill = None, None
     if config.distill_data:  # plain sentences whose only loss is distillation
-        if world_size > 1:
-            main_error("--distill-data runs in one process for now (torchrun: leave it out)")
         texts_per_batch = config.batch_size * train.n_columns
         distill_batch, n_distill = make_distill_batches(config, encoder, eval_sets, texts_per_batch)
     steps_per_epoch, total_steps, warmup_steps = count_steps(config, sampler)

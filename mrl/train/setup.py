@@ -110,10 +110,9 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
             config.pooling,
             config.max_seq_length,
             trust_remote_code=config.trust_remote_code,
-            length_buckets=config.length_buckets,
             padding_free=config.padding_free,
         ).to(device)
-        validate_for_model(config, encoder.dim, encoder.num_layers)
+        validate_for_model(config, encoder.dim, encoder.num_layers, has_head=encoder.head is not None)
     except (OSError, ValueError) as error:
         main_error(str(error).splitlines()[0])
     # BERT-style pooler heads are never used by our pooling: freeze them, so AdamW leaves them
@@ -126,10 +125,6 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
     if config.exit_heads != "none":  # new heads start as the identity; a model's own are kept
         depths = list(range(1, encoder.num_layers)) if config.two_d != "off" else []  # what a loss reaches
         encoder.add_exit_heads(depths + ([encoder.num_layers] if config.exit_heads == "all" else []))
-        if config.exit_head_detach and encoder.head is not None:
-            main_error(
-                f"--exit-head-detach: {config.model} has a head after pooling; train its exit heads jointly"
-            )
         encoder.exit_heads_detached = config.exit_head_detach
     if encoder.head is not None:
         # A head after pooling (a Dense layer, an adaptor) stays as it is: checkpoints hold the
