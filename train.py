@@ -80,7 +80,7 @@ from mrl.dist import (
     init_distributed,
     rank_slice,
 )
-from mrl.evaluation import correlations, evaluate_sts, format_table
+from mrl.evals import StsEvaluator, dev_evaluators, evaluate_all, evaluator_for, score_all
 from mrl.gradcache import gradcache_step
 from mrl.losses import check_dims
 from mrl.model import Encoder
@@ -519,24 +519,9 @@ def log_line(tracker: Tracker, progress, step: int, total_steps: int, scalars: d
 
 
 def evaluate(encoder, eval_sets: dict, dims: list[int], layers: list[int] | None, config, autocast):
-    """Spearman per (set, layer, dim) on the dev sets -> {tag: value} and the records per set."""
-    scalars, records = {}, {}
-    with autocast:
-        for name, ex in eval_sets.items():
-            recs = evaluate_sts(
-                encoder,
-                ex.columns[0],
-                ex.columns[1],
-                ex.scores,
-                dims,
-                layers,
-                batch_size=config.eval_batch_size,
-            )
-            records[name] = recs
-            for r in recs:
-                cell = f"d{r['dim']}" if r["layer"] == encoder.num_layers else f"l{r['layer']}_d{r['dim']}"
-                scalars[f"val/{name}/spearman_{cell}"] = r["spearman"]
-    return scalars, records
+    """Every dev set's evaluator (mrl/evals) at every (layer, dim) -> {tag: value} and the records per set."""
+    evaluators = dev_evaluators(eval_sets)
+    return evaluate_all(evaluators, encoder, dims, layers, config.eval_batch_size, autocast)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -680,13 +665,13 @@ def train_adaptor(config: TrainConfig, argv: list[str], run_dir: Path, device: t
     tracker.print(f"embeddings ready in {embed_seconds:.1f} s (cache: {cache_dir})")
 
     def evaluate_dev() -> dict[str, float]:  # STS dev Spearman of the adapted cached vectors
-        scalars = {}
+        evaluators = {name: StsEvaluator(name, scores) for name, (_, _, scores) in data.dev.items()}
         with torch.no_grad():
-            for name, (first, second, scores) in data.dev.items():
-                a, b = adaptor(first.to(device)).cpu(), adaptor(second.to(device)).cpu()
-                for d in dims:
-                    scalars[f"val/{name}/spearman_d{d}"] = correlations(a, b, scores, d)["spearman"]
-        return scalars
+            adapted = {
+                name: (adaptor(first.to(device)).cpu()[None], adaptor(second.to(device)).cpu()[None])
+                for name, (first, second, _) in data.dev.items()
+            }  # each side (1, M, D): one row of vectors, no encoder layer
+            return score_all(evaluators, adapted, dims)[0]
 
     corpus_rows = batch_stream(sampler, range(len(corpus)), torch.tensor, *cursor, rows=slice(None))
     pair_rows = (
@@ -866,11 +851,12 @@ def finish_run(
     }
     if main_process:  # written beside, then renamed: a full disk leaves the old model/ or none
         save_folder_atomic(run_dir / "model", lambda folder: encoder.save(folder, metadata))
+    kinds = {name: evaluator_for(recs) for name, recs in last_records.items()}  # from the records alone
     if last_records:
         write_text_atomic(run_dir / "eval_dev.json", json.dumps(last_records, indent=2))
         for name, recs in last_records.items():
-            tracker.print(f"\n{name} (dev), Spearman x100 (retention):\n{format_table(recs)}")
-    plot = tracker.finish(step, last_records)  # HParams metrics; retention plot (PNG + image)
+            tracker.print(f"\n{name} (dev), {kinds[name].title} (retention):\n{kinds[name].table(recs)}")
+    plot = tracker.finish(step, last_records, kinds)  # HParams metrics; retention plot (PNG + image)
     if plot:
         tracker.print(f"retention plot: {plot}")
     if main_process:  # the model card (mrl/card.py)
