@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def specs(args: argparse.Namespace, kind: str) -> list[str]:
+    """The sets given to ``--<kind>`` (argparse stores --my-kind as my_kind)."""
+    return getattr(args, kind.replace("-", "_"))
+
+
 def default_dims(model_dim: int) -> list[int]:
     dims = [model_dim]
     while dims[-1] // 2 >= 16:
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     # ---- every flag is checked here, before the model is loaded and anything is encoded ----
-    if not any(getattr(args, kind) for kind in EVALUATORS):
+    if not any(specs(args, kind) for kind in EVALUATORS):
         main_error("give " + " and/or ".join(f"--{kind}" for kind in EVALUATORS))
     try:
         stages = parse_stages(args.funnel) if args.funnel else None
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if path.exists():
                     main_error(f"--json: {path} exists; choose another path or pass --overwrite")
     for kind, evaluator in EVALUATORS.items():
-        names = [evaluator.set_name(spec) for spec in getattr(args, kind)]
+        names = [evaluator.set_name(spec) for spec in specs(args, kind)]
         if len(set(names)) != len(names):  # results are keyed by name: one would replace the other
             main_error(f"--{kind}: two sets have the same name ({', '.join(names)}); rename one")
     try:
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     evaluators = []  # every set of every kind, checked and loaded before anything is encoded
     for kind, evaluator in EVALUATORS.items():
-        for spec in getattr(args, kind):
+        for spec in specs(args, kind):
             try:
                 evaluators.append(evaluator.load(spec, args, encoder))
             except ValueError as error:
