@@ -25,6 +25,9 @@ search at full width.
 With --json OUT it writes OUT and a Markdown table next to it (OUT with .md); it never
 overwrites an existing file unless --overwrite is given. --add-to-card puts the tables into the
 model folder's card (README.md, see mrl/card.py).
+
+Each kind of set is an evaluator of mrl/evals (--sts: sts.py, --beir: beir.py); every kind in
+mrl.evals.EVALUATORS gets its --KIND flag, JSON section, tables and card sections here.
 """
 
 from __future__ import annotations
@@ -37,21 +40,11 @@ from pathlib import Path
 
 from mrl.card import add_eval_to_card
 from mrl.checkpoint import write_text_atomic
-from mrl.data import DataError, check_tokenized, load_source, source_name
-from mrl.evaluation import evaluate_sts, format_table
+from mrl.evals import EVALUATORS
 from mrl.model import Encoder
 from mrl.pooling import POOLING_MODES
 from mrl.quantize import PRECISIONS
-from mrl.retrieval import (
-    check_stages,
-    embed_beir,
-    evaluate_cells,
-    evaluate_funnel,
-    format_cells,
-    format_funnel,
-    load_beir,
-    parse_stages,
-)
+from mrl.retrieval import check_stages, parse_stages
 from mrl.rundir import check_writable, one_line_faults
 from mrl.runtime import (
     AMP_PRECISIONS,
@@ -66,18 +59,8 @@ from mrl.runtime import (
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="run's model folder, any encoder folder, or hub id")
-    parser.add_argument(
-        "--sts",
-        nargs="+",
-        default=[],
-        help="STS sets: files with sentence1,sentence2,score or HUB_ID@split (default split: test)",
-    )
-    parser.add_argument(
-        "--beir",
-        nargs="+",
-        default=[],
-        help="retrieval sets: BEIR folders (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)",
-    )
+    for kind, evaluator in EVALUATORS.items():  # --sts, --beir, ...: the sets of each kind
+        parser.add_argument(f"--{kind}", nargs="+", default=[], help=evaluator.help)
     parser.add_argument(
         "--text-columns",
         nargs=2,
@@ -149,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def specs(args: argparse.Namespace, kind: str) -> list[str]:
+    """The sets given to ``--<kind>`` (argparse stores --my-kind as my_kind)."""
+    return getattr(args, kind.replace("-", "_"))
+
+
 def default_dims(model_dim: int) -> list[int]:
     dims = [model_dim]
     while dims[-1] // 2 >= 16:
@@ -161,8 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     # ---- every flag is checked here, before the model is loaded and anything is encoded ----
-    if not args.sts and not args.beir:
-        main_error("give --sts and/or --beir")
+    if not any(specs(args, kind) for kind in EVALUATORS):
+        main_error("give " + " and/or ".join(f"--{kind}" for kind in EVALUATORS))
     try:
         stages = parse_stages(args.funnel) if args.funnel else None
         if stages:
@@ -171,14 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
         main_error(f"--funnel: {error}")
     if args.index == "faiss":  # the search functions of mrl.index, FAISS (an optional extra)
         try:
-            from mrl.index import FaissFunnel, import_faiss, search_cells
+            from mrl.index import import_faiss
 
             import_faiss()
         except ImportError as error:
             main_error(f"--index faiss: {error}")
-        search_fn, funnel_class = search_cells, FaissFunnel
-    else:
-        search_fn, funnel_class = None, None  # mrl.retrieval's own
     if (args.funnel or args.rescore is not None or args.funnel_binary) and not args.beir:
         main_error("--funnel, --funnel-binary and --rescore apply to retrieval: add --beir")
     if args.funnel_binary and not args.funnel:
@@ -207,12 +192,10 @@ def main(argv: list[str] | None = None) -> dict:
             for path in (out, out.with_suffix(".md")):
                 if path.exists():
                     main_error(f"--json: {path} exists; choose another path or pass --overwrite")
-    for flag, names in (
-        ("--sts", [source_name(spec) for spec in args.sts]),
-        ("--beir", [Path(folder).name for folder in args.beir]),
-    ):
+    for kind, evaluator in EVALUATORS.items():
+        names = [evaluator.set_name(spec) for spec in specs(args, kind)]
         if len(set(names)) != len(names):  # results are keyed by name: one would replace the other
-            main_error(f"{flag}: two sets have the same name ({', '.join(names)}); rename one")
+            main_error(f"--{kind}: two sets have the same name ({', '.join(names)}); rename one")
     try:
         device = pick_device(args.device)
     except ValueError as error:
@@ -247,33 +230,13 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         layers = meta.get("layers")
 
-    try:
-        sets = {
-            source_name(spec): load_source(
-                spec, "test", text_columns=args.text_columns, score_column=args.score_column
-            )
-            for spec in args.sts
-        }
-    except (DataError, ImportError) as error:
-        main_error(str(error))
-    for ex in sets.values():
-        if ex.n_columns != 2 or ex.scores is None:
-            main_error(f"--sts {ex.source}: needs 2 text columns and a score column")
-        try:  # a text of nothing but special tokens would be scored as [CLS] [SEP]
-            check_tokenized(ex, encoder)
-        except DataError as error:
-            main_error(str(error))
-    if stages:
-        bad = [d for d, _ in stages if not 1 <= d <= encoder.dim]
-        if bad:
-            main_error(f"--funnel dims {bad}: the model's embedding dim is {encoder.dim}")
-    beir_sets = {}
-    for folder in args.beir:
-        try:
-            data = load_beir(folder, args.split)
-        except (OSError, ValueError) as error:
-            main_error(f"--beir: {error}")
-        beir_sets[data.name or str(folder)] = (folder, data)
+    evaluators = []  # every set of every kind, checked and loaded before anything is encoded
+    for kind, evaluator in EVALUATORS.items():
+        for spec in specs(args, kind):
+            try:
+                evaluators.append(evaluator.load(spec, args, encoder))
+            except ValueError as error:
+                main_error(str(error))
 
     autocast = autocast_for(device, args.precision)
     progress = sys.stderr.isatty()  # progress bars for people at a terminal, not for logs
@@ -283,71 +246,20 @@ def main(argv: list[str] | None = None) -> dict:
         "layers": layers or [encoder.num_layers],
         "pooling": encoder.pooling,
         "max_seq_length": encoder.max_seq_length,
-        "sets": {},
+        "sets": {},  # the STS section is there even without --sts (readers of older files expect it)
     }
     markdown = []
-    for name, ex in sets.items():
+    for evaluator in evaluators:
         start = time.perf_counter()
         with autocast:
-            records = evaluate_sts(
-                encoder,
-                ex.columns[0],
-                ex.columns[1],
-                ex.scores,
-                dims,
-                layers,
-                batch_size=args.batch_size,
-                show_progress=progress,
-            )
-        seconds = time.perf_counter() - start
-        results["sets"][name] = {
-            "source": ex.source,
-            "pairs": len(ex),
-            "seconds": seconds,
-            "records": records,
-        }
-        table = format_table(records)
-        markdown.append(
-            f"### {name} ({len(ex)} pairs): Spearman x100 (retention vs largest dim)\n\n{table}\n"
-        )
-        print(f"\n{name} ({ex.source}, {len(ex)} pairs, {seconds:.1f} s): Spearman x100 (retention)\n{table}")
-
-    if beir_sets:
-        results["retrieval"] = {}
-    for name, (folder, data) in beir_sets.items():
-        start = time.perf_counter()
-        with autocast:
-            query_emb, doc_emb = embed_beir(
-                encoder, data, layers, args.query_prefix, args.doc_prefix, args.batch_size, progress
-            )  # (Lsel, Q, D), (Lsel, N, D): one encoding for every cell
+            embeddings = evaluator.encode(encoder, layers, args.batch_size, progress)  # one forward pass
         encode_seconds = time.perf_counter() - start
-        records = evaluate_cells(
-            query_emb, doc_emb, data, dims, args.precisions, layers or [encoder.num_layers], args.rescore,
-            search_fn, recall_vs_exact=args.index == "faiss",
-        )  # fmt: skip
-        entry = {
-            "folder": str(folder),
-            "queries": len(data),
-            "docs": len(data.doc_ids),
-            "query_prefix": args.query_prefix,
-            "doc_prefix": args.doc_prefix,
-            "index": args.index,
-            "encode_seconds": encode_seconds,
-            "records": records,
-        }
-        header = f"{name} ({len(data)} queries, {len(data.doc_ids)} docs, encoded in {encode_seconds:.1f} s)"
-        header += ", searched with faiss" if args.index == "faiss" else ""
-        table = format_cells(records)
-        text = f"### {header}: x100 (retention = nDCG@10 vs float32 at the largest dim)\n\n{table}\n"
-        if stages:
-            entry["funnel"] = evaluate_funnel(
-                query_emb[-1], doc_emb[-1], data, stages, args.funnel_binary, funnel_class
-            )
-            text += f"\nFunnel vs exact search (layer {results['layers'][-1]}):\n\n"
-            text += format_funnel(entry["funnel"]) + "\n"
-        results["retrieval"][name] = entry
+        records = evaluator.score(embeddings, dims, results["layers"])  # every (layer, dim) cell
+        entry = evaluator.result(embeddings, records, encode_seconds, time.perf_counter() - start)
+        results.setdefault(evaluator.section, {})[evaluator.name] = entry
+        text, console = evaluator.report(evaluator.name, entry)
         markdown.append(text)
-        print("\n" + text)
+        print(console)
 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 from mrl import objectives
 from mrl.checkpoint import write_text_atomic
-from mrl.evaluation import format_table
+from mrl.evals import EVALUATORS, evaluator_for
 from mrl.pooling import POOLINGS
 
 CARD_FILE = "README.md"
@@ -345,10 +345,9 @@ def build_card(
     if dev:
         step = meta.get("trained_steps")
         for set_name, records in dev.items():
-            out.append(
-                f"### {set_name} (dev, after step {step}): Spearman x100 (retention vs the largest dim)\n"
-            )
-            out.append(format_table(records) + "\n")
+            kind = evaluator_for(records)  # eval_dev.json holds records only
+            out.append(f"### {set_name} (dev, after step {step}): {kind.title} ({kind.retention})\n")
+            out.append(kind.table(records) + "\n")
         out.append(
             "Dev sets choose models; report test numbers with `eval.py` (`--add-to-card` adds them here).\n"
         )
@@ -501,24 +500,13 @@ def _put_section(card: str, name: str, text: str) -> str:
 
 
 def eval_sections(results: dict[str, Any]) -> dict[str, str]:
-    """Markdown per evaluated set of an ``eval.py`` result (the ``--json`` content)."""
-    from mrl.retrieval import format_cells, format_funnel
-
-    sections = {}
-    for name, entry in results.get("sets", {}).items():
-        sections[f"sts {name}"] = (
-            f"### {name} ({entry['pairs']} pairs, `{entry['source']}`): Spearman x100 (retention vs the "
-            f"largest dim)\n\n{format_table(entry['records'])}\n"
-        )
-    for name, entry in results.get("retrieval", {}).items():
-        text = (
-            f"### {name} ({entry['queries']} queries, {entry['docs']} docs): retrieval x100 "
-            f"(retention = nDCG@10 vs float32 at the largest dim)\n\n{format_cells(entry['records'])}\n"
-        )
-        if entry.get("funnel"):
-            text += f"\nFunnel vs exact search:\n\n{format_funnel(entry['funnel'])}\n"
-        sections[f"beir {name}"] = text
-    return sections
+    """Markdown per evaluated set of an ``eval.py`` result (the ``--json`` content), keyed
+    ``"<kind> <set>"``: each evaluator of `mrl.evals.EVALUATORS` writes its own section."""
+    return {
+        f"{kind} {name}": evaluator.card_section(name, entry)
+        for kind, evaluator in EVALUATORS.items()
+        for name, entry in results.get(evaluator.section, {}).items()
+    }
 
 
 def add_eval_to_card(model_dir: str | Path, results: dict[str, Any]) -> Path:

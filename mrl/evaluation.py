@@ -53,6 +53,46 @@ def encode_layers(
     return every[[layer - 1 for layer in layers]]
 
 
+def embed_pairs(
+    encoder,
+    sentences1: Sequence[str],
+    sentences2: Sequence[str],
+    layers: Sequence[int] | None = None,
+    batch_size: int = 64,
+    show_progress: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Raw embeddings of both sides of N pairs at each of ``layers`` (1-based; None = the final
+    layer only), every distinct text encoded once, all layers from one pass: two (Lsel, N, D)."""
+    if len(sentences1) != len(sentences2):
+        raise ValueError("sentences1 and sentences2 must have the same length")
+    unique = list(dict.fromkeys([*sentences1, *sentences2]))
+    row = {text: i for i, text in enumerate(unique)}
+    index1 = torch.tensor([row[t] for t in sentences1], dtype=torch.long)
+    index2 = torch.tensor([row[t] for t in sentences2], dtype=torch.long)
+    emb = encode_layers(encoder, unique, layers, batch_size, show_progress)  # (Lsel, U, D)
+    return emb[:, index1], emb[:, index2]
+
+
+def score_pairs(
+    emb1: Tensor, emb2: Tensor, scores: Sequence[float], dims: Sequence[int], layers: Sequence[int | None]
+) -> list[dict[str, float]]:
+    """One record per (layer, dim) of N scored pairs: ``{"layer", "dim", "spearman", "pearson",
+    "retention"}``, retention being the Spearman at that dim over the Spearman at the layer's
+    largest evaluated dim.
+
+    emb1, emb2: (Lsel, N, D) un-normalised embeddings of the two sides (`embed_pairs`, or vectors
+    from anywhere); layers labels their Lsel rows (None: vectors that are no encoder's layer).
+    """
+    records = []
+    for layer, layer1, layer2 in zip(layers, emb1, emb2):
+        cells = [{"layer": layer, "dim": d, **correlations(layer1, layer2, scores, d)} for d in dims]
+        full = cells[int(np.argmax(dims))]["spearman"]
+        for cell in cells:
+            cell["retention"] = cell["spearman"] / full if full else float("nan")
+        records.extend(cells)
+    return records
+
+
 def evaluate_sts(
     encoder,
     sentences1: Sequence[str],
@@ -66,30 +106,13 @@ def evaluate_sts(
     """Score an STS set at every dim (and every listed layer, 1-based; None = final layer only).
 
     encoder: an `mrl.model.Encoder` (anything with ``encode(texts, batch_size, all_layers)``,
-    ``num_layers``). Unique texts are encoded once. Returns one record per (layer, dim):
-    ``{"layer", "dim", "spearman", "pearson", "retention"}``, retention being the Spearman at that
-    dim over the Spearman at the layer's largest evaluated dim.
+    ``num_layers``). Unique texts are encoded once (`embed_pairs`). Returns one record per
+    (layer, dim) (`score_pairs`): ``{"layer", "dim", "spearman", "pearson", "retention"}``.
     """
     if not (len(sentences1) == len(sentences2) == len(scores)):
         raise ValueError("sentences1, sentences2 and scores must have the same length")
-    unique = list(dict.fromkeys([*sentences1, *sentences2]))
-    row = {text: i for i, text in enumerate(unique)}
-    index1 = torch.tensor([row[t] for t in sentences1])
-    index2 = torch.tensor([row[t] for t in sentences2])
-    emb = encode_layers(encoder, unique, layers, batch_size, show_progress)  # (len(layers), U, D)
-    layers = layers or [encoder.num_layers]
-
-    records = []
-    for layer, layer_emb in zip(layers, emb):
-        cells = [
-            {"layer": layer, "dim": d, **correlations(layer_emb[index1], layer_emb[index2], scores, d)}
-            for d in dims
-        ]
-        full = cells[int(np.argmax(dims))]["spearman"]
-        for cell in cells:
-            cell["retention"] = cell["spearman"] / full if full else float("nan")
-        records.extend(cells)
-    return records
+    emb1, emb2 = embed_pairs(encoder, sentences1, sentences2, layers, batch_size, show_progress)
+    return score_pairs(emb1, emb2, scores, dims, layers or [encoder.num_layers])
 
 
 def format_table(records: list[dict[str, float]], metric: str = "spearman") -> str:

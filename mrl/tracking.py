@@ -2,27 +2,36 @@
 
 One global step everywhere: the optimizer step. Tags are fixed once (see README):
 ``train/loss``, ``train/loss_d64``, ``train/loss_l3``, ``train/lr``, ``train/grad_norm``,
-``val/<set>/spearman_d64`` (``val/<set>/spearman_l3_d64`` for earlier layers of 2D models),
+``val/<set>/<metric>_d64`` (``val/<set>/<metric>_l3_d64`` for earlier layers of 2D models; the
+metric is the set's evaluator's primary one, ``spearman`` for STS: `mrl.evals.base.tag`),
 ``perf/samples_per_s``, ``perf/tokens_per_s``, ``perf/max_mem_gb``.
 A Tracker made with ``enabled=False`` (ranks other than 0) does nothing.
 
+Which metric and what to call it come from the dev sets' evaluators (`mrl.evals`): anything with
+their ``metric``, ``label`` and ``title`` attributes, passed in; `scalar_layout` alone falls back
+to the STS evaluator when given none.
+
 For comparing many runs (``tensorboard --logdir runs``) every run also gets:
 - a custom-scalars layout (`scalar_layout`): every ``train/loss_d*`` on one chart, every
-  ``val/*/spearman_d*`` on another, and for 2D one chart per layer and one per dim;
+  ``val/*/<metric>_d*`` on another (one category per primary metric), and for 2D one chart per
+  layer and one per dim;
 - an HParams session in ``tb/hparams/`` (`Tracker.start_hparams`, `Tracker.finish`): the resolved
   config as hyperparameters and the final dev metrics, so ablation runs line up as rows of the
   HParams table. Only the session summaries are written, never an experiment summary: with one,
   TensorBoard would take that run's list of hyperparameters and metrics for every run;
-- a retention plot at the end (`retention_figure`): Spearman against dim (and the layers x dims
-  grid for 2D), as ``RUN/retention.png`` and the image summary ``val/retention``. It needs the
-  optional matplotlib; without it the run logs a note and skips the plot.
+- a retention plot at the end (`retention_figure`): each set's primary metric against dim (and
+  the layers x dims grid for 2D), as ``RUN/retention.png`` and the image summary
+  ``val/retention``. It needs the optional matplotlib; without it the run logs a note and skips
+  the plot.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,31 +92,37 @@ class Tracker:
         self.log_file.flush()
 
     def start_hparams(
-        self, hparams: dict[str, Any], layers: list[int] | None, num_layers: int, dims: list[int]
+        self,
+        hparams: dict[str, Any],
+        layers: list[int] | None,
+        num_layers: int,
+        dims: list[int],
+        evaluators: Mapping[str, Any] | None = None,
     ) -> None:
         """At the start of a run: the custom-scalars layout and the HParams session start.
 
         hparams: the resolved config (and derived quantities); values that TensorBoard cannot
         show (lists, None) are written as their JSON text. layers: the evaluated layers (None:
-        the final one only); dims: the evaluated dims.
+        the final one only); dims: the evaluated dims; evaluators: the dev sets' ``{name:
+        evaluator}`` (see `scalar_layout`).
         """
         if not self.enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer.add_custom_scalars(scalar_layout(dims, layers, num_layers))
+        self.writer.add_custom_scalars(scalar_layout(dims, layers, num_layers, evaluators))
         # A run of its own below tb/: its scalars are exactly the HParams table's metric columns.
         self.hparams_writer = SummaryWriter(str(self.run_dir / "tb" / "hparams"), purge_step=self.purge_step)
         self.hparams_writer.file_writer.add_summary(hparams_session(hparam_values(hparams)))
         self.hparams_writer.flush()
 
-    def finish(self, step: int, records: dict[str, list[dict]]) -> Path | None:
+    def finish(self, step: int, records: dict[str, list[dict]], evaluators: Mapping[str, Any]) -> Path | None:
         """At the end of a run: the HParams row's metrics, and the retention plot.
 
         The metrics are the last value this run logged of ``train/loss`` and of every ``val/*``
-        tag (the final dev evaluation). records: ``{set: records}`` of that evaluation
-        (`mrl.evaluation.evaluate_sts`), for the plot. Returns the PNG path, or None when there
-        is nothing to plot or no matplotlib.
+        tag (the final dev evaluation), whatever its evaluator. records: ``{set: records}`` of
+        that evaluation (`mrl.evals.evaluate_all`), and evaluators ``{set: its evaluator}``, for
+        the plot. Returns the PNG path, or None when there is nothing to plot or no matplotlib.
         """
         if not self.enabled:
             return None
@@ -121,7 +136,7 @@ class Tracker:
         if not records:
             return None
         try:
-            figure = retention_figure(records)
+            figure = retention_figure(records, evaluators)
         except ImportError:
             self.print("note: matplotlib is not installed: no retention plot (pip install -e '.[plots]')")
             return None
@@ -139,32 +154,44 @@ class Tracker:
                 self.hparams_writer.close()
 
 
-def scalar_layout(dims: list[int], layers: list[int] | None, num_layers: int) -> dict:
+def scalar_layout(
+    dims: list[int], layers: list[int] | None, num_layers: int, evaluators: Mapping[str, Any] | None = None
+) -> dict:
     """The custom-scalars layout: {category: {chart title: ["Multiline", [tag regexes]]}}.
 
+    One "dev" category per primary metric among ``evaluators`` (``{set: evaluator}``: their
+    ``metric`` and ``label``); None means train.py's --eval-data sets, scored pairs (STS).
     Regexes, not tag lists, so that the same layout fits every run of an ablation (other dims,
     other sets) and TensorBoard merges the charts of all runs into one.
     """
+    if evaluators is None:
+        from mrl.evals import StsEvaluator  # here, not at the top: tracking sits below the evaluators
+
+        evaluators = {"": StsEvaluator}
+    labels = {e.metric: e.label for e in evaluators.values()}  # each primary metric once, in order
     layout = {
         "Matryoshka: training loss": {
             "total loss": ["Multiline", [r"^train/loss$"]],
             "loss at every dim (final layer)": ["Multiline", [r"^train/loss_d\d+$"]],
         },
-        "Matryoshka: dev Spearman": {
-            "every set and dim (final layer)": ["Multiline", [r"^val/.*/spearman_d\d+$"]],
-        },
     }
+    for metric, label in labels.items():
+        m = re.escape(metric)
+        layout[f"Matryoshka: dev {label}"] = {
+            "every set and dim (final layer)": ["Multiline", [rf"^val/.*/{m}_d\d+$"]],
+        }
     earlier = [layer for layer in layers or [] if layer != num_layers]
     if earlier:
         layout["Matryoshka: training loss"]["2D: earlier layers and KL"] = [
             "Multiline",
             [r"^train/loss_l\d+(_d\d+)?$", r"^train/loss_kl$"],
         ]
-        dev = layout["Matryoshka: dev Spearman"]
-        for layer in earlier:
-            dev[f"2D: layer {layer}, every dim"] = ["Multiline", [rf"^val/.*/spearman_l{layer}_d\d+$"]]
-        for dim in sorted(dims, reverse=True):
-            dev[f"2D: d={dim}, every layer"] = ["Multiline", [rf"^val/.*/spearman_(l\d+_)?d{dim}$"]]
+        for metric, label in labels.items():
+            m, dev = re.escape(metric), layout[f"Matryoshka: dev {label}"]
+            for layer in earlier:
+                dev[f"2D: layer {layer}, every dim"] = ["Multiline", [rf"^val/.*/{m}_l{layer}_d\d+$"]]
+            for dim in sorted(dims, reverse=True):
+                dev[f"2D: d={dim}, every layer"] = ["Multiline", [rf"^val/.*/{m}_(l\d+_)?d{dim}$"]]
     return layout
 
 
@@ -214,9 +241,10 @@ def hparams_session(hparams: dict[str, Any] | None):
     return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin))])
 
 
-def retention_figure(records: dict[str, list[dict]]):
-    """A matplotlib Figure, one row per dev set: Spearman x100 against dim at the final layer
-    (log-2 axis, retention in % beside each point); for 2D records also the layers x dims grid.
+def retention_figure(records: dict[str, list[dict]], evaluators: Mapping[str, Any]):
+    """A matplotlib Figure, one row per dev set: its evaluator's primary metric (``evaluators``:
+    ``{set: evaluator}``, its ``metric`` and ``title``) against dim at the final layer (log-2
+    axis, retention in % beside each point); for 2D records also the layers x dims grid.
     Raises ImportError without matplotlib. Uses no pyplot (no global backend state)."""
     import matplotlib  # noqa: F401  (ImportError here when the optional extra is absent)
     from matplotlib.figure import Figure
@@ -225,23 +253,25 @@ def retention_figure(records: dict[str, list[dict]]):
     figure = Figure(figsize=(11 if two_d else 6, 4 * len(records)), layout="constrained")
     axes = figure.subplots(len(records), 2 if two_d else 1, squeeze=False)
     for row, (name, recs) in zip(axes, records.items()):
+        metric, title = evaluators[name].metric, evaluators[name].title
         final = max(r["layer"] for r in recs)
         line = sorted((r for r in recs if r["layer"] == final), key=lambda r: r["dim"])
         ax = row[0]
-        ax.plot([r["dim"] for r in line], [r["spearman"] for r in line], marker="o")
+        ax.plot([r["dim"] for r in line], [r[metric] for r in line], marker="o")
         for r in line:
-            ax.annotate(f"{100 * r['retention']:.1f}%", (r["dim"], r["spearman"]), textcoords="offset points",
+            retention = "" if r["retention"] is None else f"{100 * r['retention']:.1f}%"
+            ax.annotate(retention, (r["dim"], r[metric]), textcoords="offset points",
                         xytext=(0, 6), ha="center", fontsize=8)  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_xticks([r["dim"] for r in line], [str(r["dim"]) for r in line])
         ax.set_xlabel("dims kept")
-        ax.set_ylabel("Spearman x100")
+        ax.set_ylabel(title)
         ax.set_title(f"{name}: final layer ({final}), retention vs largest dim")
         ax.grid(alpha=0.3)
         if two_d:
             dims = sorted({r["dim"] for r in recs})
             layers = sorted({r["layer"] for r in recs})
-            cell = {(r["layer"], r["dim"]): r["spearman"] for r in recs}
+            cell = {(r["layer"], r["dim"]): r[metric] for r in recs}
             grid = [[cell.get((layer, d), float("nan")) for d in dims] for layer in layers]
             ax = row[1]
             image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
@@ -255,7 +285,7 @@ def retention_figure(records: dict[str, list[dict]]):
             ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
             ax.set_xlabel("dims kept")
             ax.set_ylabel("layers kept")
-            ax.set_title(f"{name}: Spearman x100, layers x dims")
+            ax.set_title(f"{name}: {title}, layers x dims")
             figure.colorbar(image, ax=ax)
     return figure
 

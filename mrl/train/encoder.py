@@ -24,7 +24,7 @@ from mrl.checkpoint import STATE_KEYS, save_folder_atomic, write_text_atomic
 from mrl.config import TrainConfig
 from mrl.data import DataError, Examples, check_tokenized
 from mrl.dist import DistInfo, gather_with_grad, rank_slice
-from mrl.evaluation import evaluate_sts, format_table
+from mrl.evals import Evaluator, dev_evaluators, evaluate_all
 from mrl.gradcache import gradcache_step
 from mrl.model import Encoder
 from mrl.objectives import Objective, base_loss_entry, build_objective
@@ -85,6 +85,10 @@ class EncoderTraining:
     @property
     def has_dev(self) -> bool:
         return bool(self.eval_sets)
+
+    @property
+    def evaluators(self) -> dict[str, Evaluator]:
+        return dev_evaluators(self.eval_sets)  # {set name: evaluator} (STS for --eval-data files)
 
     # ---- the step ------------------------------------------------------------------------------
 
@@ -195,31 +199,21 @@ class EncoderTraining:
         )
         # TensorBoard for many runs: a chart layout and an HParams row (mrl/tracking.py).
         hparams = {**config.to_dict(), "derived": derived}
-        tracker.start_hparams(
-            hparams, self.objective.eval_layers, encoder.num_layers, self.objective.eval_dims
-        )
+        objective = self.objective
+        layers, dims = objective.eval_layers, objective.eval_dims
+        tracker.start_hparams(hparams, layers, encoder.num_layers, dims, self.evaluators)
         print_notes(tracker, config, encoder, derived, self.dist.device)
         rows = rank_slice(config.batch_size, self.dist.rank)
         self.batches = batch_stream(self.sampler, self.train, self.collate, *state.cursor, rows=rows)
         encoder.train()
 
     def evaluate(self) -> tuple[dict[str, float], dict[str, list[dict]]]:
-        """Spearman per (set, layer, dim) on the dev sets -> {tag: value} and the records per set."""
-        scalars, records = {}, {}
-        dims, layers, encoder = self.objective.eval_dims, self.objective.eval_layers, self.encoder
-        with self.autocast:
-            for name, ex in self.eval_sets.items():
-                recs = evaluate_sts(
-                    encoder, ex.columns[0], ex.columns[1], ex.scores, dims, layers,
-                    batch_size=self.config.eval_batch_size,
-                )  # fmt: skip
-                records[name] = recs
-                for r in recs:
-                    cell = (
-                        f"d{r['dim']}" if r["layer"] == encoder.num_layers else f"l{r['layer']}_d{r['dim']}"
-                    )
-                    scalars[f"val/{name}/spearman_{cell}"] = r["spearman"]
-        return scalars, records
+        """Every dev set's evaluator (`mrl.evals`) at every trained (layer, dim) -> {tag: value}
+        and the records per set."""
+        dims, layers = self.objective.eval_dims, self.objective.eval_layers
+        return evaluate_all(
+            self.evaluators, self.encoder, dims, layers, self.config.eval_batch_size, self.autocast
+        )
 
     def extra_state(self) -> dict[str, Any]:
         """GradScaler, every rank's RNG states, the loss's draws and exit heads (if any)."""
@@ -265,11 +259,15 @@ class EncoderTraining:
         }
         if main_process:  # written beside, then renamed: a full disk leaves the old model/ or none
             save_folder_atomic(run_dir / "model", lambda folder: self.encoder.save(folder, metadata))
+        evaluators = self.evaluators
         if records:
             write_text_atomic(run_dir / "eval_dev.json", json.dumps(records, indent=2))
             for name, recs in records.items():
-                tracker.print(f"\n{name} (dev), Spearman x100 (retention):\n{format_table(recs)}")
-        plot = tracker.finish(state.step, records)  # HParams metrics; retention plot (PNG + image)
+                kind = evaluators[name]
+                tracker.print(f"\n{name} (dev), {kind.title} (retention):\n{kind.table(recs)}")
+        plot = tracker.finish(
+            state.step, records, evaluators
+        )  # HParams metrics; retention plot (PNG + image)
         if plot:
             tracker.print(f"retention plot: {plot}")
         if main_process:  # the model card (mrl/card.py)
