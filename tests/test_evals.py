@@ -324,7 +324,7 @@ def test_toy_as_the_dev_evaluator_of_a_training_run(toy_registered, tiny_model_d
     """train.main with the dev sets scored by the toy: its tags in metrics.jsonl and the log, the
     HParams metrics, eval_dev.json, the retention plot and the card's dev table."""
     monkeypatch.setattr(
-        mrl.train.encoder,  # where the encoder's training finds its evaluators (the dev files are scored pairs)
+        mrl.train.encoder,  # where the training finds its evaluators (the dev files are scored pairs)
         "dev_evaluators",
         lambda sets: {name: ToyEvaluator(name, list(zip(*ex.columns))) for name, ex in sets.items()},
     )
