@@ -24,7 +24,7 @@ from mrl.config import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives in the repo root
-from train import lr_factor  # noqa: E402
+from mrl.train.setup import lr_factor  # noqa: E402
 
 
 def error_of(argv: list[str]) -> str:
