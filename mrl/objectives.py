@@ -20,7 +20,7 @@ random``), ``citation`` (shown in ``--help``) and ``card``, its line of the mode
 `train.py` builds the loss with `build_objective`; `mrl.config` runs every check (the ones that
 follow from the table's properties and each entry's own ``validate`` hooks). An unknown name is an
 error listing the known ones. Adding a base loss or a 2D schedule is one pure function in
-`mrl/losses.py` plus one entry below (README, "Adding an objective"); nothing in `train.py` changes.
+`mrl/losses.py` plus one entry below (README, "Extending"); nothing in `train.py` changes.
 
 The math stays in `mrl/losses.py` (pure functions over tensors); this module only wires config
 fields to their arguments. It reads the config by attribute and does not import `mrl.config`.
