@@ -1604,7 +1604,7 @@ def test_a_hub_id_without_datasets_says_both_readings(tiny_model_dir, tmp_path, 
 
 
 # ============================================================================================
-# The same guarantees in train.py --adaptor (its own small loop)
+# The same guarantees in train.py --adaptor (the same loop and resume path, mrl/train/)
 # ============================================================================================
 
 
