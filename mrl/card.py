@@ -394,6 +394,8 @@ def _recipe_table(config, derived, meta, run, wall_seconds, resumed_at, base) ->
         add("dev data", ", ".join(f"`{d}`" for d in config.get("eval_data") or []) or "none")
         text = _entry_text(objectives.BASE_LOSSES, config["loss"], config)
         add("loss", f"{config['loss']} ({text})" if text else config["loss"])
+        if config.get("hardness", "off") != "off":  # in-batch negatives weighted by hardness (issue 25)
+            add("hardness weighting", objectives.HARDNESS_CARD.format(**config))
     elif meta.get("loss"):
         add("loss", meta["loss"])
     add("Matryoshka dims", ", ".join(map(str, meta.get("dims") or [])))

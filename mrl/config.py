@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mrl import objectives
-from mrl.losses import DEPTH_WEIGHTINGS, check_dims
+from mrl.losses import DEPTH_WEIGHTINGS, DIRECTIONS, HARDNESS_MODES, PARTITION_MODES, check_dims
 from mrl.packing import PADDING_FREE_MODES
 from mrl.pooling import POOLING_MODES
 from mrl.runtime import AMP_PRECISIONS, OneLineParser, main_error  # noqa: F401 (main_error: re-exported)
@@ -178,6 +178,25 @@ class TrainConfig:
         None, "one weight per dim (default 1 each; the loss is their sum)"
     )
     n_dims_per_step: int | None = _objective(None, "sample this many of --dims each step (default: all)")
+    # In-batch-negative options (issue 25): GTE's directions, and hardness weighting.
+    directions: list[str] = _objective(
+        list(DIRECTIONS),
+        "gte: the similarity blocks in each anchor's softmax: query-doc (always: it holds the "
+        "positive), query-query, doc-query, doc-doc (self and same-query pairs masked)",
+    )
+    partition_mode: str = _objective(
+        "joint",
+        "gte: one softmax over every direction (joint, GTE), or the mean of one per direction "
+        "(per-direction; query-doc and doc-query only)",
+        choices=PARTITION_MODES,
+    )
+    hardness: str = _objective(
+        "off",
+        "in-batch negatives: add alpha * stopgrad(cos) to the query -> doc logits of in-batch, hard "
+        "or all negatives, so harder ones weigh more (Lan et al. 2025)",
+        choices=HARDNESS_MODES,
+    )
+    hardness_strength: float = _objective(0.0, "alpha of --hardness (added to scale * cos, unscaled)")
     gather_across_devices: bool = _objective(
         True, "under torchrun, score each anchor against every GPU's candidates (global in-batch negatives)"
     )
@@ -195,9 +214,15 @@ class TrainConfig:
     # No argparse choices: a retired name ('linear', 'inverse') gets its own error in validate().
     depth_weighting: str = _two_d(
         "proportional",
-        "random mode: weight of a sampled block l of L: 'proportional' = l/L (ours); upstream's "
-        "'uniform' = 1, 'log' = 1/(1+ln(1+idx)), 'reciprocal' = 1/(1+idx) (upstream's 'linear'), "
-        "idx = l-1; the upstream ones average the sampled blocks",
+        "random mode: weight of a sampled layer of L blocks, idx its hidden-state index (0: the "
+        "embedding layer's output, l: block l): 'proportional' = idx/L (ours; candidates blocks "
+        "1..L-1); upstream's 'uniform' = 1, 'log' = 1/(1+ln(1+idx)), 'reciprocal' = 1/(1+idx) "
+        "(upstream's 'linear') draw among hidden states 0..L-1 and average the drawn ones",
+    )
+    embedding_candidate: bool = _two_d(
+        False,
+        "random mode, proportional: add the embedding layer's output (idx 0, weighted as block 1) "
+        "to the candidates, as upstream's weightings always do",
     )
     kl_weight: float = _two_d(
         1.0, "weight of the KL term aligning shallow layers with the final one (0: off)"
@@ -714,6 +739,7 @@ def validate_objective(config: TrainConfig) -> None:
         check_dims(config.dims, flag="--dims")
     if base.in_batch_negatives and config.batch_size < 2:
         raise ValueError("--batch-size 1 leaves in-batch negatives with no negatives; use at least 2")
+    base.validate(config)  # its own checks, e.g. gte: known directions
     wrapper.validate(config)  # its own checks, e.g. fixed: no repeated pairs
     check_fields_read(config, "--2d", objectives.WRAPPERS, {config.two_d})
     check_distillation(config)

@@ -148,6 +148,112 @@ def mnrl_loss(
         return loss
 
 
+# The similarity directions of `gte_loss`, each a block of logits in the softmax of anchor i:
+# query i against every document, against every other query, document i (its positive) against
+# every query, and against every document of another query.
+DIRECTIONS = ("query-doc", "query-query", "doc-query", "doc-doc")
+PARTITION_MODES = ("joint", "per-direction")
+# Which negatives of the query -> doc block get the hardness term (Lan et al. 2025).
+HARDNESS_MODES = ("off", "in-batch", "hard", "all")
+
+
+def gte_loss(
+    columns: Tensor,
+    labels: Tensor | None = None,
+    scale: float = DEFAULT_SCALE,
+    directions: Sequence[str] = DIRECTIONS,
+    partition_mode: str = "joint",
+    hardness: str = "off",
+    hardness_strength: float = 0.0,
+    local: slice | None = None,
+) -> Tensor:
+    """In-batch negatives in several directions (GTE, Li et al. 2023) with hardness weighting.
+
+    columns: (C, B, d), C >= 2: queries q, positives p (= documents column 1), then C - 2 columns
+    of hard negatives; all C - 1 document columns laid side by side are the documents
+    ``D = [p; n_1; ...]`` ((C-1)*B rows). With ``s = scale * cos``, anchor i's logit blocks are
+
+    - "query-doc" ``s(q_i, D_j)`` for every document (always on: it holds the positive ``p_i``);
+    - "query-query" ``s(q_i, q_j)``, j != i (self-similarity masked);
+    - "doc-query" ``s(p_i, q_j)`` for every query (j = i included: the positive pair again);
+    - "doc-doc" ``s(p_i, D_j)`` for every document of another query (p_i itself and the other
+      documents of query i masked: they are not negatives of p_i).
+
+    ``partition_mode="joint"``: one softmax over every chosen block, ``L_i = -s(q_i, p_i) +
+    logsumexp(all blocks)`` (GTE's improved contrastive loss with all four). "per-direction": the
+    mean over blocks of each block's own logsumexp, ``L_i = mean_b(logsumexp(block b)) - s(q_i,
+    p_i)``; only directions that contain the positive are allowed (query-doc, doc-query: the two
+    together are `mnrl_loss(symmetric=True)`). The loss is the mean of ``L_i`` over anchors.
+
+    ``hardness`` (Lan et al. 2025, arXiv:2503.04812, Eq. 5): ``hardness_strength * stopgrad(cos(q_i,
+    D_j))`` (alpha times the raw cosine, not scaled) is added to the query-doc logit of each
+    negative of the chosen kind, so harder negatives weigh more in the softmax: "in-batch" other
+    queries' documents, "hard" query i's own hard negatives, "all" both; never the positive. Other
+    blocks get no hardness term (as upstream). ``labels`` is unused (the base-loss signature).
+
+    ``local`` (across GPUs): ``columns`` is the GLOBAL batch (C, G, d) gathered with gradient
+    (`mrl.dist.gather_with_grad`) and ``local`` rank r's rows, exactly as in `mnrl_loss`: only
+    the local anchors (and their positives, for doc-query / doc-doc) are scored, against every
+    rank's queries and documents, and the loss is the mean over local anchors, so the ranks'
+    mean is the single-process loss on the global batch (see `mnrl_loss` for the gradients).
+    """
+    n_cols, batch = columns.shape[0], columns.shape[1]
+    if n_cols < 2:
+        raise ValueError(f"gte_loss needs at least 2 text columns (query, positive), got {n_cols}")
+    unknown = [x for x in directions if x not in DIRECTIONS]
+    if unknown or "query-doc" not in directions or len(set(directions)) != len(directions):
+        raise ValueError(
+            f"directions must be distinct among {DIRECTIONS} and hold 'query-doc', got {directions}"
+        )
+    if partition_mode not in PARTITION_MODES:
+        raise ValueError(f"partition_mode must be one of {PARTITION_MODES}, got {partition_mode!r}")
+    if partition_mode == "per-direction" and {"query-query", "doc-doc"} & set(directions):
+        raise ValueError(
+            "per-direction partition needs every block to hold the positive: query-doc, doc-query"
+        )
+    if hardness not in HARDNESS_MODES:
+        raise ValueError(f"hardness must be one of {HARDNESS_MODES}, got {hardness!r}")
+    local = slice(0, batch) if local is None else local
+    if local.step not in (None, 1) or not 0 <= (local.start or 0) < (local.stop or -1) <= batch:
+        raise ValueError(f"local must be a slice(start, stop) inside 0..{batch}, got {local}")
+    with no_autocast(columns):
+        unit = F.normalize(at_least_fp32(columns), dim=-1, eps=1e-12)
+        queries = unit[0]  # (G, d), G = B (or world * B, gathered)
+        docs = unit[1:].reshape((n_cols - 1) * batch, -1)  # ((C-1)*G, d): positives first
+        own_rows = torch.arange(local.start or 0, local.stop, device=columns.device)  # (b,)
+        n = own_rows.shape[0]
+        anchor = torch.arange(n, device=columns.device)
+        own = torch.zeros(n, batch, dtype=torch.bool, device=columns.device)  # (b, G): row j is i's
+        own[anchor, own_rows] = True
+        own_docs = own.repeat(1, n_cols - 1)  # (b, (C-1)*G): query i's positive and hard negatives
+        cos = {"query-doc": queries[local] @ docs.T}  # (b, (C-1)*G)
+        masks = {}  # pairs that are not negatives of anchor i: left out of its softmax
+        if "query-query" in directions:
+            cos["query-query"], masks["query-query"] = queries[local] @ queries.T, own  # (b, G)
+        if "doc-query" in directions:
+            cos["doc-query"] = unit[1, local] @ queries.T  # (b, G)
+        if "doc-doc" in directions:
+            cos["doc-doc"], masks["doc-doc"] = unit[1, local] @ docs.T, own_docs  # (b, (C-1)*G)
+        logits = {key: scale * cos[key] for key in directions}  # in the given order
+        for key, mask in masks.items():
+            logits[key] = logits[key].masked_fill(mask, float("-inf"))
+        if hardness != "off" and hardness_strength > 0:
+            hard_column = torch.arange(docs.shape[0], device=columns.device) >= batch  # ((C-1)*G,)
+            boosted = {
+                "in-batch": ~own_docs,
+                "hard": own_docs & hard_column,
+                "all": ~(own_docs & ~hard_column),  # every document but the positive
+            }[hardness]
+            penalty = hardness_strength * cos["query-doc"].detach()
+            logits["query-doc"] = logits["query-doc"] + penalty.masked_fill(~boosted, 0.0)
+        positive = logits["query-doc"][anchor, own_rows]  # (b,)
+        if partition_mode == "joint":
+            log_z = torch.logsumexp(torch.cat(list(logits.values()), dim=1), dim=1)  # (b,)
+        else:
+            log_z = torch.stack([torch.logsumexp(x, dim=1) for x in logits.values()]).mean(0)
+        return (log_z - positive).mean()
+
+
 # --------------------------------------------------------------------------------------------
 # Matryoshka: the same base loss at nested prefixes of one embedding
 # --------------------------------------------------------------------------------------------
@@ -231,26 +337,33 @@ def layer_kl(final: Tensor, layer: Tensor, temperature: float, detach_target: bo
         return temperature * F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
 
-# How much an earlier block's Matryoshka loss counts in 2D random layer dropping.
+# How much an earlier layer's Matryoshka loss counts in 2D random layer dropping.
 # "proportional" is ours (the default); the other three are upstream's AdaptiveLayerLoss weightings,
 # under clear names: its "uniform" and "log" as they are, its "linear" as "reciprocal".
 DEPTH_WEIGHTINGS = ("proportional", "uniform", "log", "reciprocal")
-# The upstream weightings also average the sampled blocks' losses (divide by how many were drawn).
+# The upstream weightings draw among hidden states 0..L-1, the embedding layer's output (hidden
+# state 0, before any block) included, and average the drawn layers' losses (issue 25).
 AVERAGED_WEIGHTINGS = ("uniform", "log", "reciprocal")
 
 
 def depth_weight(layer: int, num_layers: int, weighting: str) -> float:
-    """Weight of the loss at block ``layer`` (1-based: block 1 is the first) of ``num_layers``.
+    """Weight of the loss at hidden state ``layer`` of a model with ``num_layers`` blocks.
 
-    - "proportional" (ours, the default): ``layer / num_layers``. Deeper blocks, which are asked
-      to be nearly as good as the final one, count more.
-    - upstream's (AdaptiveLayerLoss), with ``idx = layer - 1`` counted from 0 as upstream does:
-      "uniform" ``1`` (its current default), "log" ``1 / (1 + ln(1 + idx))`` and "reciprocal"
-      ``1 / (1 + idx)`` (upstream's "linear", its old default: block 1 gets weight 1, the largest).
+    ``layer`` is the hidden-state index: 0 is the embedding layer's output (before any block),
+    ``l`` in 1..L is block ``l``'s output. It is upstream's ``idx`` (AdaptiveLayerLoss draws among
+    hidden states 0..L-1 and weighs by that index; issue 25 fixed our off-by-one).
+
+    - "proportional" (ours, the default): ``layer / num_layers``: deeper blocks, which are asked
+      to be nearly as good as the final one, count more. The embedding output (only a candidate
+      with ``--embedding-candidate``) weighs as block 1, ``1 / num_layers``: ``0 / L`` would
+      leave it only its KL term.
+    - upstream's: "uniform" ``1`` (its current default), "log" ``1 / (1 + ln(1 + idx))`` and
+      "reciprocal" ``1 / (1 + idx)`` (upstream's "linear", its old default: the embedding output
+      gets weight 1, block 1 gets 1/2).
     """
-    idx = layer - 1
+    idx = layer
     if weighting == "proportional":
-        return layer / num_layers
+        return max(layer, 1) / num_layers
     if weighting == "uniform":
         return 1.0
     if weighting == "log":
@@ -277,41 +390,57 @@ def layer_dropping_loss(
     generator: torch.Generator | None = None,
     distill: Distill | None = None,
     distill_weight: float = 1.0,
+    embedding_layer: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """2D Matryoshka by random layer dropping (2DMSE v1, Li et al., 2024).
 
-    layer_columns: (L, C, B, D) pooled embeddings of every block from one forward pass.
-    Each step: ``last_layer_weight * M(final)`` plus, for ``n_layers_per_step`` blocks ``l``
-    drawn uniformly from 1..L-1 (-1: every earlier block), ``prior_layers_weight * share *
-    depth_weight(l) * M(layer l)`` and ``kl_weight * layer_kl(final, layer l)``, where ``M`` is the
-    Matryoshka loss over ``dims``. ``share`` is 1 / (number of blocks drawn) for upstream's
-    weightings (uniform, log, reciprocal: upstream averages the drawn blocks) and 1 for our
-    "proportional" (a sum, as our recorded runs used; with one block a step the two agree).
-    The KL terms are summed, not averaged, as upstream does.
+    layer_columns: (L, C, B, D) pooled embeddings of every block from one forward pass, or with
+    ``embedding_layer`` (L + 1, C, B, D) whose row 0 is the pooled embedding-layer output (hidden
+    state 0, before any block; `mrl.model.Encoder.forward(..., embedding_layer=True)`) and row
+    ``l`` block ``l``. The candidates are the hidden states below the final one: 0..L-1 with
+    ``embedding_layer`` (upstream's L candidates), else blocks 1..L-1.
+
+    Each step: ``last_layer_weight * M(final)`` plus, for ``n_layers_per_step`` candidates ``l``
+    drawn uniformly (-1: every candidate), ``prior_layers_weight * share * depth_weight(l) *
+    M(layer l)`` and ``kl_weight * layer_kl(final, layer l)``, where ``M`` is the Matryoshka loss
+    over ``dims`` and ``l`` the hidden-state index (upstream's idx). ``share`` is 1 / (number
+    drawn) for upstream's weightings (uniform, log, reciprocal: upstream averages the drawn
+    layers) and 1 for our "proportional" (a sum, as our recorded runs used; with one layer a step
+    the two agree). The KL terms are summed, not averaged, as upstream does. Upstream's weightings
+    need the embedding output among the candidates (``embedding_layer=True``; before issue 25 we
+    drew among blocks 1..L-1 with idx = l - 1, which is not upstream's sum).
 
     Upstream (sentence-transformers' Matryoshka2dLoss, current version) is
     ``depth_weighting="uniform"``, ``n_dims_per_step=1`` and the detached KL target (our default);
     old upstream versions used "reciprocal" and ``detach_kl_target=False``.
     Returns ``(total, terms)`` with the final layer's ``"d{dim}"`` terms, each sampled layer's
-    ``"l{l}"`` Matryoshka term (unweighted) and ``"kl"`` (sum over sampled layers).
-    ``distill`` (layer self-distillation, e.g. ``partial(similarity_distill, kind="kl")``): each
-    sampled layer, at each dim trained this step, also learns the final layer's in-batch
-    similarity structure at that dim; ``distill_weight`` times their sum is added as ``"distill"``.
+    ``"l{l}"`` Matryoshka term (unweighted; ``"l0"`` the embedding output) and ``"kl"`` (sum over
+    sampled layers). ``distill`` (layer self-distillation, e.g. ``partial(similarity_distill,
+    kind="kl")``): each sampled block, at each dim trained this step, also learns the final
+    layer's in-batch similarity structure at that dim (the embedding output does not);
+    ``distill_weight`` times their sum is added as ``"distill"``.
     """
     if depth_weighting not in DEPTH_WEIGHTINGS:
         raise ValueError(f"depth weighting must be one of {DEPTH_WEIGHTINGS}, got {depth_weighting!r}")
-    num_layers = layer_columns.shape[0]
-    final = layer_columns[-1]  # (C, B, D)
+    if depth_weighting in AVERAGED_WEIGHTINGS and not embedding_layer:
+        raise ValueError(
+            f"depth weighting {depth_weighting!r} (upstream's) draws among hidden states 0..L-1: pass "
+            "the embedding output as row 0 of layer_columns and embedding_layer=True"
+        )
+    first = 0 if embedding_layer else 1  # hidden-state index of row 0
+    blocks = layer_columns[1:] if embedding_layer else layer_columns  # (L, C, B, D): block l at l - 1
+    num_layers = blocks.shape[0]
+    final = blocks[-1]  # (C, B, D)
     total, terms = matryoshka_loss(base_loss, final, labels, dims, weights, n_dims_per_step, generator)
     total = last_layer_weight * total
     k = None if n_layers_per_step < 0 else n_layers_per_step
     kl_total = total.new_zeros(())
     distill_total = total.new_zeros(())
-    sampled = sample_subset(num_layers - 1, k, generator)
+    sampled = sample_subset(layer_columns.shape[0] - 1, k, generator)  # rows of the candidates
     share = 1.0 / len(sampled) if depth_weighting in AVERAGED_WEIGHTINGS and sampled else 1.0
-    for index in sampled:
-        layer = index + 1  # 1-based block number (upstream's idx is `index`)
-        emb = layer_columns[index]
+    for row in sampled:
+        layer = row + first  # hidden-state index: 0 the embedding output, l block l
+        emb = layer_columns[row]
         layer_loss, layer_terms = matryoshka_loss(
             base_loss, emb, labels, dims, weights, n_dims_per_step, generator
         )
@@ -320,10 +449,10 @@ def layer_dropping_loss(
         total = total + weight * layer_loss
         if kl_weight > 0:
             kl_total = kl_total + layer_kl(final, emb, kl_temperature, detach_kl_target)
-        if distill is not None:  # the dims this layer was trained at this step (keys "d{dim}")
+        if distill is not None and layer >= 1:  # the dims this block was trained at (keys "d{dim}")
             cells = [(layer, int(key[1:])) for key in layer_terms]
-            distill_total = distill_total + layer_distill_loss(layer_columns, cells, distill)
-    if kl_weight > 0 and num_layers > 1:
+            distill_total = distill_total + layer_distill_loss(blocks, cells, distill)
+    if kl_weight > 0 and layer_columns.shape[0] > 1:
         terms["kl"] = kl_total
         total = total + kl_weight * kl_total
     if distill is not None and num_layers > 1:

@@ -146,7 +146,7 @@ class Encoder(nn.Module):
                 heads[str(k)] = ExitHead(width).to(self.device)
         self.exit_heads = heads or None
 
-    def _through_exit_heads(self, pooled: Tensor, all_layers: bool) -> Tensor:
+    def _through_exit_heads(self, pooled: Tensor, all_layers: bool, embedding_layer: bool = False) -> Tensor:
         """Apply depth k's exit head to depth k's pooled vector: (N, D) or (L, N, D), same shape.
 
         Without ``all_layers`` the vector is the last block's, and the model has as many blocks
@@ -154,22 +154,26 @@ class Encoder(nn.Module):
         heads = self.exit_heads
         if not heads or (self.training and self.exit_heads_detached):
             return pooled  # detached: the trainer applies them itself (see `apply_exit_heads`)
-        return self.apply_exit_heads(pooled, all_layers)
+        return self.apply_exit_heads(pooled, all_layers, embedding_layer)
 
-    def apply_exit_heads(self, pooled: Tensor, all_layers: bool) -> Tensor:
+    def apply_exit_heads(self, pooled: Tensor, all_layers: bool, embedding_layer: bool = False) -> Tensor:
         """The exit heads on pooled vectors: (..., D) of the last depth, or (L, ..., D) of every
         depth with ``all_layers``; depths without a head pass unchanged.
 
         With ``exit_heads_detached`` the forward pass in training mode returns the vectors
         without the heads, and the trainer calls this on a detached copy: the heads then learn
-        from the same losses while the blocks train exactly as without them."""
+        from the same losses while the blocks train exactly as without them. With
+        ``embedding_layer`` row 0 is the embedding output (depth 0, no head) and row k depth k."""
         heads = self.exit_heads
         if not heads:
             return pooled
         if not all_layers:
             depth = str(self.num_layers)
             return heads[depth](pooled) if depth in heads else pooled
-        rows = [heads[str(k)](row) if str(k) in heads else row for k, row in enumerate(pooled.unbind(0), 1)]
+        first = 0 if embedding_layer else 1
+        rows = [
+            heads[str(k)](row) if str(k) in heads else row for k, row in enumerate(pooled.unbind(0), first)
+        ]
         return torch.stack(rows)
 
     @property
@@ -224,12 +228,19 @@ class Encoder(nn.Module):
             features["token_type_ids"] = torch.zeros_like(input_ids)
         return features
 
-    def forward(self, features: dict[str, Tensor], all_layers: bool = False) -> Tensor:
+    def forward(
+        self, features: dict[str, Tensor], all_layers: bool = False, embedding_layer: bool = False
+    ) -> Tensor:
         """Pooled embeddings: (N, D), or (L, N, D) for every block with ``all_layers``.
 
         The embedding of block ``l`` pools ``hidden_states[l]`` passed through the model's final
         norm if it has one (ModernBERT; none in BERT-like models): the vector a model cut to l
         blocks serves. For the final block we pool ``last_hidden_state``.
+
+        ``embedding_layer`` (with ``all_layers``): (L + 1, N, D), row 0 the pooled output of the
+        embedding layer (``hidden_states[0]``, before any block; through the final norm like the
+        other rows), row ``l`` block ``l``. Upstream's 2D (AdaptiveLayerLoss) counts it among the
+        layers it draws (issue 25; `mrl.losses.layer_dropping_loss`).
 
         With ``length_buckets`` k > 1 the N rows are sorted by length and run as k sub-batches,
         each cut to its own longest row: a random training batch of short and long texts then
@@ -245,30 +256,36 @@ class Encoder(nn.Module):
         mask = features["attention_mask"]
         n = mask.shape[0]
         groups = None
+        if embedding_layer and not all_layers:
+            raise ValueError("embedding_layer=True needs all_layers=True")
         if self.padding_free != "off" and n > 1:
             lengths = mask.sum(-1).tolist()  # host copy of N ints: the layout is planned on the CPU
             if self.padding_free == "pack":
-                return self._packed(features, lengths, all_layers)
+                return self._packed(features, lengths, all_layers, embedding_layer)
             groups = plan_buckets(lengths, self.dim)
         elif min(self.length_buckets, n) > 1:
             order = mask.sum(-1).argsort(descending=True)  # (N,) longest first
             groups = [rows.tolist() for rows in order.tensor_split(min(self.length_buckets, n))]
         if groups is None or len(groups) == 1:
-            return self._pooled(features, all_layers)
+            return self._pooled(features, all_layers, embedding_layer)
         # Same rows, less padding: run texts of similar length together, then restore the
         # order. Which texts share a batch (and so the loss) is unchanged.
         parts = []
         for rows in groups:
             rows_t = torch.tensor(rows, device=mask.device)
             keep = mask[rows_t].any(0)  # the token positions some row of this bucket uses
-            parts.append(self._pooled({k: v[rows_t][:, keep] for k, v in features.items()}, all_layers))
+            trimmed = {k: v[rows_t][:, keep] for k, v in features.items()}
+            parts.append(self._pooled(trimmed, all_layers, embedding_layer))
         order = torch.tensor([i for rows in groups for i in rows], device=mask.device)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(n, device=order.device)
         return torch.cat(parts, dim=-2).index_select(-2, inverse)  # (..., N, D) in input order
 
-    def _packed(self, features: dict[str, Tensor], lengths: list[int], all_layers: bool) -> Tensor:
-        """The batch as packed rows (see `mrl.packing`), pooled in its padded layout: (N, D) or (L, N, D)."""
+    def _packed(
+        self, features: dict[str, Tensor], lengths: list[int], all_layers: bool, embedding_layer: bool = False
+    ) -> Tensor:
+        """The batch as packed rows (see `mrl.packing`), pooled in its padded layout: (N, D) or
+        (L, N, D) ((L + 1, N, D) with ``embedding_layer``)."""
         rows = plan_rows(lengths, self.dim)
         packed, index = pack(features, lengths, rows, self.model)
         if torch.is_grad_enabled():
@@ -282,15 +299,16 @@ class Encoder(nn.Module):
         if not all_layers:
             pooled = pool(unpack(out.last_hidden_state), mask, self.pooling)  # (N, D)
         else:
-            hidden = list(out.hidden_states[1:])
+            hidden = list(out.hidden_states[0 if embedding_layer else 1 :])
             hidden[-1] = out.last_hidden_state
-            pooled = pool(unpack(torch.stack(hidden)), mask, self.pooling)  # (L, N, D)
-        pooled = self._through_exit_heads(pooled, all_layers)
+            pooled = pool(unpack(torch.stack(hidden)), mask, self.pooling)  # (L, N, D) or (L + 1, N, D)
+        pooled = self._through_exit_heads(pooled, all_layers, embedding_layer)
         # The head (if any) acts on the last axis, as in `_pooled`.
         return self.head(pooled) if self.head is not None else pooled
 
-    def _pooled(self, features: dict[str, Tensor], all_layers: bool) -> Tensor:
-        """One pass of the model over ``features``: (N, D) or (L, N, D)."""
+    def _pooled(self, features: dict[str, Tensor], all_layers: bool, embedding_layer: bool = False) -> Tensor:
+        """One pass of the model over ``features``: (N, D) or (L, N, D) ((L + 1, N, D) with
+        ``embedding_layer``: row 0 the embedding output)."""
         if torch.is_grad_enabled():
             self.computed_tokens += features["attention_mask"].numel()
         out = self.model(**features, output_hidden_states=all_layers, return_dict=True)
@@ -298,7 +316,8 @@ class Encoder(nn.Module):
         if not all_layers:
             pooled = pool(out.last_hidden_state, mask, self.pooling)  # (N, D)
         else:
-            hidden = list(out.hidden_states[1:])  # L tensors (N, S, D); [0] is the embedding layer
+            # L tensors (N, S, D); [0] is the embedding layer, kept with embedding_layer (L + 1)
+            hidden = list(out.hidden_states[0 if embedding_layer else 1 :])
             # Block l's vector is what a model cut to its first l blocks outputs (`truncated_blocks`,
             # `save_truncated`, encode(layers=l)): its final norm, if it has one, applies to block l.
             # Upstream pools the raw hidden_states[l]; for models without a final norm it is the same.
@@ -306,8 +325,8 @@ class Encoder(nn.Module):
                 norm = self.model.get_submodule(self.final_norm)
                 hidden = [norm(h) for h in hidden[:-1]] + [hidden[-1]]
             hidden[-1] = out.last_hidden_state
-            pooled = pool(torch.stack(hidden), mask, self.pooling)  # (L, N, D)
-        pooled = self._through_exit_heads(pooled, all_layers)
+            pooled = pool(torch.stack(hidden), mask, self.pooling)  # (L, N, D) or (L + 1, N, D)
+        pooled = self._through_exit_heads(pooled, all_layers, embedding_layer)
         # The head (if any) acts on the last axis, so every layer's embedding goes through it.
         return self.head(pooled) if self.head is not None else pooled
 

@@ -37,10 +37,13 @@ import torch
 from torch import Tensor
 
 from mrl.losses import (
+    AVERAGED_WEIGHTINGS,
+    DIRECTIONS,
     BaseLoss,
     Distill,
     cosent_loss,
     fixed_pairs_loss,
+    gte_loss,
     layer_dropping_loss,
     matryoshka_loss,
     mnrl_loss,
@@ -59,6 +62,10 @@ LossFn = Callable[[Tensor, Tensor | None], tuple[Tensor, dict[str, Tensor]]]
 # --------------------------------------------------------------------------------------------
 
 
+def _nothing(*_args: Any) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class BaseLossEntry:
     """A base loss and what it needs.
@@ -74,6 +81,7 @@ class BaseLossEntry:
     help, citation: one line each for ``--help``.
     fields: the config fields ``bind`` reads.
     card: the model card's text after the name, a ``str.format`` template over config.json.
+    validate: its own config checks (raise ValueError naming the flag); run by `mrl.config.validate`.
     """
 
     bind: Callable[[Config, slice | None], BaseLoss]
@@ -84,6 +92,67 @@ class BaseLossEntry:
     fields: tuple[str, ...] = ()
     citation: str = ""
     card: str = ""
+    validate: Callable[[Config], None] = _nothing
+
+
+def _in_batch(config: Config, local: slice | None, symmetric: bool = False) -> BaseLoss:
+    """mnrl / mnrl-symmetric: `mnrl_loss` as before issue 25, or with ``--hardness`` the same
+    directions through `gte_loss` (query -> doc; plus doc -> query per direction if symmetric)."""
+    if config.hardness == "off":
+        return partial(mnrl_loss, scale=config.scale, symmetric=symmetric, local=local)
+    return partial(
+        gte_loss,
+        scale=config.scale,
+        directions=("query-doc", "doc-query") if symmetric else ("query-doc",),
+        partition_mode="per-direction",
+        hardness=config.hardness,
+        hardness_strength=config.hardness_strength,
+        local=local,
+    )
+
+
+def _gte(config: Config, local: slice | None) -> BaseLoss:
+    return partial(
+        gte_loss,
+        scale=config.scale,
+        directions=tuple(config.directions),
+        partition_mode=config.partition_mode,
+        hardness=config.hardness,
+        hardness_strength=config.hardness_strength,
+        local=local,
+    )
+
+
+def _check_hardness(config: Config) -> None:
+    if config.hardness_strength < 0:
+        raise ValueError("--hardness-strength must not be negative")
+    if config.hardness != "off" and config.hardness_strength == 0:
+        raise ValueError(
+            f"--hardness {config.hardness} needs --hardness-strength > 0 (alpha; 0 is no weighting)"
+        )
+    if config.hardness == "off" and config.hardness_strength != 0:
+        raise ValueError("--hardness-strength needs --hardness in-batch|hard|all")
+
+
+def _check_gte(config: Config) -> None:
+    _check_hardness(config)
+    directions = list(config.directions)
+    unknown = [x for x in directions if x not in DIRECTIONS]
+    if unknown or "query-doc" not in directions or len(set(directions)) != len(directions):
+        raise ValueError(
+            f"--directions: each once, among {', '.join(DIRECTIONS)}, with query-doc (it holds the "
+            f"positive); got {' '.join(directions)}"
+        )
+    if config.partition_mode == "per-direction" and {"query-query", "doc-doc"} & set(directions):
+        raise ValueError(
+            "--partition-mode per-direction: every direction's softmax must hold the positive; "
+            "query-query and doc-doc never do (use joint)"
+        )
+
+
+_HARDNESS_FIELDS = ("hardness", "hardness_strength")
+# The card line of --hardness (mrl/card.py adds it after the loss of any entry that reads it).
+HARDNESS_CARD = "`--hardness {hardness}`, alpha {hardness_strength} (Lan et al. 2025)"
 
 
 BASE_LOSSES: dict[str, BaseLossEntry] = {
@@ -97,22 +166,35 @@ BASE_LOSSES: dict[str, BaseLossEntry] = {
         card="scale {scale}",
     ),
     "mnrl": BaseLossEntry(
-        bind=lambda config, local: partial(mnrl_loss, scale=config.scale, local=local),
+        bind=_in_batch,
         in_batch_negatives=True,
         columns=(2, None),
-        help="in-batch negatives (anchor, positive, hard negatives...)",
-        fields=("scale",),
-        citation="Henderson et al. 2017, arXiv:1705.00652",
+        help="in-batch negatives (anchor, positive, hard negatives...); --hardness weights the hard ones",
+        fields=("scale", *_HARDNESS_FIELDS),
+        citation="Henderson et al. 2017, arXiv:1705.00652; hardness: Lan et al. 2025, arXiv:2503.04812",
         card="scale {scale}",
+        validate=_check_hardness,
     ),
     "mnrl-symmetric": BaseLossEntry(
-        bind=lambda config, local: partial(mnrl_loss, scale=config.scale, symmetric=True, local=local),
+        bind=partial(_in_batch, symmetric=True),
         in_batch_negatives=True,
         columns=(2, None),
         help="in-batch negatives, plus the positive -> anchor direction",
-        fields=("scale",),
-        citation="Henderson et al. 2017, arXiv:1705.00652",
+        fields=("scale", *_HARDNESS_FIELDS),
+        citation="Henderson et al. 2017, arXiv:1705.00652; hardness: Lan et al. 2025, arXiv:2503.04812",
         card="scale {scale}",
+        validate=_check_hardness,
+    ),
+    "gte": BaseLossEntry(
+        bind=_gte,
+        in_batch_negatives=True,
+        columns=(2, None),
+        help="in-batch negatives in several directions (--directions: query-doc, query-query, "
+        "doc-query, doc-doc), one softmax per anchor (--partition-mode)",
+        fields=("scale", "directions", "partition_mode", *_HARDNESS_FIELDS),
+        citation="Li et al. 2023 (GTE), arXiv:2308.03281; hardness: Lan et al. 2025, arXiv:2503.04812",
+        card="scale {scale}, directions {directions}, {partition_mode} softmax",
+        validate=_check_gte,
     ),
 }
 
@@ -136,6 +218,8 @@ class Objective:
         ``--layer-distill`` they are the students on plain sentences (``--distill-data``).
     unlabelled: ``emb -> (total, terms)`` for a batch of plain sentences, emb (N, D) or
         (L, N, D): only the distillation terms; None when no distillation is on.
+    embedding_layer: with ``all_layers``, the loss also takes the pooled embedding-layer output
+        as row 0: (L + 1, C, B, D) (`mrl.model.Encoder.forward`; upstream's 2D candidates).
     """
 
     loss: LossFn
@@ -145,10 +229,7 @@ class Objective:
     metadata: dict[str, Any] = field(default_factory=dict)
     shallow_cells: list[tuple[int, int]] = field(default_factory=list)
     unlabelled: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]] | None = None
-
-
-def _nothing(*_args: Any) -> None:
-    return None
+    embedding_layer: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,6 +272,9 @@ def _matryoshka(base: BaseLoss, config: Config, dims: list[int], num_layers: int
 
 
 def _layer_dropping(base: BaseLoss, config: Config, dims: list[int], num_layers: int, generator) -> Objective:
+    # Upstream's weightings draw among hidden states 0..L-1, the embedding output included (issue
+    # 25); ours ("proportional") among blocks 1..L-1 unless --embedding-candidate adds it.
+    embedding_layer = config.depth_weighting in AVERAGED_WEIGHTINGS or config.embedding_candidate
     loss = partial(
         layer_dropping_loss,
         base,
@@ -205,6 +289,7 @@ def _layer_dropping(base: BaseLoss, config: Config, dims: list[int], num_layers:
         depth_weighting=config.depth_weighting,
         detach_kl_target=config.detach_kl_target,
         generator=generator,
+        embedding_layer=embedding_layer,
         **layer_distill_args(config),
     )
     layers = list(range(1, num_layers + 1))
@@ -214,6 +299,7 @@ def _layer_dropping(base: BaseLoss, config: Config, dims: list[int], num_layers:
         eval_dims=sorted(dims, reverse=True),
         eval_layers=layers,
         shallow_cells=[(layer, d) for layer in layers[:-1] for d in dims],
+        embedding_layer=embedding_layer,
     )
 
 
@@ -302,6 +388,7 @@ WRAPPERS: dict[str, WrapperEntry] = {
             "last_layer_weight",
             "prior_layers_weight",
             "depth_weighting",
+            "embedding_candidate",
             *_KL_FIELDS,
         ),
         citation="Li et al. 2024, arXiv:2402.14776",

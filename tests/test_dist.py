@@ -36,7 +36,7 @@ from mrl.dist import (
     rank_slice,
 )
 from mrl.gradcache import gradcache_step
-from mrl.losses import cosent_loss, layer_dropping_loss, matryoshka_loss, mnrl_loss
+from mrl.losses import cosent_loss, gte_loss, layer_dropping_loss, matryoshka_loss, mnrl_loss
 
 WORLD = 2
 B = 4  # rows per rank
@@ -53,6 +53,13 @@ CASES = {
     "cosent": 2,
     "2d_layer_dropping": 3,
     "gradcache_mnrl_hard_negative": 3,
+    # issue 25: GTE's four directions with hardness on every negative; the symmetric pair per
+    # direction with hardness on hard negatives; upstream's 2D (embedding output a candidate)
+    # around GTE; GradCache around GTE.
+    "gte_hard_negative": 3,
+    "gte_symmetric_hardness": 3,
+    "2d_upstream_gte": 3,
+    "gradcache_gte_hard_negative": 3,
 }
 
 
@@ -93,14 +100,24 @@ def run_case(case: str, model_dir: str, rank: int, world: int) -> dict:
     if case == "cosent":
         labels = gather_nograd(GLOBAL_SCORES[rows])  # (G,) on every rank
         base = cosent_loss  # on the whole gathered batch: no `local`
+    elif case == "gte_symmetric_hardness":
+        labels = None
+        base = partial(gte_loss, directions=("query-doc", "doc-query"), partition_mode="per-direction",
+                       hardness="hard", hardness_strength=3.0, local=local)  # fmt: skip
+    elif "gte" in case:
+        labels = None
+        base = partial(gte_loss, hardness="all", hardness_strength=2.0, local=local)
     else:
         labels = None
         base = partial(mnrl_loss, symmetric=case == "mnrl_symmetric", local=local)
+    upstream_2d = case == "2d_upstream_gte"  # the embedding output among the candidates
 
     def loss_fn(emb):
         columns = gather_with_grad(emb.unflatten(-2, (n_columns, -1)), dim=-2)  # (.., C, G, D)
         if all_layers:
-            return layer_dropping_loss(base, columns, labels, DIMS, n_layers_per_step=-1)
+            weighting = "log" if upstream_2d else "proportional"
+            return layer_dropping_loss(base, columns, labels, DIMS, n_layers_per_step=-1,
+                                       depth_weighting=weighting, embedding_layer=upstream_2d)  # fmt: skip
         return matryoshka_loss(base, columns, labels, DIMS)
 
     features = encoder.tokenize(texts)
@@ -108,7 +125,7 @@ def run_case(case: str, model_dir: str, rank: int, world: int) -> dict:
         no_sync = model.no_sync if world > 1 else contextlib.nullcontext
         loss, _ = gradcache_step(lambda f: model(f), features, 5, loss_fn, no_sync=no_sync)  # 3+ chunks
     else:
-        loss, _ = loss_fn(model(features, all_layers=all_layers))
+        loss, _ = loss_fn(model(features, all_layers=all_layers, embedding_layer=upstream_2d))
         loss.backward()
     grads = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
     return {"loss": loss.detach().item(), "grads": grads}

@@ -18,6 +18,7 @@ from mrl.losses import (
     cosent_loss,
     depth_weight,
     fixed_pairs_loss,
+    gte_loss,
     layer_dropping_loss,
     layer_kl,
     matryoshka_loss,
@@ -365,59 +366,77 @@ def test_layer_kl_detach_target():
 SCORES = torch.tensor([0.0, 1.0, 0.5, 1.0, 2.0], dtype=torch.float64)
 
 
-def depth_weight_by_hand(block: int, num_layers: int, n_sampled: int, weighting: str) -> float:
-    """The weight of block ``block`` (1 = the first block) with ``n_sampled`` blocks drawn, written
-    from the formulas: ours l/L summed; upstream's (AdaptiveLayerLoss) on idx = block - 1 (block 1
-    is idx 0), each divided by the number of blocks drawn that step."""
-    idx = block - 1
+def depth_weight_by_hand(idx: int, num_layers: int, n_sampled: int, weighting: str) -> float:
+    """The weight of hidden state ``idx`` (0 = the embedding layer's output, l = block l) with
+    ``n_sampled`` layers drawn, written from the formulas (reference.md, 2D): ours l/L summed (the
+    embedding output, an opt-in candidate, as block 1); upstream's (AdaptiveLayerLoss) on the
+    hidden-state index, each divided by the number of layers drawn that step."""
     if weighting == "proportional":
-        return block / num_layers
+        return max(idx, 1) / num_layers
     upstream = {"uniform": 1.0, "log": 1.0 / (1.0 + math.log(1.0 + idx)), "reciprocal": 1.0 / (1.0 + idx)}
     return upstream[weighting] / n_sampled
 
 
 def test_depth_weights_by_hand_for_six_blocks():
-    """The four weightings at L = 6 with one block drawn, as numbers (block 1, 2, 5)."""
+    """The four weightings at L = 6 with one layer drawn, as numbers (embedding output, block 1, 2, 5)."""
     table = {
-        "proportional": (1 / 6, 2 / 6, 5 / 6),
-        "uniform": (1.0, 1.0, 1.0),
-        "log": (1.0, 1 / (1 + math.log(2)), 1 / (1 + math.log(5))),
-        "reciprocal": (1.0, 0.5, 0.2),
+        "proportional": (1 / 6, 1 / 6, 2 / 6, 5 / 6),
+        "uniform": (1.0, 1.0, 1.0, 1.0),
+        "log": (1.0, 1 / (1 + math.log(2)), 1 / (1 + math.log(3)), 1 / (1 + math.log(6))),
+        "reciprocal": (1.0, 0.5, 1 / 3, 1 / 6),
     }
     for weighting, expected in table.items():
-        for block, w in zip((1, 2, 5), expected):
-            assert depth_weight(block, 6, weighting) == pytest.approx(w, rel=1e-12)
-            assert depth_weight_by_hand(block, 6, 1, weighting) == pytest.approx(w, rel=1e-12)
+        for idx, w in zip((0, 1, 2, 5), expected):
+            assert depth_weight(idx, 6, weighting) == pytest.approx(w, rel=1e-12)
+            assert depth_weight_by_hand(idx, 6, 1, weighting) == pytest.approx(w, rel=1e-12)
     with pytest.raises(ValueError, match="proportional"):
         depth_weight(1, 6, "linear")
 
 
-def layer_dropping_by_hand(layers, labels, dims, weights, last, prior, kl_weight, temperature, weighting):
+def layer_dropping_by_hand(layers, labels, dims, weights, last, prior, kl_weight, temperature, weighting,
+                           embedding_layer=False):  # fmt: skip
     """last * M(final) + sum_l prior * w(l) * M(layer l) + kl_weight * sum_l KL(final, layer l),
-    every earlier block drawn (n_sampled = L - 1)."""
-    num_layers = layers.shape[0]
+    every candidate drawn: hidden states 0..L-1 (row 0 of ``layers`` the embedding output) with
+    ``embedding_layer``, else blocks 1..L-1 (row l - 1 block l)."""
+    first = 0 if embedding_layer else 1
+    num_layers = layers.shape[0] - 1 + first  # L blocks
+    candidates = list(range(layers.shape[0] - 1))  # rows
     total = last * matryoshka_by_hand(cosent_by_hand, layers[-1], labels, dims, weights)
-    for layer in range(1, num_layers):
-        w = depth_weight_by_hand(layer, num_layers, num_layers - 1, weighting)
-        total += prior * w * matryoshka_by_hand(cosent_by_hand, layers[layer - 1], labels, dims, weights)
-        total += kl_weight * kl_by_hand(layers[-1], layers[layer - 1], temperature)
+    for row in candidates:
+        w = depth_weight_by_hand(row + first, num_layers, len(candidates), weighting)
+        total += prior * w * matryoshka_by_hand(cosent_by_hand, layers[row], labels, dims, weights)
+        total += kl_weight * kl_by_hand(layers[-1], layers[row], temperature)
     return total
 
 
-@pytest.mark.parametrize("weighting", ["proportional", "uniform", "log", "reciprocal"])
-def test_layer_dropping_all_layers_matches_hand_total(weighting):
-    """n_layers_per_step=-1: total == the hand-built sum over every earlier layer (every weighting)."""
+@pytest.mark.parametrize(
+    "weighting, embedding_layer",
+    [("proportional", False), ("proportional", True), ("uniform", True), ("log", True), ("reciprocal", True)],
+)
+def test_layer_dropping_all_layers_matches_hand_total(weighting, embedding_layer):
+    """n_layers_per_step=-1: total == the hand-built sum over every candidate (every weighting):
+    with the embedding output, 4 rows are hidden states 0..3 of a 3-block model."""
     layers = randn(4, 2, 5, 8, seed=21) * 2
     kwargs = dict(last_layer_weight=1.5, prior_layers_weight=0.7, kl_weight=0.4, kl_temperature=0.5)
     total, terms = layer_dropping_loss(
         cosent_loss, layers, SCORES, DIMS, [1.0, 0.5, 2.0], n_layers_per_step=-1,
-        depth_weighting=weighting, **kwargs,
+        depth_weighting=weighting, embedding_layer=embedding_layer, **kwargs,
     )  # fmt: skip
-    expected = layer_dropping_by_hand(layers, SCORES, DIMS, [1.0, 0.5, 2.0], 1.5, 0.7, 0.4, 0.5, weighting)
+    expected = layer_dropping_by_hand(
+        layers, SCORES, DIMS, [1.0, 0.5, 2.0], 1.5, 0.7, 0.4, 0.5, weighting, embedding_layer
+    )
     assert float(total) == pytest.approx(expected, **TOL)
-    assert set(terms) == {"d2", "d4", "d8", "l1", "l2", "l3", "kl"}
+    names = {"l0", "l1", "l2"} if embedding_layer else {"l1", "l2", "l3"}
+    assert set(terms) == {"d2", "d4", "d8", "kl"} | names
     kl_sum = sum(kl_by_hand(layers[-1], layers[i], 0.5) for i in range(3))
     assert float(terms["kl"]) == pytest.approx(kl_sum, **TOL)
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "log", "reciprocal"])
+def test_upstream_weightings_need_the_embedding_output(weighting):
+    """Upstream draws among hidden states 0..L-1: without the embedding output it is not upstream's sum."""
+    with pytest.raises(ValueError, match="embedding_layer"):
+        layer_dropping_loss(cosent_loss, randn(3, 2, 5, 8), SCORES, DIMS, depth_weighting=weighting)
 
 
 def test_layer_dropping_samples_one_earlier_layer():
@@ -450,25 +469,161 @@ def test_layer_dropping_without_kl_has_no_kl_key():
     assert float(total) == pytest.approx(expected, **TOL)
 
 
-@pytest.mark.parametrize("weighting", ["proportional", "uniform", "log", "reciprocal"])
-def test_layer_dropping_two_sampled_blocks_by_hand(weighting):
-    """n_layers_per_step=2 of 4 earlier blocks: the two drawn blocks (read from the term keys)
-    weighted by hand; upstream's weightings divide each by 2, ours does not."""
+@pytest.mark.parametrize(
+    "weighting, embedding_layer",
+    [("proportional", False), ("proportional", True), ("uniform", True), ("log", True), ("reciprocal", True)],
+)
+def test_layer_dropping_two_sampled_layers_by_hand(weighting, embedding_layer):
+    """n_layers_per_step=2 of 4 candidates: the two drawn layers (read from the term keys)
+    weighted by hand; upstream's weightings divide each by 2, ours does not. With the embedding
+    output the 5 rows are hidden states 0..4 (4 blocks), else blocks 1..5; every candidate,
+    the embedding output included, is drawn over the seeds."""
     layers = randn(5, 2, 5, 8, seed=25) * 2
-    for seed in range(6):
+    first = 0 if embedding_layer else 1
+    num_layers = 4 if embedding_layer else 5
+    seen = set()
+    for seed in range(12):
         gen = torch.Generator().manual_seed(seed)
         total, terms = layer_dropping_loss(
             cosent_loss, layers, SCORES, DIMS, n_layers_per_step=2, kl_weight=0.3,
-            depth_weighting=weighting, generator=gen,
+            depth_weighting=weighting, generator=gen, embedding_layer=embedding_layer,
         )  # fmt: skip
         drawn = sorted(int(k[1:]) for k in terms if k.startswith("l"))
-        assert len(drawn) == 2 and all(1 <= b <= 4 for b in drawn)
+        assert len(drawn) == 2 and all(first <= b <= first + 3 for b in drawn)
+        seen.update(drawn)
         expected = matryoshka_by_hand(cosent_by_hand, layers[-1], SCORES, DIMS)
         for b in drawn:
-            m = matryoshka_by_hand(cosent_by_hand, layers[b - 1], SCORES, DIMS)
-            expected += depth_weight_by_hand(b, 5, 2, weighting) * m
-            expected += 0.3 * kl_by_hand(layers[-1], layers[b - 1], 0.3)  # KL: summed, not averaged
+            m = matryoshka_by_hand(cosent_by_hand, layers[b - first], SCORES, DIMS)
+            expected += depth_weight_by_hand(b, num_layers, 2, weighting) * m
+            expected += 0.3 * kl_by_hand(layers[-1], layers[b - first], 0.3)  # KL: summed, not averaged
         assert float(total) == pytest.approx(expected, **TOL)
+    assert seen == set(range(first, first + 4))
+
+
+# --------------------------------------------------------------------------------------------
+# GTE's directions and hardness weighting (issue 25)
+# --------------------------------------------------------------------------------------------
+
+
+def gte_by_hand(columns, scale=20.0, directions=("query-doc",), joint=True, hardness="off", alpha=0.0):
+    """GTE / hardness-weighted InfoNCE written from the formulas, one anchor at a time, as torch
+    scalars (so autograd gives the reference gradient). For anchor i with query q_i, positive p_i
+    and documents D (positives, then each hard-negative column): blocks query-doc s(q_i, D_j) (+
+    alpha * stopgrad cos on the negatives of the chosen kind), query-query s(q_i, q_j) j != i,
+    doc-query s(p_i, q_j) every j, doc-doc s(p_i, D_j) for documents of other queries."""
+    n_cols, batch = columns.shape[0], columns.shape[1]
+
+    def cos(u, v):
+        return (u * v).sum() / torch.sqrt((u * u).sum() * (v * v).sum())
+
+    docs = [(c, j) for c in range(1, n_cols) for j in range(batch)]  # (column, row) of each document
+    total = 0.0
+    for i in range(batch):
+        q, p = columns[0, i], columns[1, i]
+        blocks = {"query-doc": [], "query-query": [], "doc-query": [], "doc-doc": []}
+        for c, j in docs:
+            c_qd = cos(q, columns[c, j])
+            logit = scale * c_qd
+            is_positive = (c, j) == (1, i)
+            is_own_hard = j == i and c >= 2
+            boosted = {"off": False, "in-batch": j != i, "hard": is_own_hard, "all": not is_positive}[
+                hardness
+            ]
+            if boosted:
+                logit = logit + alpha * c_qd.detach()
+            blocks["query-doc"].append(logit)
+            if j != i:  # doc-doc: documents of other queries only
+                blocks["doc-doc"].append(scale * cos(p, columns[c, j]))
+        for j in range(batch):
+            if j != i:
+                blocks["query-query"].append(scale * cos(q, columns[0, j]))
+            blocks["doc-query"].append(scale * cos(p, columns[0, j]))
+        positive = scale * cos(q, p)  # never boosted
+
+        def lse(values):
+            return torch.logsumexp(torch.stack(values), 0)
+
+        if joint:
+            log_z = lse([v for d in directions for v in blocks[d]])
+        else:
+            log_z = sum(lse(blocks[d]) for d in directions) / len(directions)
+        total = total + (log_z - positive)
+    return total / batch
+
+
+GTE_CASES = [  # (directions, partition mode, hardness, alpha)
+    (("query-doc",), "joint", "off", 0.0),
+    (("query-doc", "query-query", "doc-query", "doc-doc"), "joint", "off", 0.0),
+    (("query-doc", "doc-doc"), "joint", "off", 0.0),
+    (("query-doc", "doc-query"), "per-direction", "off", 0.0),
+    (("query-doc",), "joint", "in-batch", 3.0),
+    (("query-doc",), "joint", "hard", 3.0),
+    (("query-doc",), "joint", "all", 3.0),
+    (("query-doc", "query-query", "doc-query", "doc-doc"), "joint", "all", 5.0),
+    (("query-doc", "doc-query"), "per-direction", "hard", 2.0),
+]
+
+
+@pytest.mark.parametrize("n_columns", [2, 3])
+@pytest.mark.parametrize("directions, partition, hardness, alpha", GTE_CASES)
+def test_gte_value_and_gradient_match_hand_transcription(n_columns, directions, partition, hardness, alpha):
+    """Value and gradient (w.r.t. every embedding) equal the loop-by-loop transcription to 1e-6."""
+    x = (randn(n_columns, 4, 8, seed=41) * 2).requires_grad_(True)
+    got = gte_loss(x, None, 20.0, directions, partition, hardness, alpha)
+    (got_grad,) = torch.autograd.grad(got, x)
+    want = gte_by_hand(x, 20.0, directions, partition == "joint", hardness, alpha)
+    (want_grad,) = torch.autograd.grad(want, x)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6, abs=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_gte_query_doc_alone_is_mnrl_and_per_direction_pair_is_symmetric():
+    """The known special cases: query-doc alone = mnrl_loss; query-doc + doc-query per direction =
+    mnrl_loss(symmetric=True) (upstream deprecates its symmetric loss for exactly this)."""
+    x = randn(3, 5, 8, seed=42)
+    assert float(gte_loss(x, directions=("query-doc",))) == pytest.approx(float(mnrl_loss(x)), rel=1e-12)
+    pair = gte_loss(x, directions=("query-doc", "doc-query"), partition_mode="per-direction")
+    assert float(pair) == pytest.approx(float(mnrl_loss(x, symmetric=True)), rel=1e-12)
+
+
+def test_gte_hardness_weight_gets_no_gradient():
+    """The hardness term is alpha * stopgrad(cos): with scale 0 the logits still differ by the
+    hardness terms, but no gradient flows (every logit is a constant)."""
+    x = randn(3, 4, 8, seed=43).requires_grad_(True)
+    loss = gte_loss(x, scale=0.0, hardness="all", hardness_strength=4.0)
+    assert float(loss) != pytest.approx(math.log(2 * 4), rel=1e-3)  # the weights changed the softmax
+    (grad,) = torch.autograd.grad(loss, x)
+    assert float(grad.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(directions=("doc-query",)), "query-doc"),
+        (dict(directions=("query-doc", "query-doc")), "distinct"),
+        (dict(directions=("query-doc", "sideways")), "distinct"),
+        (dict(directions=("query-doc", "query-query"), partition_mode="per-direction"), "positive"),
+        (dict(partition_mode="separate"), "partition_mode"),
+        (dict(hardness="most"), "hardness"),
+    ],
+)
+def test_gte_bad_options_are_loud(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gte_loss(randn(2, 4, 8), **kwargs)
+
+
+def test_gte_local_losses_average_to_the_global_loss():
+    """mean over 2 ranks of gte_loss(global, local=rank's rows) == gte_loss(global), with gradient
+    (every direction and hardness on: the masks and positives follow the global row index)."""
+    x = randn(3, 8, 16, seed=44).requires_grad_(True)
+    kwargs = dict(hardness="all", hardness_strength=2.0)
+    whole = gte_loss(x, **kwargs)
+    (want,) = torch.autograd.grad(whole, x)
+    parts = [gte_loss(x, local=slice(4 * r, 4 * r + 4), **kwargs) for r in range(2)]
+    mean = sum(parts) / 2
+    (got,) = torch.autograd.grad(mean, x)
+    assert mean.item() == pytest.approx(whole.item(), rel=1e-12)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------

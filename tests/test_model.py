@@ -69,6 +69,27 @@ def test_forward_all_layers_pools_each_hidden_state(encoder):
     torch.testing.assert_close(layers[-1], final)
 
 
+@pytest.mark.parametrize("layout", ["padded", "buckets", "pack"])
+def test_embedding_layer_output_is_pooled_hidden_state_zero(tiny_model_dir, layout):
+    """embedding_layer=True (issue 25, upstream's 2D candidates): (L + 1, N, D), row 0 the mean of
+    hidden_states[0] (the embedding layer's output, before any block) pooled by hand, rows 1..L
+    the blocks exactly as without it, in every layout (padded, length buckets, packed rows)."""
+    padding_free = "pack" if layout == "pack" else "off"
+    encoder = Encoder(str(tiny_model_dir), padding_free=padding_free).eval()
+    encoder.length_buckets = 3 if layout == "buckets" else 1
+    features = encoder.tokenize(TEXTS)
+    with torch.no_grad():
+        every = encoder(features, all_layers=True, embedding_layer=True)  # (L + 1, N, D)
+        blocks = encoder(features, all_layers=True)  # (L, N, D)
+        hidden_states = encoder.model(**features, output_hidden_states=True).hidden_states
+    assert every.shape == (4, len(TEXTS), 32)
+    expected = masked_mean_by_hand(hidden_states[0], features["attention_mask"])
+    torch.testing.assert_close(every[0], expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(every[1:], blocks, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="all_layers"):
+        encoder(features, embedding_layer=True)
+
+
 def test_padding_in_a_batch_does_not_change_embedding(encoder):
     short, longer = "a dog", "the man is playing guitar in the park with a cat"
     with torch.no_grad():

@@ -7,6 +7,7 @@ edit of train.py) and train two steps through `train.main`.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from functools import partial
 from pathlib import Path
@@ -239,3 +240,131 @@ def test_epochs_with_duplicate_free_batches_are_exact(tiny_model_dir, data, tmp_
 
     _, _, state = load_checkpoint(run)
     assert state["step"] == 3 and state["cursor"] == [2, 1]  # the 3rd epoch's only batch, and no more
+
+
+# ------------------------------------------------------------------------------- issue 25
+
+
+def cosent_by_hand(u: torch.Tensor, v: torch.Tensor, scores: torch.Tensor, scale: float = 20.0) -> float:
+    """CoSENT written out: log(1 + sum over y_i < y_j of exp(s_i - s_j)), s = scale * cos."""
+    s = [scale * float(u[i] @ v[i] / (u[i].norm() * v[i].norm())) for i in range(u.shape[0])]
+    acc = sum(
+        math.exp(s[i] - s[j])
+        for i in range(len(s))
+        for j in range(len(s))
+        if float(scores[i]) < float(scores[j])
+    )
+    return math.log1p(acc)
+
+
+def upstream_2d_by_hand(hidden_states, mask, scores, dims, weighting, drawn, kl_t=0.3):
+    """Upstream's AdaptiveLayerLoss around MatryoshkaLoss (reference.md, 2D), transcribed: the final
+    hidden state's Matryoshka CoSENT, plus for each drawn hidden-state index idx (0 = the embedding
+    output) w(idx) / len(drawn) times its Matryoshka CoSENT, plus T * KL(softmax(final / T) ||
+    softmax(h_idx / T)) (batch mean over both columns together), summed over the drawn."""
+    pooled = []
+    for h in hidden_states:  # (N, S, D) -> (N, D): mean over each row's real tokens, row by row
+        pooled.append(torch.stack([h[i][mask[i].bool()].mean(0) for i in range(h.shape[0])]).double())
+    n = pooled[0].shape[0] // 2
+
+    def matryoshka(e):
+        return sum(cosent_by_hand(e[:n, :d], e[n:, :d], scores) for d in dims)
+
+    def weight(idx):
+        return {"uniform": 1.0, "log": 1 / (1 + math.log(1 + idx)), "reciprocal": 1 / (1 + idx)}[weighting]
+
+    final = pooled[-1]
+    total = matryoshka(final)
+    for idx in drawn:
+        total += weight(idx) / len(drawn) * matryoshka(pooled[idx])
+        kl = 0.0
+        for r in range(final.shape[0]):
+            p = torch.softmax(final[r] / kl_t, -1)
+            log_q = torch.log_softmax(pooled[idx][r] / kl_t, -1)
+            kl += float((p * (p.log() - log_q)).sum())
+        total += kl_t * kl / final.shape[0]
+    return total
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "log", "reciprocal"])
+@pytest.mark.parametrize("n_layers", [-1, 2])
+def test_upstream_2d_equals_its_transcription_on_a_real_forward(tiny_model_dir, weighting, n_layers):
+    """--2d random with upstream's weightings: the objective on the encoder's real forward equals
+    upstream's sum transcribed by hand over hidden states 0..L-1 (the embedding output included),
+    every candidate (n_layers_per_step=-1) or the two drawn this step (read from the terms)."""
+    from mrl.model import Encoder
+
+    encoder = Encoder(str(tiny_model_dir)).eval()
+    texts = distinct_sentences(12, seed=3)
+    scores = torch.tensor([0.1, 0.9, 0.4, 0.4, 0.7, 0.2], dtype=torch.float64)
+    config = TrainConfig(
+        dims=[32, 16, 8], two_d="random", depth_weighting=weighting, n_layers_per_step=n_layers
+    )
+    objective = objectives.build_objective(config, 32, 3, torch.Generator().manual_seed(7))
+    assert objective.embedding_layer
+    features = encoder.tokenize(texts)
+    with torch.no_grad():
+        emb = encoder(features, all_layers=True, embedding_layer=objective.embedding_layer)  # (4, 12, 32)
+        hidden = encoder.model(**features, output_hidden_states=True).hidden_states  # 4 x (12, S, 32)
+        total, terms = objective.loss(emb.unflatten(-2, (2, -1)).double(), scores)
+    drawn = sorted(int(k[1:]) for k in terms if k.startswith("l"))
+    assert drawn == [0, 1, 2] if n_layers == -1 else len(drawn) == 2
+    want = upstream_2d_by_hand(hidden, features["attention_mask"], scores, [32, 16, 8], weighting, drawn)
+    assert total.item() == pytest.approx(want, rel=1e-6, abs=1e-6)
+
+
+def test_proportional_keeps_its_candidates_unless_asked(tiny_model_dir):
+    """Ours is unchanged by default (blocks 1..L-1, no embedding row); --embedding-candidate adds
+    the embedding output (term l0, weighted as block 1) for a later measurement."""
+    gen = torch.Generator()
+    plain = objectives.build_objective(TrainConfig(dims=[32], two_d="random"), 32, 3, gen)
+    assert not plain.embedding_layer
+    config = parse_config(["--2d", "random", "--embedding-candidate", "--n-layers-per-step", "-1"])
+    opted = objectives.build_objective(config, 32, 3, gen)
+    assert opted.embedding_layer and opted.eval_layers == [1, 2, 3]
+    layers = torch.randn(4, 2, 6, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    total, terms = opted.loss(layers, torch.rand(6, dtype=torch.float64))
+    assert {"l0", "l1", "l2"} <= set(terms)
+    with pytest.raises(ValueError, match="--embedding-candidate needs --2d random"):
+        parse_config(["--embedding-candidate"])
+
+
+def test_gte_and_hardness_entries_describe_themselves(capsys):
+    gte = objectives.BASE_LOSSES["gte"]
+    assert gte.in_batch_negatives and gte.columns == (2, None) and "2308.03281" in gte.citation
+    assert {"directions", "partition_mode", "hardness", "hardness_strength"} <= set(gte.fields)
+    for name in ("mnrl", "mnrl-symmetric"):
+        assert {"hardness", "hardness_strength"} <= set(objectives.BASE_LOSSES[name].fields)
+    with pytest.raises(ValueError, match="--hardness needs --loss mnrl|mnrl-symmetric|gte"):
+        parse_config(["--hardness", "all", "--hardness-strength", "2"])
+    with pytest.raises(ValueError, match="--directions needs --loss gte"):
+        parse_config(["--loss", "mnrl", "--directions", "query-doc"])
+    with pytest.raises(ValueError, match="hardness-strength > 0"):
+        parse_config(["--loss", "mnrl", "--hardness", "hard"])
+    with pytest.raises(ValueError, match="query-query and doc-doc"):
+        parse_config(["--loss", "gte", "--partition-mode", "per-direction"])
+    with pytest.raises(ValueError, match="--directions"):
+        parse_config(["--loss", "gte", "--directions", "doc-query"])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--loss", "gte", "--hardness", "all", "--hardness-strength", "3"],
+        ["--loss", "mnrl-symmetric", "--hardness", "in-batch", "--hardness-strength", "3", "--2d", "random",
+         "--depth-weighting", "log", "--n-layers-per-step", "-1"],
+        ["--loss", "gte", "--mini-batch-size", "3", "--2d", "random", "--depth-weighting", "uniform"],
+    ],
+)  # fmt: skip
+def test_gte_and_hardness_train_through_train_main(tiny_model_dir, data, tmp_path, extra):
+    """Two steps of each new option (with 2D and GradCache), the card naming them."""
+    argv = args(tiny_model_dir, data, tmp_path / "run", "--train-data", str(data["pairs"]), *extra)
+    run = train.main(argv)
+    logged = [m for m in metrics(run) if "train/loss" in m]
+    assert [m["step"] for m in logged] == [1, 2] and all(math.isfinite(m["train/loss"]) for m in logged)
+    if "--depth-weighting" in extra:
+        assert any("train/loss_l0" in m for m in logged) or "--n-layers-per-step" not in extra
+    card = (run / "model" / "README.md").read_text()
+    assert extra[1] in card
+    if "--hardness" in extra:
+        assert "hardness weighting" in card and "Lan et al. 2025" in card

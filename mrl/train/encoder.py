@@ -119,8 +119,11 @@ class EncoderTraining:
                 if self.distill_batch is not None:  # one batch of plain sentences: distillation only
                     extra = self.distill_batch(state.step * config.grad_accum + micro)
                     extra = {k: v.to(self.dist.device, non_blocking=True) for k, v in extra.items()}
+                    emb = self.encode(extra).float()
+                    if self.objective.embedding_layer:  # distillation trains blocks only: (L, N, D)
+                        emb = emb[1:]
                     d_loss, d_terms = self.with_detached_heads(
-                        self.objective.unlabelled, self.encode(extra).float()
+                        self.objective.unlabelled, emb, blocks_only=True
                     )
                     self.backward(d_loss)
                     loss, terms = loss + d_loss.detach(), {**terms, **d_terms}
@@ -157,9 +160,13 @@ class EncoderTraining:
         return grad_norm
 
     def encode(self, features: dict) -> torch.Tensor:
-        """(N, S) token ids -> (N, D), or (L, N, D) for every block."""
+        """(N, S) token ids -> (N, D), or (L, N, D) for every block ((L + 1, N, D) with the
+        embedding output first, when the objective asks for it: upstream's 2D candidates)."""
+        objective = self.objective
         with self.autocast:
-            return self.model(features, all_layers=self.objective.all_layers)
+            if objective.embedding_layer:
+                return self.model(features, all_layers=True, embedding_layer=True)
+            return self.model(features, all_layers=objective.all_layers)
 
     def loss_of(self, emb: torch.Tensor, n_columns: int, labels) -> tuple[torch.Tensor, dict]:
         """Encoder output -> (loss, terms): view as columns, gather across ranks, the objective."""
@@ -169,15 +176,19 @@ class EncoderTraining:
                 columns = gather_with_grad(columns, dim=-2)  # (..., world*B, D): every rank's rows
             return self.with_detached_heads(lambda c: self.objective.loss(c, labels), columns)
 
-    def with_detached_heads(self, loss_fn, emb: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """(loss, terms) of ``emb``, plus, with detached exit heads, the same losses on the heads."""
+    def with_detached_heads(
+        self, loss_fn, emb: torch.Tensor, blocks_only: bool = False
+    ) -> tuple[torch.Tensor, dict]:
+        """(loss, terms) of ``emb``, plus, with detached exit heads, the same losses on the heads.
+        ``blocks_only``: ``emb`` has no embedding-output row even if the objective's loss takes one."""
         detached = self.encoder.exit_heads_detached
         draws = self.loss_rng.get_state() if detached else None
         loss, terms = loss_fn(emb)
         if detached:  # the heads learn alone, on detached vectors ...
             self.loss_rng.set_state(draws)  # ... at the same sampled dims and layers
+            embedding_layer = self.objective.embedding_layer and not blocks_only
             head_loss, head_terms = loss_fn(
-                self.encoder.apply_exit_heads(emb.detach(), self.objective.all_layers)
+                self.encoder.apply_exit_heads(emb.detach(), self.objective.all_layers, embedding_layer)
             )
             loss, terms = loss + head_loss, {**terms, **{f"heads_{k}": v for k, v in head_terms.items()}}
         return loss, terms
