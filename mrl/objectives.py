@@ -189,8 +189,7 @@ BASE_LOSSES: dict[str, BaseLossEntry] = {
         bind=_gte,
         in_batch_negatives=True,
         columns=(2, None),
-        help="in-batch negatives in several directions (--directions: query-doc, query-query, "
-        "doc-query, doc-doc), one softmax per anchor (--partition-mode)",
+        help="in-batch negatives in up to four directions, one softmax per anchor (see --directions)",
         fields=("scale", "directions", "partition_mode", *_HARDNESS_FIELDS),
         citation="Li et al. 2023 (GTE), arXiv:2308.03281; hardness: Lan et al. 2025, arXiv:2503.04812",
         card="scale {scale}, directions {directions}, {partition_mode} softmax",
