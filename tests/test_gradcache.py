@@ -20,7 +20,14 @@ import pytest
 import torch
 
 from mrl.gradcache import gradcache_step
-from mrl.losses import cosent_loss, fixed_pairs_loss, layer_dropping_loss, matryoshka_loss, mnrl_loss
+from mrl.losses import (
+    cosent_loss,
+    fixed_pairs_loss,
+    gte_loss,
+    layer_dropping_loss,
+    matryoshka_loss,
+    mnrl_loss,
+)
 from mrl.model import Encoder
 
 DIMS = (8, 16, 32)
@@ -68,6 +75,9 @@ def make_case(name: str, encoder: Encoder):
         labels, base, n_columns, all_layers = None, partial(mnrl_loss, symmetric=True), 2, False
     elif name in ("2d_layer_dropping", "2d_fixed_pairs"):
         labels, base, n_columns, all_layers = None, mnrl_loss, 3, True
+    elif name == "2d_upstream_gte":  # issue 25: the embedding output as a candidate, GTE + hardness
+        labels, n_columns, all_layers = None, 3, "embedding"
+        base = partial(gte_loss, hardness="all", hardness_strength=2.0)
     else:
         raise ValueError(name)
 
@@ -76,11 +86,19 @@ def make_case(name: str, encoder: Encoder):
         g = torch.Generator().manual_seed(7)
         if name == "2d_layer_dropping":
             return layer_dropping_loss(base, columns, labels, DIMS, n_dims_per_step=2, generator=g)
+        if name == "2d_upstream_gte":
+            return layer_dropping_loss(base, columns, labels, DIMS, n_layers_per_step=2, generator=g,
+                                       depth_weighting="log", embedding_layer=True)  # fmt: skip
         if name == "2d_fixed_pairs":
             return fixed_pairs_loss(base, columns, labels, [(1, 8), (2, 16)], dims=DIMS)
         return matryoshka_loss(base, columns, labels, DIMS)
 
     return texts(n_columns, seed=len(name)), all_layers, loss_fn
+
+
+def forward_args(all_layers: bool | str) -> dict[str, bool]:
+    """Encoder.forward's layer arguments: "embedding" is every block plus the embedding output."""
+    return {"all_layers": bool(all_layers), "embedding_layer": all_layers == "embedding"}
 
 
 def grads_and_reset(model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
@@ -105,7 +123,9 @@ def assert_grads_close(got: dict, want: dict, rel: float = REL, per_tensor: bool
 def run_gradcache(encoder, all_texts, all_layers, loss_fn, chunk_size, seed=0):
     features = encoder.tokenize(all_texts)  # padded to the longest of the whole batch
     torch.manual_seed(seed)
-    loss, terms = gradcache_step(lambda f: encoder(f, all_layers=all_layers), features, chunk_size, loss_fn)
+    loss, terms = gradcache_step(
+        lambda f: encoder(f, **forward_args(all_layers)), features, chunk_size, loss_fn
+    )
     return loss, terms, torch.get_rng_state(), grads_and_reset(encoder)
 
 
@@ -115,14 +135,21 @@ def run_plain_chunked(encoder, all_texts, all_layers, loss_fn, chunk_size, seed=
     embs = []
     for start in range(0, len(all_texts), chunk_size):
         chunk = encoder.tokenize(all_texts[start : start + chunk_size])  # padded to the chunk's longest
-        embs.append(encoder(chunk, all_layers=all_layers))
+        embs.append(encoder(chunk, **forward_args(all_layers)))
     rng_after_encoding = torch.get_rng_state()
     loss, terms = loss_fn(torch.cat(embs, dim=-2))
     loss.backward()
     return loss.detach(), terms, rng_after_encoding, grads_and_reset(encoder)
 
 
-CASES = ["cosent", "mnrl_hard_negative", "mnrl_symmetric", "2d_layer_dropping", "2d_fixed_pairs"]
+CASES = [
+    "cosent",
+    "mnrl_hard_negative",
+    "mnrl_symmetric",
+    "2d_layer_dropping",
+    "2d_fixed_pairs",
+    "2d_upstream_gte",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -146,13 +173,13 @@ def test_train_mode_matches_plain_chunked_backprop(encoder, case):
     assert not torch.allclose(other[name], grads[name], rtol=0, atol=1e-4 * grads[name].abs().max().item())
 
 
-@pytest.mark.parametrize("case", ["mnrl_hard_negative", "2d_layer_dropping"])
+@pytest.mark.parametrize("case", ["mnrl_hard_negative", "2d_layer_dropping", "2d_upstream_gte"])
 def test_eval_mode_matches_one_forward(encoder, case):
     encoder.eval()
     all_texts, all_layers, loss_fn = make_case(case, encoder)
     loss, _, _, grads = run_gradcache(encoder, all_texts, all_layers, loss_fn, chunk_size=4)
     features = encoder.tokenize(all_texts)
-    want_loss, _ = loss_fn(encoder(features, all_layers=all_layers))  # one untrimmed forward
+    want_loss, _ = loss_fn(encoder(features, **forward_args(all_layers)))  # one untrimmed forward
     want_loss.backward()
     want_grads = grads_and_reset(encoder)
     encoder.train()
@@ -247,7 +274,7 @@ def recorded_chunks(encoder, all_texts, all_layers, loss_fn, tokens, chunk_size=
     def encode(f):
         trimmed = width - f["input_ids"].shape[1]  # chunks are cut to their longest row; pad back
         seen.append([row_of[tuple(ids.tolist()) + (0,) * trimmed] for ids in f["input_ids"]])
-        return encoder(f, all_layers=all_layers)
+        return encoder(f, **forward_args(all_layers))
 
     torch.manual_seed(seed)
     loss, terms = gradcache_step(encode, features, chunk_size, loss_fn, chunk_tokens=tokens)
