@@ -355,3 +355,21 @@ def test_a_damaged_exit_head_file_is_a_one_line_error(headed, tmp_path, damage, 
     with pytest.raises(ValueError, match=contains) as error:
         Encoder(str(tmp_path / "m"))
     assert "\n" not in str(error.value) and str(tmp_path / "m") in str(error.value)
+
+
+def test_exit_heads_skip_the_embedding_output_row(tiny_model_dir):
+    """With embedding_layer the rows are depths 0..L: row 0 (the embedding output) has no head,
+    row k gets depth k's head, exactly as without the extra row."""
+    encoder = Encoder(str(tiny_model_dir)).eval()
+    encoder.add_exit_heads([1, 2])
+    with torch.no_grad():
+        for head in encoder.exit_heads.values():
+            for p in head.parameters():
+                p.add_(0.1)  # not the identity
+        features = encoder.tokenize(TEXTS)
+        every = encoder(features, all_layers=True, embedding_layer=True)  # (L + 1, N, D)
+        blocks = encoder(features, all_layers=True)
+        raw = encoder.model(**features, output_hidden_states=True).hidden_states[0]
+    torch.testing.assert_close(every[1:], blocks)
+    mask = features["attention_mask"].unsqueeze(-1).float()
+    torch.testing.assert_close(every[0], (raw * mask).sum(1) / mask.sum(1), atol=1e-6, rtol=1e-5)

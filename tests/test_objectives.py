@@ -368,3 +368,17 @@ def test_gte_and_hardness_train_through_train_main(tiny_model_dir, data, tmp_pat
     assert extra[1] in card
     if "--hardness" in extra:
         assert "hardness weighting" in card and "Lan et al. 2025" in card
+
+
+def test_upstream_2d_with_exit_heads_and_distillation_trains(tiny_model_dir, data, tmp_path):
+    """The embedding-output row travels with the detached exit heads (depth 0 has no head) and
+    is left out of distillation on plain sentences (blocks only): two steps train, l0 is logged."""
+    extra = ["--2d", "random", "--depth-weighting", "reciprocal", "--n-layers-per-step", "-1",
+             "--exit-heads", "shallow", "--exit-head-detach", "--layer-distill", "kl",
+             "--distill-data", str(data["pairs"])]  # fmt: skip
+    run = train.main(args(tiny_model_dir, data, tmp_path / "run", *extra))
+    logged = [m for m in metrics(run) if "train/loss" in m]
+    assert [m["step"] for m in logged] == [1, 2]
+    for m in logged:
+        assert {"train/loss_l0", "train/loss_heads_l0", "train/loss_unlabelled_distill"} <= set(m)
+        assert math.isfinite(m["train/loss"])
