@@ -503,6 +503,9 @@ def read_config_file(path: str) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {key.replace("-", "_"): value for key, value in values.items()}
     if "derived" in values:  # a run's config.json: written by train.py, maybe by an older version
+        stale = stale_2d_candidates(values)
+        if stale:
+            raise ValueError(f"--config {path}: {stale}")
         values = upgrade_run_config(values)
     values.pop("derived", None)  # a saved config.json carries derived quantities; they are recomputed
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -592,6 +595,27 @@ RETIRED_DEPTH_WEIGHTINGS = {
     "inverse": "'inverse' (1/(1+l), l counted from 1: off by one from upstream) is retired; upstream's "
     "1/(1+idx), idx counted from 0, is 'reciprocal'; runs that used 'inverse' need commit 56b7e81",
 }
+
+
+def stale_2d_candidates(values: dict[str, Any]) -> str | None:
+    """Why a run's saved config.json cannot be continued or reused as it is, or None.
+
+    Before issue 25, ``--2d random`` with upstream's weightings (uniform, log, reciprocal) drew
+    among blocks 1..L-1 and weighed block l by idx = l - 1; now the embedding output is a
+    candidate and idx is the hidden-state index. Such a run (its config.json has no
+    ``embedding_candidate`` key) would go on with other draws and weights, silently.
+    """
+    if (
+        "embedding_candidate" not in values
+        and values.get("two_d") == "random"
+        and values.get("depth_weighting") in ("uniform", "log", "reciprocal")
+    ):
+        return (
+            f"the run trained --depth-weighting {values['depth_weighting']} with the candidates of before "
+            "issue 25 (blocks 1..L-1, no embedding output); it cannot continue under today's: resume "
+            "it with commit c6d797d, or start a new run"
+        )
+    return None
 
 
 def upgrade_run_config(values: dict[str, Any]) -> dict[str, Any]:

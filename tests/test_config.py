@@ -473,3 +473,22 @@ def test_no_warmup_starts_at_the_peak():
     assert lr_factor(0, 0, 100, "linear") == 1.0
     assert lr_factor(0, 0, 100, "cosine") == 1.0
     assert lr_factor(50, 0, 100, "linear") == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "weighting, refused", [("uniform", True), ("reciprocal", True), ("proportional", False)]
+)
+def test_a_run_of_the_old_2d_candidates_is_not_continued_silently(tmp_path, weighting, refused):
+    """Issue 25 changed which layers --2d random draws under upstream's weightings: a run saved
+    before it (no embedding_candidate key) is refused by --resume and as --config, in one line;
+    our own proportional weighting kept its candidates and resumes."""
+    saved = {**TrainConfig().to_dict(), "two_d": "random", "depth_weighting": weighting, "derived": {}}
+    saved.pop("embedding_candidate")
+    saved.pop("length_buckets", None)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    argv = ["--resume", "--output-dir", str(tmp_path)]
+    if refused:
+        with pytest.raises(ValueError, match="candidates of before issue 25.*resume it with commit c6d797d"):
+            parse_config(argv)
+    else:
+        assert parse_config(argv).depth_weighting == "proportional"
