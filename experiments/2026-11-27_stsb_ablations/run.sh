@@ -39,6 +39,10 @@ declare -A flags=(
   # Pinned to length-grouped batches, the default when the other rows were recorded (issue 15
   # made random batches the default on 2026-11-30).
   [2d-random-reference-current]="--dims ${dims[*]} --2d random --depth-weighting uniform --n-dims-per-step 1 --group-by-length"
+  # Added 2026-12-07 (issue 25): the same flags after issue 25 made the reference setting exact.
+  # The row above drew among blocks 1..L-1 (recorded before); upstream draws among hidden states
+  # 0..L-1, the embedding layer's output among them, and so does this code now.
+  [2d-random-reference-exact]="--dims ${dims[*]} --2d random --depth-weighting uniform --n-dims-per-step 1 --group-by-length"
 )
 variants=(${VARIANTS:-matryoshka-weights-small matryoshka-1-dim-per-step matryoshka-no16 2d-random-no-kl 2d-random-inverse-depth 2d-random-upstream 2d-random-reference 2d-random-reference-current})
 for seed in ${seeds[@]}; do

@@ -20,6 +20,11 @@ declare -A flags=(
   [2d-random]="--dims ${dims[*]} --2d random"
   [2d-fixed]="--dims ${dims[*]} --2d fixed"
   [matryoshka-nogroup]="--dims ${dims[*]} --no-group-by-length"
+  # Added 2026-12-07 (issue 25): does the embedding layer's output as a 2D candidate help our
+  # own random mode? Both rows with today's code and A's batches (grouped by length, the default
+  # when A was recorded), so that they differ in that one flag.
+  [2d-random-grouped]="--dims ${dims[*]} --2d random --group-by-length"
+  [2d-random-embedding-candidate]="--dims ${dims[*]} --2d random --group-by-length --embedding-candidate"
 )
 variants=(${VARIANTS:-standard matryoshka 2d-random 2d-fixed})
 for seed in ${seeds[@]}; do
