@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mrl.checkpoint import list_checkpoints  # noqa: E402
 from mrl.tracking import Tracker  # noqa: E402
-from mrl.train.loop import Meter, eval_due, log_scalars, run_loop  # noqa: E402
+from mrl.train.loop import Meter, duration, eval_due, log_scalars, run_loop, timing  # noqa: E402
 from mrl.train.state import TrainState, checkpoint_state, restore  # noqa: E402
 
 LR = 0.1
@@ -198,3 +198,20 @@ def test_a_signal_ends_the_step_saves_and_exits(tmp_path):
         "SIGTERM: saved a checkpoint at step 3; continue with --resume"
         in (tmp_path / "train.log").read_text()
     )
+
+
+@pytest.mark.parametrize("seconds, text", [(0.4, "0s"), (42, "42s"), (65, "1m05s"), (3600 + 180, "1h03m")])
+def test_durations_read_as_people_write_them(seconds, text):
+    assert duration(seconds) == text
+
+
+def test_the_log_line_says_elapsed_time_and_eta(tmp_path, monkeypatch):
+    """A resumed run's ETA counts only the steps this process did: 2 steps in 10 s, 4 to go."""
+    with monkeypatch.context() as patch:
+        patch.setattr("mrl.train.loop.time.perf_counter", lambda: 110.0)
+        assert timing(step=7, total_steps=11, clock=(100.0, 5)) == "elapsed 10s, ETA 20s"
+    run(ToyJob(total_steps=3), tmp_path)
+    lines = [
+        line for line in (tmp_path / "train.log").read_text().splitlines() if line.startswith("step 3/3")
+    ]
+    assert len(lines) == 1 and " | elapsed " in lines[0] and lines[0].endswith("ETA 0s")

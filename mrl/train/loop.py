@@ -121,6 +121,7 @@ def run_loop(
         disable=not (main_process and sys.stderr.isatty()),
     )
     meter, records = Meter(), {}
+    clock = (time.perf_counter(), state.step)  # for the log line's elapsed time and ETA
     try:
         with stop_on_signals() as stop:
             while True:
@@ -159,7 +160,7 @@ def run_loop(
                 if state.step % config.log_every == 0 or state.step == job.total_steps:
                     scalars = log_scalars(job, meter.means(world_size), grad_norm)
                     tracker.scalars(state.step, scalars)
-                    log_line(tracker, progress, job, state.step, scalars)
+                    log_line(tracker, progress, job, state.step, scalars, clock)
     finally:
         progress.close()
     return records
@@ -182,12 +183,35 @@ def log_scalars(job: Job, means: dict[str, float], grad_norm: torch.Tensor) -> d
     }
 
 
-def log_line(tracker: Tracker, progress, job: Job, step: int, scalars: dict[str, float]) -> None:
-    """The console/train.log line and the progress bar's numbers for a logged step."""
+def log_line(
+    tracker: Tracker, progress, job: Job, step: int, scalars: dict[str, float], clock: tuple[float, int]
+) -> None:
+    """The console/train.log line and the progress bar's numbers for a logged step: a log file
+    (nohup, Slurm) gets the elapsed time and an ETA that a terminal's bar would show."""
     loss, lr, speed = scalars[job.loss_tag], scalars["train/lr"], scalars["perf/samples_per_s"]
     progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{speed:.1f}")
     what = "loss" if job.loss_tag == "train/loss" else "adaptor loss"
     tracker.print(
         f"step {step}/{job.total_steps} {what} {loss:.4f} lr {lr:.3e} "
-        f"grad_norm {scalars['train/grad_norm']:.3f} {speed:.1f} samples/s"
+        f"grad_norm {scalars['train/grad_norm']:.3f} {speed:.1f} samples/s "
+        f"| {timing(step, job.total_steps, clock)}"
     )
+
+
+def timing(step: int, total_steps: int, clock: tuple[float, int]) -> str:
+    """``elapsed 1m05s, ETA 3m10s``: since this process started the loop at step ``clock[1]``."""
+    start, first_step = clock
+    elapsed = time.perf_counter() - start
+    done = step - first_step
+    eta = elapsed / done * (total_steps - step) if done else 0.0
+    return f"elapsed {duration(elapsed)}, ETA {duration(eta)}"
+
+
+def duration(seconds: float) -> str:
+    """42s, 3m05s, 2h03m."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
