@@ -155,7 +155,8 @@ class CheckpointUnreadable(ValueError):
     """A run has checkpoints but none can be read; the message is one line naming each cause."""
 
 
-# What every encoder training's state.pt holds (mrl/train/state.py checkpoint_state + EncoderTraining.extra_state).
+# What every encoder training's state.pt holds
+# (mrl/train/state.py checkpoint_state + EncoderTraining.extra_state).
 STATE_KEYS = ("step", "cursor", "optimizer", "schedule", "scaler", "rng_cpu", "rng_cuda", "rng_loss")
 
 
