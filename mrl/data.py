@@ -414,6 +414,7 @@ def check_token_ids(examples: Examples, token_ids: Callable[[str], Sequence[int]
     only characters the tokenizer drops (accents, controls). [UNK] counts as content: a text
     the vocabulary does not cover (Chinese for an English model) is data, not an empty text."""
     special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+    unknown_only = True  # every text so far is [UNK] (and special tokens) only
     for name, column in zip(examples.column_names, examples.columns):
         for i, text in enumerate(column):
             ids = token_ids(text)
@@ -423,6 +424,15 @@ def check_token_ids(examples: Examples, token_ids: Callable[[str], Sequence[int]
                     f"{examples.source}:{line}: column {name!r} is empty after tokenisation "
                     f"(only special tokens left: {text[:40]!r})"
                 )
+            if unknown_only and tokenizer.unk_token_id is not None:
+                unknown_only = all(t in special or t == tokenizer.unk_token_id for t in ids)
+    # One such text is data (an emoji, a script the vocabulary lacks); a file of nothing else is
+    # a tokenizer that cannot read it (or one without a vocabulary): empty, as above.
+    if unknown_only and tokenizer.unk_token_id is not None and any(examples.columns):
+        raise DataError(
+            f"{examples.source}: every text is empty after tokenisation (nothing but unknown tokens "
+            f"{tokenizer.unk_token!s}): this model's tokenizer does not cover the data"
+        )
 
 
 def _detect_layout(header: list[str], source: str) -> list[str]:
