@@ -4,11 +4,16 @@ each case states its input, the exit code, the one line, and that nothing was cr
 
  1. a model folder that cannot read text (no tokenizer files, a truncated tokenizer.json, a
     vocabulary of special tokens only), and data its tokenizer reads as nothing but [UNK]
+ 2. written results are never lost (--json written at once by two processes, --add-to-card of two
+    files of the same name, --resume of a finished run, SIGHUP)
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -19,8 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # train.py and eval.py live in the repo root
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
+from mrl import runtime  # noqa: E402
+from mrl.evals.sts import StsEvaluator  # noqa: E402
+from mrl.model import Encoder  # noqa: E402
 from tests.fixture_text import write_csv  # noqa: E402
-from tests.test_faults import HEADER, pair_rows, refused, run_args  # noqa: E402
+from tests.test_faults import HEADER, pair_rows, refused, run_args, tree  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -116,3 +124,88 @@ def test_one_unknown_text_among_others_is_still_data(tiny_model_dir, files, tmp_
     path = write_csv(tmp_path / "train.csv", HEADER, rows)
     train.main(run_args(tiny_model_dir, path, tmp_path / "out"))
     assert (tmp_path / "out" / "model" / "config.json").is_file()
+
+
+# ============================================================================================
+# 2. Written results are never lost
+# ============================================================================================
+
+
+def test_json_written_meanwhile_by_another_eval_is_kept(tiny_model_dir, files, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "res.json"
+    score = StsEvaluator.score
+
+    def another_process_writes_first(self, *args, **kwargs):
+        out.write_text('{"theirs": 1}\n')  # a second eval.py with the same --json finished first
+        return score(self, *args, **kwargs)
+
+    monkeypatch.setattr(StsEvaluator, "score", another_process_writes_first)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        eval_script.main(["--model", str(tiny_model_dir), "--sts", str(files["test"]), "--json", str(out)])
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.strip()]
+    assert info.value.code == 2 and line.startswith("error: --json: ") and "not replaced" in line, err
+    assert json.loads(out.read_text()) == {"theirs": 1}  # theirs is intact
+    kept = [p for p in tmp_path.glob("res.*.json")]
+    assert len(kept) == 1 and str(kept[0]) in line  # ours is beside it, and named
+    assert json.loads(kept[0].read_text())["sets"]["test"]["pairs"] == 12
+    assert (tmp_path / "res.md").is_file() and not list(tmp_path.glob(".*"))  # no temporary left
+
+
+def test_json_to_a_new_path_is_written_once(tiny_model_dir, files, tmp_path, capsys):
+    out = tmp_path / "res.json"
+    eval_script.main(["--model", str(tiny_model_dir), "--sts", str(files["test"]), "--json", str(out)])
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.json", "res.md"]
+
+
+def test_add_to_card_refuses_another_file_of_the_same_name(finished, files, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(finished / "model", model)
+    (tmp_path / "s1").mkdir()
+    (tmp_path / "s2").mkdir()
+    first = shutil.copy(files["test"], tmp_path / "s1" / "test.csv")
+    second = write_csv(tmp_path / "s2" / "test.csv", HEADER, pair_rows(12, seed=9))
+    eval_script.main(["--model", str(model), "--sts", str(first), "--add-to-card"])
+    eval_script.main(["--model", str(model), "--sts", str(first), "--add-to-card"])  # the same file: replaced
+    card = (model / "README.md").read_text()
+    assert card.count("<!-- mrl:eval sts test -->") == 1
+    line = refused(
+        lambda: eval_script.main(["--model", str(model), "--sts", str(second), "--add-to-card"]),
+        capsys, tmp_path, 2,
+        ["--add-to-card", "'sts test'", str(Path(first).resolve()), str(second.resolve())],
+    )  # fmt: skip
+    assert "rename one" in line
+
+
+def test_resume_of_a_finished_run_keeps_its_model_and_card(finished, files, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    eval_script.main(["--model", str(run / "model"), "--sts", str(files["test"]), "--add-to-card"])
+    before = tree(run)
+    capsys.readouterr()
+    assert train.main(["--output-dir", str(run), "--resume"]) == run
+    assert "is already finished (step 4 of 4); nothing to do" in capsys.readouterr().out
+    assert tree(run) == before  # model/ not rewritten, the card keeps its eval table
+
+
+def test_resume_after_the_final_save_failed_still_saves_the_model(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    shutil.rmtree(run / "model")  # killed after the last checkpoint, before model/
+    train.main(["--output-dir", str(run), "--resume"])
+    assert (run / "model" / "config.json").is_file()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_stops_like_sigterm():
+    assert signal.SIGHUP in runtime.STOP_SIGNALS
+    with runtime.stop_on_signals() as stop:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stop == {"signal": signal.SIGHUP}  # asked to stop (a checkpoint follows), not killed
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
+def test_encoder_of_a_good_folder_still_loads(tiny_model_dir):
+    assert Encoder(str(tiny_model_dir)).dim == 32
