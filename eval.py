@@ -146,7 +146,7 @@ def publish_new(path: Path, text: str) -> Path:
         path,
         *(path.with_name(f"{path.stem}.{os.getpid()}.{i}{path.suffix}") for i in range(100)),
     ):
-        tmp = target.with_name(f".{target.name}.new{os.getpid()}")
+        tmp = target.with_name(f".{target.stem}.new{os.getpid()}{target.suffix}")  # same suffix
         write_text_atomic(tmp, text)
         try:
             os.link(tmp, target)
@@ -213,6 +213,11 @@ def main(argv: list[str] | None = None) -> dict:
             for path in (out, out.with_suffix(".md")):
                 if path.exists():
                     main_error(f"--json: {path} exists; choose another path or pass --overwrite")
+    if args.text_columns and args.text_columns[0] == args.text_columns[1]:
+        main_error(
+            f"--text-columns {' '.join(args.text_columns)}: the same column twice "
+            "(every pair would be a text and itself)"
+        )
     for kind, evaluator in EVALUATORS.items():
         names = [evaluator.set_name(spec) for spec in specs(args, kind)]
         if len(set(names)) != len(names):  # results are keyed by name: one would replace the other

@@ -648,6 +648,12 @@ def validate(config: TrainConfig) -> None:
         )
     # Names, dims, what the base loss needs, the wrapper's own flags: the objectives table.
     validate_objective(config)
+    if config.text_columns and len(set(config.text_columns)) != len(config.text_columns):
+        twice = sorted({c for c in config.text_columns if config.text_columns.count(c) > 1})
+        fail(
+            f"--text-columns {' '.join(config.text_columns)}: {', '.join(twice)} given twice "
+            "(every pair would be a text and itself)"
+        )
     if config.dim_weights is not None:
         n_dims = len(config.dims) if config.dims else 1
         if len(config.dim_weights) != n_dims:

@@ -36,6 +36,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -213,6 +214,38 @@ def _check_header(names: list[str], source: str, line: int) -> list[str]:
     return names
 
 
+class RepeatedKey(ValueError):
+    """A JSON object with a key given twice (``json`` keeps the last silently)."""
+
+
+def no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for ``json.loads``: ``{"text": "a", "text": "b"}`` would keep "b" and
+    drop "a" without a word; raise `RepeatedKey` instead."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise RepeatedKey(key)
+        record[key] = value
+    return record
+
+
+def check_scored_set(examples: Examples, flag: str) -> None:
+    """An evaluation set of scored pairs must be able to give a correlation: at least 3 pairs
+    (2 points correlate +-1 whatever the model) and gold scores that are not all equal (the
+    correlation is then nan in every cell). DataError naming ``flag`` and the file."""
+    scores = examples.scores or []
+    if len(scores) < 3:
+        raise DataError(
+            f"{flag} {examples.source}: {len(scores)} scored pair(s); a correlation needs at least 3 "
+            "(with 2 it is +-1 whatever the model)"
+        )
+    if len(set(scores)) == 1:
+        raise DataError(
+            f"{flag} {examples.source}: every gold score is {scores[0]:g}; a correlation with constant "
+            "scores is nan (check --score-column)"
+        )
+
+
 def _read_jsonl(lines, source: str) -> tuple[list[str], list[Row]]:
     header: dict[str, None] = {}  # an ordered set: keys in order of first appearance
     rows: list[Row] = []
@@ -221,7 +254,7 @@ def _read_jsonl(lines, source: str) -> tuple[list[str], list[Row]]:
         if not chunk.strip():
             continue
         try:
-            record = json.loads(chunk)
+            record = json.loads(chunk, object_pairs_hook=no_repeated_keys)
             if not isinstance(record, dict):
                 kind = type(record).__name__
                 raise DataError(f"{source}:{line}: expected a JSON object per line, got {kind}")
@@ -231,6 +264,8 @@ def _read_jsonl(lines, source: str) -> tuple[list[str], list[Row]]:
             raise DataError(message) from None
         except RecursionError:  # e.g. [[[[...]]]] thousands deep: hostile, not data
             raise DataError(f"{source}:{line}: JSON nested too deeply") from None
+        except RepeatedKey as e:
+            raise DataError(f"{source}:{line}: key {e.args[0]!r} appears twice in one record") from None
         header.update(dict.fromkeys(record))
     if not rows:
         raise DataError(f"{source}: empty file (expected one JSON object per line)")

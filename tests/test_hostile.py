@@ -209,3 +209,130 @@ def test_sighup_stops_like_sigterm():
 
 def test_encoder_of_a_good_folder_still_loads(tiny_model_dir):
     assert Encoder(str(tiny_model_dir)).dim == 32
+
+
+# ============================================================================================
+# 3. Degenerate data: refused, or warned about; never trained or scored on in silence
+# ============================================================================================
+
+
+def _jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _degenerate_train(case: str, tiny: Path, files: dict, tmp: Path) -> tuple[list[str], list[str]]:
+    """(argv, texts of the line) of one degenerate training input."""
+    argv = run_args(tiny, files["train"], tmp / "out")
+    if case == "cosent-constant-scores":
+        rows = [[a, b, "0.5"] for a, b, _ in pair_rows(16, seed=6)]
+        path = write_csv(tmp / "const.csv", HEADER, rows)
+        return run_args(tiny, path, tmp / "out"), ["--loss cosent", str(path), "every score", "is 0.5"]
+    if case == "text-columns-twice":
+        return [*argv, "--text-columns", "sentence1", "sentence1"], [
+            "--text-columns",
+            "sentence1 given twice",
+        ]
+    if case == "jsonl-key-twice":
+        rows = [
+            json.dumps({"sentence1": a, "sentence2": b, "score": float(s)}) for a, b, s in pair_rows(8, 7)
+        ]
+        rows[2] = rows[2][:-1] + ', "sentence1": "the cat"}'
+        path = _jsonl(tmp / "train.jsonl", rows)
+        return run_args(tiny, path, tmp / "out"), [f"{path}:3:", "'sentence1' appears twice"]
+    dev = tmp / "dev.csv"
+    if case == "dev-constant-gold":
+        write_csv(dev, HEADER, [[a, b, "1.0"] for a, b, _ in pair_rows(8, seed=8)])
+        contains = ["--eval-data", str(dev), "every gold score is 1", "nan"]
+    else:  # dev-two-pairs
+        write_csv(dev, HEADER, pair_rows(2, seed=8))
+        contains = ["--eval-data", str(dev), "2 scored pair(s)", "at least 3"]
+    argv[argv.index("--eval-data") + 1 : argv.index("--eval-data") + 1] = [str(dev)]
+    return argv, contains
+
+
+TRAIN_DEGENERATE = [
+    "cosent-constant-scores",
+    "text-columns-twice",
+    "jsonl-key-twice",
+    "dev-constant-gold",
+    "dev-two-pairs",
+]
+
+
+@pytest.mark.parametrize("case", TRAIN_DEGENERATE)
+def test_degenerate_training_data_is_refused(tiny_model_dir, files, tmp_path, capsys, case):
+    argv, contains = _degenerate_train(case, tiny_model_dir, files, tmp_path)
+    refused(lambda: train.main(argv), capsys, tmp_path, 2, contains)
+
+
+def _beir(folder: Path, corpus=None, qrels=None, queries=None) -> Path:
+    docs = corpus or [json.dumps({"_id": f"d{i}", "title": "", "text": f"the cat sat {i}"}) for i in range(6)]
+    queries = queries or [json.dumps({"_id": f"q{i}", "text": f"a dog runs {i}"}) for i in range(3)]
+    qrels = qrels or ["query-id\tcorpus-id\tscore", "q0\td1\t1", "q1\td2\t2", "q2\td3\t1"]
+    (folder / "qrels").mkdir(parents=True)
+    _jsonl(folder / "corpus.jsonl", docs)
+    _jsonl(folder / "queries.jsonl", queries)
+    _jsonl(folder / "qrels" / "test.tsv", qrels)
+    return folder
+
+
+EVAL_DEGENERATE = [
+    # (case, texts of the line)
+    ("sts-constant-gold", ["--sts", "every gold score is 3", "nan"]),
+    ("sts-two-pairs", ["--sts", "2 scored pair(s)", "+-1"]),
+    ("text-columns-twice", ["--text-columns sentence1 sentence1", "the same column twice"]),
+    ("qrels-all-zero", ["test.tsv", "every relevance grade is 0"]),
+    ("corpus-all-empty", ["corpus.jsonl", "every document is empty"]),
+    ("corpus-key-twice", ["corpus.jsonl:2:", "'text' appears twice"]),
+]
+
+
+@pytest.mark.parametrize("case, contains", EVAL_DEGENERATE, ids=[c[0] for c in EVAL_DEGENERATE])
+def test_degenerate_evaluation_data_is_refused(tiny_model_dir, files, tmp_path, capsys, case, contains):
+    argv = ["--model", str(tiny_model_dir)]
+    if case.startswith("sts"):
+        rows = [[a, b, "3"] for a, b, _ in pair_rows(8, 12)] if "constant" in case else pair_rows(2, 12)
+        argv += ["--sts", str(write_csv(tmp_path / "sts.csv", HEADER, rows))]
+    elif case == "text-columns-twice":
+        argv += ["--sts", str(files["test"]), "--text-columns", "sentence1", "sentence1"]
+    elif case == "qrels-all-zero":
+        argv += ["--beir", str(_beir(tmp_path / "b", qrels=["q0\td1\t0", "q1\td2\t0"]))]
+    elif case == "corpus-all-empty":
+        docs = [json.dumps({"_id": f"d{i}", "title": "", "text": " "}) for i in range(6)]
+        argv += ["--beir", str(_beir(tmp_path / "b", corpus=docs))]
+    else:
+        docs = [json.dumps({"_id": f"d{i}", "text": f"the cat {i}"}) for i in range(6)]
+        docs[1] = '{"_id": "d1", "text": "the cat", "text": "the dog"}'
+        argv += ["--beir", str(_beir(tmp_path / "b", corpus=docs))]
+    refused(lambda: eval_script.main(argv), capsys, tmp_path, 2, contains)
+
+
+def test_a_few_empty_documents_are_a_warning(tiny_model_dir, tmp_path, capsys):
+    docs = [json.dumps({"_id": f"d{i}", "title": "", "text": f"the cat sat {i}"}) for i in range(6)]
+    docs[4] = json.dumps({"_id": "d4", "title": "", "text": ""})
+    folder = _beir(tmp_path / "b", corpus=docs)
+    capsys.readouterr()
+    results = eval_script.main(["--model", str(tiny_model_dir), "--beir", str(folder), "--dims", "32"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == [f"warning: {folder / 'corpus.jsonl'}: 1 of 6 documents are empty (no title, no text; "
+                   "first: _id 'd4'); they are kept and can still be retrieved"]  # fmt: skip
+    assert results["retrieval"]["b"]["docs"] == 6
+
+
+def test_an_adaptor_fitted_on_three_documents_is_warned_about(tiny_model_dir, tmp_path, capsys):
+    corpus = _jsonl(
+        tmp_path / "corpus.jsonl",
+        [
+            json.dumps({"_id": f"d{i}", "text": t})
+            for i, t in enumerate(["the cat sat", "a dog runs", "the man"])
+        ],
+    )
+    argv = ["--adaptor", "linear", "--model", str(tiny_model_dir), "--train-data", str(corpus), "--eval-data",
+            "--embedding-cache", str(tmp_path / "cache"), "--max-steps", "1", "--batch-size", "2",
+            "--adaptor-neighbours", "0", "--output-dir", str(tmp_path / "out"),
+            "--device", "cpu"]  # fmt: skip
+    capsys.readouterr()
+    train.main(argv)
+    err = capsys.readouterr().err
+    assert "warning: the adaptor is fitted on 3 vectors of 32 dims" in err, err[-2000:]

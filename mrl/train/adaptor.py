@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -201,6 +202,12 @@ def build(config: TrainConfig, run_dir: Path, device: torch.device) -> AdaptorTr
     except ValueError as error:
         main_error(str(error))
     dims = list(config.dims or [dim])
+    if len(data.corpus) < dim:  # the fitted map is under-determined: most directions see no data
+        print(
+            f"warning: the adaptor is fitted on {len(data.corpus)} vectors of {dim} dims: fewer vectors "
+            "than dims leave most of the map unconstrained by data (use a larger corpus)",
+            file=sys.stderr,
+        )
     weights = parse_loss_weights(config.adaptor_weights)
     adaptor = Adaptor(dim, config.adaptor, config.adaptor_hidden)
     if config.adaptor_init == "pca":  # start where the closed form ends (resume overwrites it)

@@ -18,6 +18,7 @@ from mrl.data import (
     DataError,
     Examples,
     TokenizingCollator,
+    check_scored_set,
     check_tokenized,
     load_distill_texts,
     load_source,
@@ -97,6 +98,17 @@ def load_data(config: TrainConfig, base: BaseLossEntry):
     for ex in eval_sets.values():
         if ex.n_columns != 2 or ex.scores is None:
             main_error(f"--eval-data {ex.source}: needs 2 text columns and a score column")
+        try:
+            check_scored_set(ex, "--eval-data")  # constant gold scores, two pairs: no correlation
+        except DataError as error:
+            main_error(str(error))
+    # CoSENT learns from the order of scores within a batch: with every score equal there is no
+    # pair to order, the loss is exactly 0 and so is its gradient (a run that trains nothing).
+    if config.loss == "cosent" and train.scores and len(set(train.scores)) == 1:
+        main_error(
+            f"--loss cosent: every score in {train.source} is {train.scores[0]:g}; CoSENT learns from "
+            "differences between scores (loss and gradient would be 0): check --score-column"
+        )
     if len(eval_sets) < len(config.eval_data):  # two dev sets of one name would overwrite each other
         main_error(f"--eval-data {config.eval_data}: two sets have the same name; rename one file")
     return train, eval_sets
