@@ -27,11 +27,13 @@ from __future__ import annotations
 import codecs
 import csv
 import difflib
+import errno
 import itertools
 import json
 import math
 import os
 import re
+import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -99,6 +101,34 @@ class Examples:
 MAX_LINE_BYTES = 4 << 20
 
 
+def file_kind(path: Path) -> str:
+    """What a path that exists but is neither a file nor a folder is, in words."""
+    mode = os.stat(path).st_mode
+    for test, kind in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def missing_reason(path: Path) -> str:
+    """Why an existing-looking ``path`` cannot be read: "no such file", a broken symbolic link, or
+    a loop of symbolic links (which ``Path.exists`` also reports as missing)."""
+    if not path.is_symlink():
+        return "no such file"
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a loop of symbolic links (each points back to another); fix the link"
+        return f"is a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+    return "no such file"
+
+
 def read_rows(path: str | Path) -> tuple[list[str], list[Row]]:
     """Read a CSV (``.csv``), TSV (``.tsv``) or JSON-lines (``.jsonl``/``.json``) file with a header.
 
@@ -112,7 +142,9 @@ def read_rows(path: str | Path) -> tuple[list[str], list[Row]]:
     if path.is_dir():
         raise DataError(f"{source}: is a folder, not a data file (.csv, .tsv, .jsonl or .json)")
     if not path.exists():
-        raise DataError(f"{source}: no such file")
+        raise DataError(f"{source}: {missing_reason(path)}")
+    if not path.is_file():  # open() of a FIFO blocks until a writer comes: it would hang forever
+        raise DataError(f"{source}: is {file_kind(path)}, not a regular file; write the data to a file first")
     if path.suffix.lower() not in _FORMATS:
         raise DataError(f"{source}: unknown file type {path.suffix!r}; expected .csv, .tsv, .jsonl or .json")
     try:
@@ -557,6 +589,30 @@ class TokenizingCollator:
         }
 
 
+class BatchSizeError(ValueError):
+    """A batch size the data cannot fill. ``str()`` speaks of the Python arguments (batch_size,
+    drop_last, avoid_duplicates); `for_flag` says the same in the command line's terms."""
+
+    def __init__(self, message: str, batch_size: int, n: int, source: str, duplicates: bool):
+        super().__init__(message)
+        self.batch_size, self.n, self.source, self.duplicates = batch_size, n, source, duplicates
+
+    def for_flag(self, flag: str, value: int) -> str:
+        """One line naming ``flag`` (as the user gave it: ``value``; the sampler's batch may
+        differ, e.g. ``value`` x the number of processes) and the real cause."""
+        per = "" if value == self.batch_size else f" (a batch of {self.batch_size})"
+        if self.duplicates:
+            return (
+                f"{flag} {value}{per}: {self.source} has too few distinct texts for one batch without a "
+                "repeated text (with in-batch negatives a repeated text is a false negative); "
+                f"lower {flag} or remove the repeated rows"
+            )
+        return (
+            f"{flag} {value}{per}: larger than the {self.n} rows of {self.source} (a batch is never "
+            f"partial); lower {flag}"
+        )
+
+
 class BatchSampler:
     """Shuffled batches of indices, deterministic in (seed, epoch); usable as a DataLoader batch_sampler.
 
@@ -590,10 +646,11 @@ class BatchSampler:
         if self.n == 0:
             raise ValueError(f"{self.source}: no examples to batch")
         if drop_last and batch_size > self.n:
-            raise ValueError(
+            raise BatchSizeError(
                 f"batch_size {batch_size} is larger than the {self.n} examples of {self.source}: "
-                "drop_last would leave no batches (lower batch_size or set drop_last=False)"
-            )
+                "drop_last would leave no batches (lower batch_size or set drop_last=False)",
+                batch_size, self.n, self.source, duplicates=False,
+            )  # fmt: skip
         self.batch_size = batch_size
         self.seed = seed
         self.drop_last = drop_last
@@ -645,10 +702,11 @@ class BatchSampler:
                 break  # a greedy pass over everything left could not fill a batch
             batches.append(batch)
         if not batches:
-            raise ValueError(
+            raise BatchSizeError(
                 f"{self.source}: no batch of {self.batch_size} examples without a repeated text; "
-                "lower batch_size or set avoid_duplicates=False"
-            )
+                "lower batch_size or set avoid_duplicates=False",
+                self.batch_size, self.n, self.source, duplicates=True,
+            )  # fmt: skip
         return self._shuffle_if_grouped(batches, generator)
 
     def _shuffle_if_grouped(self, batches: list[list[int]], generator: torch.Generator) -> list[list[int]]:

@@ -336,3 +336,68 @@ def test_an_adaptor_fitted_on_three_documents_is_warned_about(tiny_model_dir, tm
     train.main(argv)
     err = capsys.readouterr().err
     assert "warning: the adaptor is fitted on 3 vectors of 32 dims" in err, err[-2000:]
+
+
+# ============================================================================================
+# 4. No tracebacks, no hangs
+# ============================================================================================
+
+
+def _special_train(case: str, tmp: Path) -> tuple[Path, list[str]]:
+    """(--train-data path, texts of the line) of one hostile training path."""
+    path = tmp / "train.csv"
+    if case == "fifo":
+        os.mkfifo(path)  # open() would block until a writer comes: forever
+        return path, [str(path), "is a named pipe (FIFO), not a regular file"]
+    if case == "symlink-loop":
+        path.symlink_to(tmp / "other.csv")
+        (tmp / "other.csv").symlink_to(path)
+        return path, [str(path), "loop of symbolic links"]
+    path.symlink_to(tmp / "gone.csv")  # broken-symlink
+    return path, [str(path), "broken symbolic link", "gone.csv"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("case", ["fifo", "symlink-loop", "broken-symlink"])
+def test_a_train_data_path_that_is_no_regular_file(tiny_model_dir, tmp_path, capsys, case):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "work").mkdir()
+    path, contains = _special_train(case, tmp_path / "src")
+    argv = run_args(tiny_model_dir, path, tmp_path / "work" / "out")
+    # (refused() reads every file under its root: the FIFO stays outside it, in src/)
+    refused(lambda: train.main(argv), capsys, tmp_path / "work", 2, contains)
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == sorted(
+        ["train.csv", *(["other.csv"] if case == "symlink-loop" else [])]
+    )
+
+
+REPEATED_CASES = [
+    # (case, rows (anchor, positive), --batch-size, texts of the line)
+    (
+        "one-pair-repeated",
+        [["the cat sat", "a dog runs"]] * 20,
+        "4",
+        ["--batch-size 4", "too few distinct texts"],
+    ),
+    ("two-pairs-repeated", [["the cat", "a dog"], ["the man", "a woman"]] * 10, "3", ["--batch-size 3"]),
+]
+
+
+@pytest.mark.parametrize("case, rows, batch, contains", REPEATED_CASES, ids=[c[0] for c in REPEATED_CASES])
+def test_in_batch_negatives_on_repeated_texts_is_one_line(
+    tiny_model_dir, tmp_path, capsys, case, rows, batch, contains
+):
+    path = write_csv(tmp_path / "pairs.csv", ["anchor", "positive"], rows)
+    argv = [*run_args(tiny_model_dir, path, tmp_path / "out"), "--loss", "mnrl"]
+    argv[argv.index("--batch-size") + 1] = batch
+    line = refused(lambda: train.main(argv), capsys, tmp_path, 2, [*contains, str(path), "false negative"])
+    assert "avoid_duplicates" not in line and "batch_size" not in line
+
+
+def test_a_batch_larger_than_the_data_names_the_flag(tiny_model_dir, files, tmp_path, capsys):
+    argv = run_args(tiny_model_dir, files["train"], tmp_path / "out")
+    argv[argv.index("--batch-size") + 1] = "64"
+    line = refused(
+        lambda: train.main(argv), capsys, tmp_path, 2, ["--batch-size 64", "larger than the 32 rows"]
+    )
+    assert "drop_last" not in line and "batch_size" not in line

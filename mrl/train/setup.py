@@ -15,6 +15,7 @@ import torch
 from mrl.config import TrainConfig, validate_for_model
 from mrl.data import (
     BatchSampler,
+    BatchSizeError,
     DataError,
     Examples,
     TokenizingCollator,
@@ -179,6 +180,8 @@ def make_batches(config: TrainConfig, train, encoder: Encoder, world_size: int, 
             avoid_duplicates=avoid_duplicates,
             lengths=lengths if config.group_by_length else None,
         )
+    except BatchSizeError as error:
+        main_error(error.for_flag("--batch-size", config.batch_size))
     except ValueError as error:
         main_error(f"--batch-size: {error}")
     return collate, sampler
@@ -204,6 +207,8 @@ def make_distill_batches(config: TrainConfig, encoder: Encoder, eval_sets: dict,
             seed=config.seed + 2,
             lengths=[len(i) for i in ids] if config.group_by_length else None,
         )
+    except BatchSizeError as error:
+        main_error(error.for_flag("--distill-batch-size", config.distill_batch_size or texts_per_batch))
     except ValueError as error:
         main_error(f"--distill-batch-size: {error}")
 
@@ -222,7 +227,10 @@ def count_steps(config: TrainConfig, sampler: BatchSampler) -> tuple[int, int, i
     into the next epoch and size the LR schedule wrong.
     """
     epochs = 1 if config.max_steps else config.epochs
-    steps = [max(1, sampler.num_batches(epoch) // config.grad_accum) for epoch in range(epochs)]
+    try:  # building an epoch's batches finds out whether duplicate-free ones can be filled
+        steps = [max(1, sampler.num_batches(epoch) // config.grad_accum) for epoch in range(epochs)]
+    except BatchSizeError as error:
+        main_error(error.for_flag("--batch-size", config.batch_size))
     total_steps = config.max_steps or sum(steps)
     return steps[0], total_steps, round(config.warmup_ratio * total_steps)
 
