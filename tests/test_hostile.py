@@ -401,3 +401,76 @@ def test_a_batch_larger_than_the_data_names_the_flag(tiny_model_dir, files, tmp_
         lambda: train.main(argv), capsys, tmp_path, 2, ["--batch-size 64", "larger than the 32 rows"]
     )
     assert "drop_last" not in line and "batch_size" not in line
+
+
+# ============================================================================================
+# 6. The embedding cache is keyed by everything that changes the vectors
+# ============================================================================================
+
+
+def _other_tokenizer(tiny: Path, dest: Path) -> Path:
+    """The same weights and config with another vocabulary order (so other ids for every word)."""
+    from transformers import BertTokenizer
+
+    shutil.copytree(tiny, dest)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (dest / name).unlink(missing_ok=True)
+    words = (dest / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    special, rest = words[:5], [w for w in words[5:] if w]
+    (dest / "vocab.txt").write_text("\n".join(special + rest[::-1]) + "\n", encoding="utf-8")
+    BertTokenizer(str(dest / "vocab.txt"), model_max_length=64).save_pretrained(dest)
+    return dest
+
+
+KEY_CASES = [
+    "tokenizer",
+    "tokenizer-lower-case-setting",
+    "config",
+    "pooling",
+    "max-length",
+    "lower-case",
+    "head",
+]
+
+
+@pytest.mark.parametrize("case", KEY_CASES)
+def test_each_setting_that_changes_the_vectors_changes_the_cache_key(tiny_model_dir, tmp_path, case):
+    from mrl.embcache import cached_embeddings, model_key
+    from mrl.heads import Dense
+
+    base = Encoder(str(tiny_model_dir))
+    if case == "tokenizer":
+        other = Encoder(str(_other_tokenizer(tiny_model_dir, tmp_path / "m")))
+    elif case == "tokenizer-lower-case-setting":
+        shutil.copytree(tiny_model_dir, tmp_path / "m")
+        other = Encoder(str(tmp_path / "m"))
+        other.tokenizer = type(other.tokenizer)(str(tmp_path / "m" / "vocab.txt"), do_lower_case=False)
+    elif case == "config":  # not in any tensor: the layer norm's epsilon
+        shutil.copytree(tiny_model_dir, tmp_path / "m")
+        config = json.loads((tmp_path / "m" / "config.json").read_text())
+        (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 0.1}))
+        other = Encoder(str(tmp_path / "m"))
+    elif case == "pooling":
+        other = Encoder(str(tiny_model_dir), "cls")
+    elif case == "max-length":
+        other = Encoder(str(tiny_model_dir), None, 4)  # cuts both texts
+    elif case == "lower-case":
+        other = Encoder(str(tiny_model_dir), do_lower_case=True)
+    else:
+        other = Encoder(str(tiny_model_dir))
+        other.attach_head([Dense(32, 16)])
+    assert model_key(other) != model_key(base)
+    # End to end: the first model's cached vectors are not handed to the second.
+    texts = ["the cat sat on the mat", "a man plays guitar"]
+    first = cached_embeddings(base.eval(), texts, tmp_path / "cache", log=lambda _: None)
+    second = cached_embeddings(other.eval(), texts, tmp_path / "cache", log=lambda _: None)
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    if "lower-case" not in case:  # (the fixture texts are lower case already)
+        assert not torch.equal(first, second)
+
+
+def test_a_copy_of_the_same_model_shares_the_cache_key(tiny_model_dir, tmp_path):
+    from mrl.embcache import model_key
+
+    shutil.copytree(tiny_model_dir, tmp_path / "copy")
+    assert model_key(Encoder(str(tmp_path / "copy"))) == model_key(Encoder(str(tiny_model_dir)))
