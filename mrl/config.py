@@ -687,6 +687,11 @@ def validate(config: TrainConfig) -> None:
         fail("--mini-batch-tokens must be at least 1")
     if config.kl_temperature <= 0:
         fail("--kl-temperature must be positive")
+    if config.output_dir is not None and not config.output_dir.strip():  # '' is not "not given"
+        fail(
+            f"--output-dir {config.output_dir!r}: an empty path; give a folder, "
+            "or leave the flag out for runs/<date>-<time>"
+        )
     if config.resume and not config.output_dir:
         fail("--resume needs --output-dir (the run to continue)")
     if config.score_range is not None and (

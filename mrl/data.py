@@ -510,8 +510,28 @@ def _detect_layout(header: list[str], source: str) -> list[str]:
     known = " | ".join(",".join(cols) + (",negative..." if neg else "") for cols, neg in _LAYOUTS)
     raise DataError(
         f"{source}:1: no known column layout in the header ({', '.join(header)}); "
-        f"known: {known}; name them with text_columns"
+        f"known: {known}{_layout_hint(header)}; name them with --text-columns (text_columns in a config file)"
     )
+
+
+def _layout_hint(header: list[str]) -> str:
+    """A did-you-mean for a header that is a known layout but for the case of its names
+    (Sentence1, Sentence2) or for its delimiter (tabs in a .csv: one column holding all names)."""
+    for required, _ in _LAYOUTS:
+        lowered = {c.lower(): c for c in header}
+        if all(r in lowered for r in required):
+            says = ", ".join(lowered[r] for r in required)
+            return f"; did you mean {', '.join(required)}? (the header says {says})"
+    if len(header) == 1:
+        for delimiter, name, suffix in (
+            ("\t", "tabs", ".tsv"),
+            (";", "semicolons", None),
+            ("|", "bars", None),
+        ):
+            if delimiter in header[0]:
+                fix = f"rename it to {suffix}" if suffix else "re-save it with commas"
+                return f"; its one column holds {name}: a file delimited by {name}? ({fix})"
+    return ""
 
 
 def _require_column(name: str, header: list[str], source: str, flag: str) -> None:
@@ -522,6 +542,27 @@ def _require_column(name: str, header: list[str], source: str, flag: str) -> Non
     close = [c for c in header if c.lower() == name.lower()] or difflib.get_close_matches(name, header, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise DataError(f"{source}:1: no column {name!r}; the file has {', '.join(header)}{hint} (set {flag})")
+
+
+def _where_hint(rows: list[Row], wanted: dict[str, str]) -> str:
+    """ "; did you mean --where label=1.0?" when a wanted value equals a held one as a number
+    (the file writes 1.0, the flag says 1), else ""."""
+
+    def number(text: str) -> float | None:
+        try:
+            return float(text)
+        except ValueError:
+            return None
+
+    fixed = {}
+    for column, value in wanted.items():
+        held = sorted({row.get(column, "").strip() for _, row in rows})
+        same = [v for v in held if number(value) is not None and number(v) == number(value)]
+        fixed[column] = same[0] if same else None
+    if not any(fixed.values()):
+        return ""
+    spec = ",".join(f"{c}={fixed[c] or v}" for c, v in wanted.items())
+    return f"; did you mean --where {spec}?"
 
 
 def _filter(rows: list[Row], where: dict[str, str], source: str) -> list[Row]:
@@ -539,7 +580,10 @@ def _filter(rows: list[Row], where: dict[str, str], source: str) -> list[Row]:
             more = ", ..." if len(values) > 8 else ""
             seen.append(f"{column!r} has {', '.join(values[:8])}{more}")
         spec = ",".join(f"{c}={v}" for c, v in where.items())
-        raise DataError(f"{source}: where {spec} keeps none of the {len(rows)} rows ({'; '.join(seen)})")
+        hint = _where_hint(rows, wanted)
+        raise DataError(
+            f"{source}: --where {spec} keeps none of the {len(rows)} rows ({'; '.join(seen)}){hint}"
+        )
     return kept
 
 

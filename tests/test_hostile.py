@@ -474,3 +474,62 @@ def test_a_copy_of_the_same_model_shares_the_cache_key(tiny_model_dir, tmp_path)
 
     shutil.copytree(tiny_model_dir, tmp_path / "copy")
     assert model_key(Encoder(str(tmp_path / "copy"))) == model_key(Encoder(str(tiny_model_dir)))
+
+
+# ============================================================================================
+# 5. Messages that name the user's flag and the real cause
+# ============================================================================================
+
+
+def test_an_empty_output_dir_is_not_taken_as_not_given(tiny_model_dir, files, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where runs/<time> would have been created
+    argv = run_args(tiny_model_dir, files["train"], tmp_path / "out")
+    argv[argv.index("--output-dir") + 1] = ""
+    refused(lambda: train.main(argv), capsys, tmp_path, 2, ["--output-dir ''", "an empty path"])
+
+
+WHERE_CASES = [
+    # (file's label values, --where, texts of the line)
+    (["1.0", "0.0"], "label=1", ["--where label=1 keeps none", "did you mean --where label=1.0?"]),
+    (
+        ["entailment", "neutral"],
+        "label=entail",
+        ["--where label=entail keeps none", "'label' has entailment"],
+    ),
+]
+
+
+@pytest.mark.parametrize("labels, where, contains", WHERE_CASES, ids=["number-spelt-otherwise", "no-match"])
+def test_where_that_keeps_nothing_says_what_the_file_holds(
+    tiny_model_dir, tmp_path, capsys, labels, where, contains
+):
+    rows = [[a, b, labels[i % 2]] for i, (a, b, _) in enumerate(pair_rows(16, seed=13))]
+    path = write_csv(tmp_path / "nli.csv", ["sentence1", "sentence2", "label"], rows)
+    argv = [*run_args(tiny_model_dir, path, tmp_path / "out"), "--loss", "mnrl", "--where", where]
+    line = refused(lambda: train.main(argv), capsys, tmp_path, 2, [str(path), *contains])
+    assert ("did you mean" in line) == ("1.0" in labels)
+
+
+HEADER_CASES = [
+    # (file name, header line, texts of the line)
+    (
+        "upper.csv",
+        "Sentence1,Sentence2,Score",
+        ["did you mean sentence1, sentence2?", "Sentence1, Sentence2"],
+    ),
+    ("tabs.csv", "sentence1\tsentence2\tscore", ["a file delimited by tabs?", "rename it to .tsv"]),
+    ("semicolons.csv", "sentence1;sentence2;score", ["delimited by semicolons", "re-save it with commas"]),
+]
+
+
+@pytest.mark.parametrize("name, header, contains", HEADER_CASES, ids=[c[0] for c in HEADER_CASES])
+def test_a_header_off_by_case_or_delimiter_gets_a_did_you_mean(
+    tiny_model_dir, tmp_path, capsys, name, header, contains
+):
+    sep = {"upper.csv": ",", "tabs.csv": "\t", "semicolons.csv": ";"}[name]
+    body = "".join(f"{a}{sep}{b}{sep}{s}\n" for a, b, s in pair_rows(8, seed=14))
+    path = tmp_path / name
+    path.write_text(header + "\n" + body, encoding="utf-8")
+    argv = run_args(tiny_model_dir, path, tmp_path / "out")
+    line = refused(lambda: train.main(argv), capsys, tmp_path, 2, [f"{path}:1:", *contains, "--text-columns"])
+    assert "name them with text_columns" not in line
