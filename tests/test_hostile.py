@@ -6,6 +6,11 @@ each case states its input, the exit code, the one line, and that nothing was cr
     vocabulary of special tokens only), and data its tokenizer reads as nothing but [UNK]
  2. written results are never lost (--json written at once by two processes, --add-to-card of two
     files of the same name, --resume of a finished run, SIGHUP)
+ 3. degenerate data: constant CoSENT scores, a column twice, a JSON key twice, constant gold
+    scores, two pairs, all-zero qrels, empty documents (warning), an adaptor on 3 texts (warning)
+ 4. no tracebacks, no hangs: repeated texts with in-batch negatives, a FIFO, symbolic-link loops
+ 5. messages naming the flag: --output-dir '', --where label=1 on 1.0, a header off by case or delimiter
+ 6. the embedding cache's key: tokenizer, config, pooling, max length, lower-casing, heads
 """
 
 from __future__ import annotations
