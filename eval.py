@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from mrl.card import add_eval_to_card
+from mrl.card import add_eval_to_card, card_clashes, set_source
 from mrl.checkpoint import write_text_atomic
 from mrl.evals import EVALUATORS
 from mrl.model import Encoder
@@ -137,6 +138,26 @@ def specs(args: argparse.Namespace, kind: str) -> list[str]:
     return getattr(args, kind.replace("-", "_"))
 
 
+def publish_new(path: Path, text: str) -> Path:
+    """Write ``path`` only if it does not exist, atomically (a hard link of a finished temporary
+    file fails if another process created ``path`` first); else write a sibling
+    ``NAME.PID.SUFFIX`` that does not exist yet. Returns where the text went: never lost."""
+    for target in (
+        path,
+        *(path.with_name(f"{path.stem}.{os.getpid()}.{i}{path.suffix}") for i in range(100)),
+    ):
+        tmp = target.with_name(f".{target.stem}.new{os.getpid()}{target.suffix}")  # same suffix
+        write_text_atomic(tmp, text)
+        try:
+            os.link(tmp, target)
+            return target
+        except FileExistsError:
+            continue
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise FileExistsError(f"{path}: every sibling name is taken")
+
+
 def default_dims(model_dim: int) -> list[int]:
     dims = [model_dim]
     while dims[-1] // 2 >= 16:
@@ -192,6 +213,11 @@ def main(argv: list[str] | None = None) -> dict:
             for path in (out, out.with_suffix(".md")):
                 if path.exists():
                     main_error(f"--json: {path} exists; choose another path or pass --overwrite")
+    if args.text_columns and args.text_columns[0] == args.text_columns[1]:
+        main_error(
+            f"--text-columns {' '.join(args.text_columns)}: the same column twice "
+            "(every pair would be a text and itself)"
+        )
     for kind, evaluator in EVALUATORS.items():
         names = [evaluator.set_name(spec) for spec in specs(args, kind)]
         if len(set(names)) != len(names):  # results are keyed by name: one would replace the other
@@ -237,6 +263,16 @@ def main(argv: list[str] | None = None) -> dict:
                 evaluators.append(evaluator.load(spec, args, encoder))
             except ValueError as error:
                 main_error(str(error))
+    if args.add_to_card:  # a set of the same name from another file would replace its table
+        sources = {
+            f"{kind} {ev.name}": set_source(
+                {"source": getattr(ev, "source", None) or getattr(ev, "folder", None)}
+            )
+            for kind, ev in zip((k for k, e in EVALUATORS.items() for _ in specs(args, k)), evaluators)
+        }
+        clashes = card_clashes(encoder.name_or_path, sources)
+        if clashes:
+            main_error(f"--add-to-card: {'; '.join(clashes)}; rename one (sets are keyed by name)")
 
     autocast = autocast_for(device, args.precision)
     progress = sys.stderr.isatty()  # progress bars for people at a terminal, not for logs
@@ -263,8 +299,25 @@ def main(argv: list[str] | None = None) -> dict:
 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out, json.dumps(results, indent=2) + "\n")
-        write_text_atomic(out.with_suffix(".md"), f"# {args.model}\n\n" + "\n".join(markdown))
+        texts = {
+            out: json.dumps(results, indent=2) + "\n",
+            out.with_suffix(".md"): f"# {args.model}\n\n" + "\n".join(markdown),
+        }
+        if args.overwrite:
+            for path, text in texts.items():
+                write_text_atomic(path, text)
+        else:  # the check above was minutes ago: another eval.py may have written there since
+            lost = {path: publish_new(path, text) for path, text in texts.items()}
+            lost = {path: kept for path, kept in lost.items() if kept != path}
+            if lost:
+                if args.add_to_card:
+                    add_eval_to_card(args.model, results)
+                where = "; ".join(
+                    f"{path} appeared while this evaluation ran (another eval.py?), not replaced: "
+                    f"these results are in {kept}"
+                    for path, kept in lost.items()
+                )
+                main_error(f"--json: {where}")
         print(f"\nwrote {out} and {out.with_suffix('.md')}")
     if args.add_to_card:
         print(f"added to the model card: {add_eval_to_card(args.model, results)}")

@@ -34,7 +34,7 @@ from mrl.tracking import Tracker
 from mrl.train import adaptor, encoder
 from mrl.train.loop import run_loop
 from mrl.train.run_files import prepare_run_dir, start_run
-from mrl.train.state import TrainState, restore
+from mrl.train.state import TrainState, already_finished, restore
 
 
 # Disk full, read-only...: one line, and the run lock is released however main ends.
@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None):
     # ---- fresh run or resume (mrl/train/state.py) -------------------------------------------------
     if config.resume:
         state = restore(run_dir, job, state)
+        if already_finished(run_dir, job, state):  # its model/ (and what was added to its card) stays
+            return run_dir
     start_run(run_dir, config, job.derived, argv, dist)  # claims the dir; config.json, run.json
     # Everything at the resumed step itself was logged before its checkpoint was written.
     purge_step = (state.step + 1 if state.resumed_step is not None else 0) if config.resume else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -511,16 +512,62 @@ def eval_sections(results: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def set_source(entry: dict[str, Any]) -> str | None:
+    """Where an evaluated set was read from (an STS file's ``source``, a BEIR ``folder``), made
+    absolute when it is a local path; None for an evaluator that records neither."""
+    source = entry.get("source") or entry.get("folder")
+    if not source:
+        return None
+    return str(Path(source).resolve()) if Path(source).exists() else str(source)
+
+
+_SOURCE = re.compile(r"\A<!-- mrl:source (.*?) -->\n")
+
+
+def card_clashes(model_dir: str | Path, sources: dict[str, str | None]) -> list[str]:
+    """The sets of ``sources`` (``"<kind> <set>"`` -> `set_source`) whose name the card already
+    holds for another file: sets are keyed by name (``s1/test.csv`` and ``s2/test.csv`` are both
+    "test"), so adding one would silently replace the other's table. One line per clash."""
+    path = Path(model_dir) / CARD_FILE
+    sections = _eval_sections(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    clashes = []
+    for key, source in sources.items():
+        found = _SOURCE.match(sections.get(key, ""))
+        if source and found and found.group(1) != source:
+            clashes.append(f"the card's '{key}' table is from {found.group(1)}, this one is from {source}")
+    return clashes
+
+
 def add_eval_to_card(model_dir: str | Path, results: dict[str, Any]) -> Path:
     """Put each set of an ``eval.py`` result into ``model_dir/README.md`` (written first if the
-    folder has no card), replacing an earlier section for the same set. Returns the card's path."""
+    folder has no card), replacing an earlier section for the same set (the same name read from
+    the same file; another file of the same name is a ValueError, see `card_clashes`). The
+    read-modify-write holds an exclusive lock on the folder, so two processes adding results at
+    once both keep theirs. Returns the card's path."""
+    import fcntl
+
     path = Path(model_dir) / CARD_FILE
-    if not path.is_file():
-        write_card(model_dir)
-    card = path.read_text(encoding="utf-8")
-    for name, text in eval_sections(results).items():
-        card = _put_section(card, name, text)
-    write_text_atomic(path, card)
+    sections = eval_sections(results)
+    sources = {
+        f"{kind} {name}": set_source(entry)
+        for kind, evaluator in EVALUATORS.items()
+        for name, entry in results.get(evaluator.section, {}).items()
+    }
+    folder = os.open(model_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        clashes = card_clashes(model_dir, sources)
+        if clashes:
+            raise ValueError(f"--add-to-card: {'; '.join(clashes)}; rename one (sets are keyed by name)")
+        if not path.is_file():
+            write_card(model_dir)
+        card = path.read_text(encoding="utf-8")
+        for name, text in sections.items():
+            source = sources.get(name)
+            card = _put_section(card, name, (f"<!-- mrl:source {source} -->\n" if source else "") + text)
+        write_text_atomic(path, card)
+    finally:
+        os.close(folder)  # releases the lock
     return path
 
 

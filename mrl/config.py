@@ -697,6 +697,12 @@ def validate(config: TrainConfig) -> None:
         )
     # Names, dims, what the base loss needs, the wrapper's own flags: the objectives table.
     validate_objective(config)
+    if config.text_columns and len(set(config.text_columns)) != len(config.text_columns):
+        twice = sorted({c for c in config.text_columns if config.text_columns.count(c) > 1})
+        fail(
+            f"--text-columns {' '.join(config.text_columns)}: {', '.join(twice)} given twice "
+            "(every pair would be a text and itself)"
+        )
     if config.dim_weights is not None:
         n_dims = len(config.dims) if config.dims else 1
         if len(config.dim_weights) != n_dims:
@@ -730,6 +736,11 @@ def validate(config: TrainConfig) -> None:
         fail("--mini-batch-tokens must be at least 1")
     if config.kl_temperature <= 0:
         fail("--kl-temperature must be positive")
+    if config.output_dir is not None and not config.output_dir.strip():  # '' is not "not given"
+        fail(
+            f"--output-dir {config.output_dir!r}: an empty path; give a folder, "
+            "or leave the flag out for runs/<date>-<time>"
+        )
     if config.resume and not config.output_dir:
         fail("--resume needs --output-dir (the run to continue)")
     if config.score_range is not None and (

@@ -27,15 +27,18 @@ from __future__ import annotations
 import codecs
 import csv
 import difflib
+import errno
 import itertools
 import json
 import math
 import os
 import re
+import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -98,6 +101,34 @@ class Examples:
 MAX_LINE_BYTES = 4 << 20
 
 
+def file_kind(path: Path) -> str:
+    """What a path that exists but is neither a file nor a folder is, in words."""
+    mode = os.stat(path).st_mode
+    for test, kind in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def missing_reason(path: Path) -> str:
+    """Why an existing-looking ``path`` cannot be read: "no such file", a broken symbolic link, or
+    a loop of symbolic links (which ``Path.exists`` also reports as missing)."""
+    if not path.is_symlink():
+        return "no such file"
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a loop of symbolic links (each points back to another); fix the link"
+        return f"is a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+    return "no such file"
+
+
 def read_rows(path: str | Path) -> tuple[list[str], list[Row]]:
     """Read a CSV (``.csv``), TSV (``.tsv``) or JSON-lines (``.jsonl``/``.json``) file with a header.
 
@@ -111,7 +142,9 @@ def read_rows(path: str | Path) -> tuple[list[str], list[Row]]:
     if path.is_dir():
         raise DataError(f"{source}: is a folder, not a data file (.csv, .tsv, .jsonl or .json)")
     if not path.exists():
-        raise DataError(f"{source}: no such file")
+        raise DataError(f"{source}: {missing_reason(path)}")
+    if not path.is_file():  # open() of a FIFO blocks until a writer comes: it would hang forever
+        raise DataError(f"{source}: is {file_kind(path)}, not a regular file; write the data to a file first")
     if path.suffix.lower() not in _FORMATS:
         raise DataError(f"{source}: unknown file type {path.suffix!r}; expected .csv, .tsv, .jsonl or .json")
     try:
@@ -213,6 +246,38 @@ def _check_header(names: list[str], source: str, line: int) -> list[str]:
     return names
 
 
+class RepeatedKey(ValueError):
+    """A JSON object with a key given twice (``json`` keeps the last silently)."""
+
+
+def no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for ``json.loads``: ``{"text": "a", "text": "b"}`` would keep "b" and
+    drop "a" without a word; raise `RepeatedKey` instead."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise RepeatedKey(key)
+        record[key] = value
+    return record
+
+
+def check_scored_set(examples: Examples, flag: str) -> None:
+    """An evaluation set of scored pairs must be able to give a correlation: at least 3 pairs
+    (2 points correlate +-1 whatever the model) and gold scores that are not all equal (the
+    correlation is then nan in every cell). DataError naming ``flag`` and the file."""
+    scores = examples.scores or []
+    if len(scores) < 3:
+        raise DataError(
+            f"{flag} {examples.source}: {len(scores)} scored pair(s); a correlation needs at least 3 "
+            "(with 2 it is +-1 whatever the model)"
+        )
+    if len(set(scores)) == 1:
+        raise DataError(
+            f"{flag} {examples.source}: every gold score is {scores[0]:g}; a correlation with constant "
+            "scores is nan (check --score-column)"
+        )
+
+
 def _read_jsonl(lines, source: str) -> tuple[list[str], list[Row]]:
     header: dict[str, None] = {}  # an ordered set: keys in order of first appearance
     rows: list[Row] = []
@@ -221,7 +286,7 @@ def _read_jsonl(lines, source: str) -> tuple[list[str], list[Row]]:
         if not chunk.strip():
             continue
         try:
-            record = json.loads(chunk)
+            record = json.loads(chunk, object_pairs_hook=no_repeated_keys)
             if not isinstance(record, dict):
                 kind = type(record).__name__
                 raise DataError(f"{source}:{line}: expected a JSON object per line, got {kind}")
@@ -231,6 +296,8 @@ def _read_jsonl(lines, source: str) -> tuple[list[str], list[Row]]:
             raise DataError(message) from None
         except RecursionError:  # e.g. [[[[...]]]] thousands deep: hostile, not data
             raise DataError(f"{source}:{line}: JSON nested too deeply") from None
+        except RepeatedKey as e:
+            raise DataError(f"{source}:{line}: key {e.args[0]!r} appears twice in one record") from None
         header.update(dict.fromkeys(record))
     if not rows:
         raise DataError(f"{source}: empty file (expected one JSON object per line)")
@@ -414,6 +481,7 @@ def check_token_ids(examples: Examples, token_ids: Callable[[str], Sequence[int]
     only characters the tokenizer drops (accents, controls). [UNK] counts as content: a text
     the vocabulary does not cover (Chinese for an English model) is data, not an empty text."""
     special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+    unknown_only = True  # every text so far is [UNK] (and special tokens) only
     for name, column in zip(examples.column_names, examples.columns):
         for i, text in enumerate(column):
             ids = token_ids(text)
@@ -423,6 +491,15 @@ def check_token_ids(examples: Examples, token_ids: Callable[[str], Sequence[int]
                     f"{examples.source}:{line}: column {name!r} is empty after tokenisation "
                     f"(only special tokens left: {text[:40]!r})"
                 )
+            if unknown_only and tokenizer.unk_token_id is not None:
+                unknown_only = all(t in special or t == tokenizer.unk_token_id for t in ids)
+    # One such text is data (an emoji, a script the vocabulary lacks); a file of nothing else is
+    # a tokenizer that cannot read it (or one without a vocabulary): empty, as above.
+    if unknown_only and tokenizer.unk_token_id is not None and any(examples.columns):
+        raise DataError(
+            f"{examples.source}: every text is empty after tokenisation (nothing but unknown tokens "
+            f"{tokenizer.unk_token!s}): this model's tokenizer does not cover the data"
+        )
 
 
 def _detect_layout(header: list[str], source: str) -> list[str]:
@@ -433,8 +510,28 @@ def _detect_layout(header: list[str], source: str) -> list[str]:
     known = " | ".join(",".join(cols) + (",negative..." if neg else "") for cols, neg in _LAYOUTS)
     raise DataError(
         f"{source}:1: no known column layout in the header ({', '.join(header)}); "
-        f"known: {known}; name them with text_columns"
+        f"known: {known}{_layout_hint(header)}; name them with --text-columns (text_columns in a config file)"
     )
+
+
+def _layout_hint(header: list[str]) -> str:
+    """A did-you-mean for a header that is a known layout but for the case of its names
+    (Sentence1, Sentence2) or for its delimiter (tabs in a .csv: one column holding all names)."""
+    for required, _ in _LAYOUTS:
+        lowered = {c.lower(): c for c in header}
+        if all(r in lowered for r in required):
+            says = ", ".join(lowered[r] for r in required)
+            return f"; did you mean {', '.join(required)}? (the header says {says})"
+    if len(header) == 1:
+        for delimiter, name, suffix in (
+            ("\t", "tabs", ".tsv"),
+            (";", "semicolons", None),
+            ("|", "bars", None),
+        ):
+            if delimiter in header[0]:
+                fix = f"rename it to {suffix}" if suffix else "re-save it with commas"
+                return f"; its one column holds {name}: a file delimited by {name}? ({fix})"
+    return ""
 
 
 def _require_column(name: str, header: list[str], source: str, flag: str) -> None:
@@ -445,6 +542,27 @@ def _require_column(name: str, header: list[str], source: str, flag: str) -> Non
     close = [c for c in header if c.lower() == name.lower()] or difflib.get_close_matches(name, header, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise DataError(f"{source}:1: no column {name!r}; the file has {', '.join(header)}{hint} (set {flag})")
+
+
+def _where_hint(rows: list[Row], wanted: dict[str, str]) -> str:
+    """ "; did you mean --where label=1.0?" when a wanted value equals a held one as a number
+    (the file writes 1.0, the flag says 1), else ""."""
+
+    def number(text: str) -> float | None:
+        try:
+            return float(text)
+        except ValueError:
+            return None
+
+    fixed = {}
+    for column, value in wanted.items():
+        held = sorted({row.get(column, "").strip() for _, row in rows})
+        same = [v for v in held if number(value) is not None and number(v) == number(value)]
+        fixed[column] = same[0] if same else None
+    if not any(fixed.values()):
+        return ""
+    spec = ",".join(f"{c}={fixed[c] or v}" for c, v in wanted.items())
+    return f"; did you mean --where {spec}?"
 
 
 def _filter(rows: list[Row], where: dict[str, str], source: str) -> list[Row]:
@@ -462,7 +580,10 @@ def _filter(rows: list[Row], where: dict[str, str], source: str) -> list[Row]:
             more = ", ..." if len(values) > 8 else ""
             seen.append(f"{column!r} has {', '.join(values[:8])}{more}")
         spec = ",".join(f"{c}={v}" for c, v in where.items())
-        raise DataError(f"{source}: where {spec} keeps none of the {len(rows)} rows ({'; '.join(seen)})")
+        hint = _where_hint(rows, wanted)
+        raise DataError(
+            f"{source}: --where {spec} keeps none of the {len(rows)} rows ({'; '.join(seen)}){hint}"
+        )
     return kept
 
 
@@ -512,6 +633,30 @@ class TokenizingCollator:
         }
 
 
+class BatchSizeError(ValueError):
+    """A batch size the data cannot fill. ``str()`` speaks of the Python arguments (batch_size,
+    drop_last, avoid_duplicates); `for_flag` says the same in the command line's terms."""
+
+    def __init__(self, message: str, batch_size: int, n: int, source: str, duplicates: bool):
+        super().__init__(message)
+        self.batch_size, self.n, self.source, self.duplicates = batch_size, n, source, duplicates
+
+    def for_flag(self, flag: str, value: int) -> str:
+        """One line naming ``flag`` (as the user gave it: ``value``; the sampler's batch may
+        differ, e.g. ``value`` x the number of processes) and the real cause."""
+        per = "" if value == self.batch_size else f" (a batch of {self.batch_size})"
+        if self.duplicates:
+            return (
+                f"{flag} {value}{per}: {self.source} has too few distinct texts for one batch without a "
+                "repeated text (with in-batch negatives a repeated text is a false negative); "
+                f"lower {flag} or remove the repeated rows"
+            )
+        return (
+            f"{flag} {value}{per}: larger than the {self.n} rows of {self.source} (a batch is never "
+            f"partial); lower {flag}"
+        )
+
+
 class BatchSampler:
     """Shuffled batches of indices, deterministic in (seed, epoch); usable as a DataLoader batch_sampler.
 
@@ -545,10 +690,11 @@ class BatchSampler:
         if self.n == 0:
             raise ValueError(f"{self.source}: no examples to batch")
         if drop_last and batch_size > self.n:
-            raise ValueError(
+            raise BatchSizeError(
                 f"batch_size {batch_size} is larger than the {self.n} examples of {self.source}: "
-                "drop_last would leave no batches (lower batch_size or set drop_last=False)"
-            )
+                "drop_last would leave no batches (lower batch_size or set drop_last=False)",
+                batch_size, self.n, self.source, duplicates=False,
+            )  # fmt: skip
         self.batch_size = batch_size
         self.seed = seed
         self.drop_last = drop_last
@@ -600,10 +746,11 @@ class BatchSampler:
                 break  # a greedy pass over everything left could not fill a batch
             batches.append(batch)
         if not batches:
-            raise ValueError(
+            raise BatchSizeError(
                 f"{self.source}: no batch of {self.batch_size} examples without a repeated text; "
-                "lower batch_size or set avoid_duplicates=False"
-            )
+                "lower batch_size or set avoid_duplicates=False",
+                self.batch_size, self.n, self.source, duplicates=True,
+            )  # fmt: skip
         return self._shuffle_if_grouped(batches, generator)
 
     def _shuffle_if_grouped(self, batches: list[list[int]], generator: torch.Generator) -> list[list[int]]:

@@ -45,17 +45,48 @@ def texts_key(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
+def tokenizer_key(tokenizer) -> str:
+    """sha256 of what sets a tokenizer's ids: a fast tokenizer's whole serialisation (vocabulary,
+    normaliser, pre-tokeniser, post-processor), else its class, vocabulary and settings. The same
+    weights with another tokenizer (or none: every word [UNK]) give other vectors."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # less the truncation / padding state the last call left behind
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        digest.update(json.dumps(state, sort_keys=True).encode())
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    # Where the files were read from is no part of the tokenizer (copies of a folder share a key).
+    where = {"name_or_path", "is_local", "local_files_only", "_commit_hash", "cache_dir", "revision", "token"}
+    settings = {
+        k: v
+        for k, v in getattr(tokenizer, "init_kwargs", {}).items()
+        if k not in where and not k.endswith("_file")
+    }
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(sorted(tokenizer.all_special_tokens)).encode())
+    return digest.hexdigest()
+
+
 def model_key(encoder) -> str:
     """sha256 of everything that sets an `mrl.model.Encoder`'s output: every tensor of its state
-    (names, dtypes, shapes, bytes; an attached adaptor included) and pooling, maximum length,
-    lower-casing. Hashing ~90 MB of MiniLM weights takes a fraction of a second."""
+    (names, dtypes, shapes, bytes; an attached head or adaptor included), the transformer's config
+    (layer-norm epsilon, activation...: not in the tensors), the tokenizer (`tokenizer_key`), and
+    pooling, maximum length, lower-casing. The vectors are cached raw (un-normalised, no prompt:
+    the texts are the data key). Hashing ~90 MB of MiniLM weights takes a fraction of a second."""
     digest = hashlib.sha256()
+    config = getattr(getattr(encoder, "model", None), "config", None)
     settings = {
         "pooling": encoder.pooling,
         "max_seq_length": encoder.max_seq_length,
         "do_lower_case": encoder.do_lower_case,
+        # Where the folder was is no part of the model: copies of one folder share a key.
+        "config": {k: v for k, v in config.to_diff_dict().items() if k != "_name_or_path"}
+        if config
+        else None,
+        "tokenizer": tokenizer_key(encoder.tokenizer) if getattr(encoder, "tokenizer", None) else None,
     }
-    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, tensor in encoder.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())

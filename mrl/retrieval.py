@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mrl.data import DataError, is_blank, text_lines
+from mrl.data import DataError, RepeatedKey, is_blank, no_repeated_keys, text_lines
 from mrl.evaluation import encode_layers
 from mrl.losses import prefix
 from mrl.quantize import (
@@ -90,7 +91,9 @@ def _read_jsonl(path: Path) -> dict[str, tuple[int, dict]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=no_repeated_keys)
+        except RepeatedKey as error:
+            raise ValueError(f"{path}:{number}: key {error.args[0]!r} appears twice in one record") from None
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
         except RecursionError:  # e.g. [[[[...]]]] thousands deep: hostile, not data
@@ -185,6 +188,20 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
         if doc not in corpus:
             raise ValueError(f"{qrels_path}:{number}: doc {doc!r} is not in corpus.jsonl")
     query_ids = [q for q in queries if q in qrels]
+    if not any(grade > 0 for q in query_ids for grade in qrels[q].values()):
+        raise ValueError(
+            f"{qrels_path}: every relevance grade is 0 or less: no query has a relevant doc, so every "
+            "metric is 0 (is the grade column the third?)"
+        )
+    empty = [key for key, text in corpus.items() if is_blank(text)]
+    if len(empty) == len(corpus):
+        raise ValueError(f"{folder / 'corpus.jsonl'}: every document is empty (no title, no text)")
+    if empty:  # real corpora have a few (title-only pages lost their title): kept, but said
+        print(
+            f"warning: {folder / 'corpus.jsonl'}: {len(empty)} of {len(corpus)} documents are empty "
+            f"(no title, no text; first: _id {empty[0]!r}); they are kept and can still be retrieved",
+            file=sys.stderr,
+        )
     return BeirData(
         doc_ids=list(corpus),
         doc_texts=list(corpus.values()),

@@ -79,10 +79,15 @@ def quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
+# SIGHUP does not exist on Windows.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+
+
 @contextlib.contextmanager
-def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
-    """While active, SIGTERM/SIGINT only set ``stop["signal"]``; the loop checks it between steps,
-    saves a checkpoint and exits. A second signal acts at once (default handler). The previous
+def stop_on_signals(signals=STOP_SIGNALS):
+    """While active, SIGTERM/SIGINT/SIGHUP only set ``stop["signal"]``; the loop checks it between
+    steps, saves a checkpoint and exits (SIGHUP: a dropped ssh session would otherwise end the run
+    with no checkpoint and no message). A second signal acts at once (default handler). The previous
     handlers come back on exit. Outside the main thread (no signal handling) it does nothing."""
     stop: dict[str, int] = {}
 

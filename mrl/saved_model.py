@@ -116,8 +116,10 @@ def load_transformer(
 
     ``trust_remote_code`` stays off unless asked: it runs Python code shipped with the weights.
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
+    if Path(name_or_path).is_dir():  # before the weights: a folder that cannot read text is refused
+        check_tokenizer_files(Path(name_or_path))
     # A hub id while the hub is out of reach: the cache only, and one line at once if it is
     # not there (instead of half a minute of retries; see mrl/hub.py).
     offline = None if Path(name_or_path).is_dir() else offline_reason()
@@ -126,7 +128,7 @@ def load_transformer(
         model = AutoModel.from_pretrained(
             name_or_path, trust_remote_code=trust_remote_code, **hub, **(model_kwargs or {})
         )
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **hub)
+        tokenizer = _load_tokenizer(name_or_path, trust_remote_code, hub)
     except pickle.UnpicklingError as error:
         # transformers loads .bin weights with torch.load(weights_only=True), which refuses a
         # pickle that would call a function; say so in one line instead of torch's essay.
@@ -147,6 +149,50 @@ def load_transformer(
         what = f"{type(error).__name__}: {reason}"
         raise ValueError(f"{name_or_path}: cannot load the model ({what})") from None
     return model, tokenizer
+
+
+# The files a tokenizer's vocabulary lives in (WordPiece, BPE, SentencePiece, fast tokenizers).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")  # fmt: skip
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    """A local model folder must hold its tokenizer's vocabulary: without one, transformers
+    builds a tokenizer of the special tokens alone and every word becomes [UNK] (the model
+    would train and evaluate on nothing). FileNotFoundError, one line naming what is missing."""
+    if any((folder / name).is_file() for name in TOKENIZER_FILES) or any(folder.glob("*.model")):
+        return
+    raise FileNotFoundError(
+        f"{folder} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}): its text would all be "
+        "[UNK]; copy them from the model it was made from"
+    )
+
+
+def _load_tokenizer(name_or_path: str, trust_remote_code: bool, hub: dict[str, Any]):
+    """AutoTokenizer with one-line errors naming the folder: a truncated or garbled tokenizer file
+    (a JSONDecodeError otherwise names no file), or a vocabulary of special tokens only."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **hub)
+    except (OSError, pickle.UnpicklingError):
+        raise
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        files = [n for n in (*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json")
+                 if (Path(name_or_path) / n).is_file()]  # fmt: skip
+        where = f" ({', '.join(files)})" if files else ""
+        raise ValueError(
+            f"{name_or_path}: cannot read its tokenizer files{where} ({type(error).__name__}: {reason}); "
+            "a truncated copy? copy them again"
+        ) from None
+    special = set(tokenizer.all_special_ids)
+    if len(tokenizer) <= len(special):
+        raise ValueError(
+            f"{name_or_path}: its tokenizer has no vocabulary beyond its {len(special)} special tokens "
+            "(every word would be [UNK]); its tokenizer files are missing or empty"
+        )
+    return tokenizer
 
 
 def load_model_head(name_or_path: str) -> nn.Sequential | None:

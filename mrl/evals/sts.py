@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from mrl.data import DataError, check_tokenized, load_source, source_name
+from mrl.data import DataError, check_scored_set, check_tokenized, load_source, source_name
 from mrl.evaluation import embed_pairs, format_table, score_pairs
 
 
@@ -58,6 +58,10 @@ class StsEvaluator:
             raise ValueError(str(error)) from None
         if examples.n_columns != 2 or examples.scores is None:
             raise ValueError(f"--sts {examples.source}: needs 2 text columns and a score column")
+        try:
+            check_scored_set(examples, "--sts")  # constant gold scores, two pairs: no correlation
+        except DataError as error:
+            raise ValueError(str(error)) from None
         check_tokenized(examples, encoder)  # a text of nothing but special tokens: a DataError
         return cls.from_examples(source_name(spec), examples)
 

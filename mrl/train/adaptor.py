@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from mrl.adaptor import (
 )
 from mrl.checkpoint import save_folder_atomic, write_text_atomic
 from mrl.config import TrainConfig, parse_loss_weights
-from mrl.data import BatchSampler, DataError, Examples, load_source, source_name
+from mrl.data import BatchSampler, BatchSizeError, DataError, Examples, load_source, source_name
 from mrl.evaluation import correlations
 from mrl.heads import head_modules, save_head
 from mrl.losses import check_dims
@@ -201,6 +202,12 @@ def build(config: TrainConfig, run_dir: Path, device: torch.device) -> AdaptorTr
     except ValueError as error:
         main_error(str(error))
     dims = list(config.dims or [dim])
+    if len(data.corpus) < dim:  # the fitted map is under-determined: most directions see no data
+        print(
+            f"warning: the adaptor is fitted on {len(data.corpus)} vectors of {dim} dims: fewer vectors "
+            "than dims leave most of the map unconstrained by data (use a larger corpus)",
+            file=sys.stderr,
+        )
     weights = parse_loss_weights(config.adaptor_weights)
     adaptor = Adaptor(dim, config.adaptor, config.adaptor_hidden)
     if config.adaptor_init == "pca":  # start where the closed form ends (resume overwrites it)
@@ -294,6 +301,9 @@ def make_samplers(config: TrainConfig, data: AdaptorData):
             # In-batch negatives: no query or document twice in a batch (a false negative).
             batch = min(config.adaptor_pair_batch_size, len(keyed))
             pair_sampler = BatchSampler(keyed, batch, seed=config.seed, drop_last=True, avoid_duplicates=True)
+    except BatchSizeError as error:
+        pairs = ("--adaptor-pair-batch-size", config.adaptor_pair_batch_size)
+        main_error(error.for_flag(*(pairs if error.duplicates else ("--batch-size", config.batch_size))))
     except ValueError as error:
         main_error(f"--batch-size / --adaptor-pair-batch-size: {error}")
     return sampler, pair_sampler

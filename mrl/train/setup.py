@@ -15,9 +15,11 @@ import torch
 from mrl.config import TrainConfig, validate_for_model
 from mrl.data import (
     BatchSampler,
+    BatchSizeError,
     DataError,
     Examples,
     TokenizingCollator,
+    check_scored_set,
     check_tokenized,
     load_distill_texts,
     load_source,
@@ -97,6 +99,17 @@ def load_data(config: TrainConfig, base: BaseLossEntry):
     for ex in eval_sets.values():
         if ex.n_columns != 2 or ex.scores is None:
             main_error(f"--eval-data {ex.source}: needs 2 text columns and a score column")
+        try:
+            check_scored_set(ex, "--eval-data")  # constant gold scores, two pairs: no correlation
+        except DataError as error:
+            main_error(str(error))
+    # CoSENT learns from the order of scores within a batch: with every score equal there is no
+    # pair to order, the loss is exactly 0 and so is its gradient (a run that trains nothing).
+    if config.loss == "cosent" and train.scores and len(set(train.scores)) == 1:
+        main_error(
+            f"--loss cosent: every score in {train.source} is {train.scores[0]:g}; CoSENT learns from "
+            "differences between scores (loss and gradient would be 0): check --score-column"
+        )
     if len(eval_sets) < len(config.eval_data):  # two dev sets of one name would overwrite each other
         main_error(f"--eval-data {config.eval_data}: two sets have the same name; rename one file")
     return train, eval_sets
@@ -167,6 +180,8 @@ def make_batches(config: TrainConfig, train, encoder: Encoder, world_size: int, 
             avoid_duplicates=avoid_duplicates,
             lengths=lengths if config.group_by_length else None,
         )
+    except BatchSizeError as error:
+        main_error(error.for_flag("--batch-size", config.batch_size))
     except ValueError as error:
         main_error(f"--batch-size: {error}")
     return collate, sampler
@@ -192,6 +207,8 @@ def make_distill_batches(config: TrainConfig, encoder: Encoder, eval_sets: dict,
             seed=config.seed + 2,
             lengths=[len(i) for i in ids] if config.group_by_length else None,
         )
+    except BatchSizeError as error:
+        main_error(error.for_flag("--distill-batch-size", config.distill_batch_size or texts_per_batch))
     except ValueError as error:
         main_error(f"--distill-batch-size: {error}")
 
@@ -210,7 +227,10 @@ def count_steps(config: TrainConfig, sampler: BatchSampler) -> tuple[int, int, i
     into the next epoch and size the LR schedule wrong.
     """
     epochs = 1 if config.max_steps else config.epochs
-    steps = [max(1, sampler.num_batches(epoch) // config.grad_accum) for epoch in range(epochs)]
+    try:  # building an epoch's batches finds out whether duplicate-free ones can be filled
+        steps = [max(1, sampler.num_batches(epoch) // config.grad_accum) for epoch in range(epochs)]
+    except BatchSizeError as error:
+        main_error(error.for_flag("--batch-size", config.batch_size))
     total_steps = config.max_steps or sum(steps)
     return steps[0], total_steps, round(config.warmup_ratio * total_steps)
 

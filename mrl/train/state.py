@@ -76,3 +76,21 @@ def restore(run_dir: Path, job, state: TrainState) -> TrainState:
         resumed_step=saved["step"],
         folder=folder,
     )
+
+
+def already_finished(run_dir: Path, job, state: TrainState) -> bool:
+    """``--resume`` of a run whose newest checkpoint is its last step and whose final model
+    (``model/``, or ``adaptor/`` for an adaptor) is saved: there is nothing to do. True after
+    saying so; the final folder is not written again (that would drop what ``eval.py
+    --add-to-card`` added to its card). A run whose final save did not happen is finished as before."""
+    if state.resumed_step is None or state.step < job.total_steps:
+        return False
+    done = (("model", "config.json"), ("adaptor", "adaptor.json"))
+    final = [run_dir / name for name, file in done if (run_dir / name / file).is_file()]
+    if not final:
+        return False
+    print(
+        f"--resume: {run_dir} is already finished (step {state.step} of {job.total_steps}); "
+        f"nothing to do: {final[0]} and its card are left as they are"
+    )
+    return True
