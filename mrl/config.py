@@ -570,10 +570,12 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         # `--resume --output-dir RUN` alone continues RUN with the config it was started with.
         config_file = str(saved_run_config)
     values = read_config_file(config_file) if config_file else {}
+    from_file = set(values)
     given = {key for key, value in args.items() if value is not None}
     values.update({key: args[key] for key in given})
     if values.get("adaptor", "off") != "off":
         # Training a small head on cached vectors wants other defaults than fine-tuning an encoder.
+        adaptor_defaults = set(ADAPTOR_DEFAULTS) - set(values)
         values = {**ADAPTOR_DEFAULTS, **values}
     if "eval_data" not in values:  # offline-friendly: a local training file gets a local dev file or none
         values["eval_data"] = default_dev_data(values.get("train_data", TrainConfig.train_data))
@@ -581,9 +583,13 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     try:
         validate(config)
     except ValueError as error:
-        # A value from the file is named as a flag: say where it came from.
-        from_file = [k for k in values if k not in given and flag_name(_FIELDS[k]) in str(error)]
-        raise ValueError(f"{error} (set in --config {config_file})" if from_file else str(error)) from None
+        # A value that was not on the command line is named as a flag: say where it came from.
+        named = [k for k in values if k not in given and flag_name(_FIELDS[k]) in str(error)]
+        if any(k in from_file - given for k in named):
+            raise ValueError(f"{error} (set in --config {config_file})") from None
+        if values.get("adaptor", "off") != "off" and any(k in adaptor_defaults for k in named):
+            raise ValueError(f"{error} (the value is --adaptor's default; give the flag)") from None
+        raise ValueError(str(error)) from None
     return config
 
 

@@ -492,3 +492,11 @@ def test_a_run_of_the_old_2d_candidates_is_not_continued_silently(tmp_path, weig
             parse_config(argv)
     else:
         assert parse_config(argv).depth_weighting == "proportional"
+
+
+def test_an_adaptor_default_at_fault_is_not_blamed_on_a_config_file():
+    """--adaptor-neighbours 600 fails against --adaptor's default --batch-size 512: the message
+    says so instead of "set in --config None" (no file was given)."""
+    with pytest.raises(ValueError) as error:
+        parse_config(["--adaptor", "linear", "--adaptor-neighbours", "600", "--train-data", "x.jsonl"])
+    assert "--config" not in str(error.value) and "--adaptor's default" in str(error.value)
