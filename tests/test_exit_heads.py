@@ -8,6 +8,7 @@ Encoder being tested. Training tests run train.py on the tiny random BERT.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -217,9 +218,9 @@ def test_training_moves_the_heads_at_their_own_learning_rate(heads_run, tiny_mod
     assert "| exit heads | `--exit-heads shallow`, lr 0.001, trained with the model |" in card
 
 
-def test_resume_restores_the_heads_exactly(heads_run, tiny_model_dir, data, tmp_path):
-    b = tmp_path / "B"
-    train.main([*heads_args(tiny_model_dir, data), "--output-dir", str(b)])
+def test_resume_restores_the_heads_exactly(heads_run, tmp_path):
+    b = tmp_path / "B"  # the uninterrupted run's copy, cut back to its step-3 checkpoint
+    shutil.copytree(heads_run, b)
     simulate_crash(b, keep_step=3)
     train.main(["--output-dir", str(b), "--resume"])
     assert "resuming at step 3" in (b / "train.log").read_text()

@@ -103,13 +103,23 @@ def single_run(no_dropout_model, data, tmp_path_factory) -> Path:
     return out
 
 
-def test_torchrun_two_processes_equal_one_process_with_the_global_batch(
-    no_dropout_model, data, single_run, tmp_path
-):
+@pytest.fixture(scope="module")
+def ddp_run(no_dropout_model, data, tmp_path_factory) -> Path:
+    """2 gloo processes x batch 4 with checkpoints at steps 2 and 4: one torchrun run shared by the
+    equality test and the resume test (its uninterrupted run), since every torchrun start costs
+    seconds of imports in three processes. Tests read it; the resume test resumes a copy."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    torchrun(
+        [*common(no_dropout_model, data), "--batch-size", "4", "--save-every", "2", "--output-dir", str(out)]
+    )
+    return out
+
+
+def test_torchrun_two_processes_equal_one_process_with_the_global_batch(ddp_run, data, single_run):
     """2 gloo processes x batch 4 (negatives gathered across ranks) == 1 process x batch 8;
-    the saved model is read by eval.py."""
-    out = tmp_path / "ddp"
-    torchrun([*common(no_dropout_model, data), "--batch-size", "4", "--output-dir", str(out)])
+    the saved model is read by eval.py. (The checkpoints that ddp_run also writes for the resume
+    test do not change the run: compared here with a run that writes none.)"""
+    out = ddp_run
     assert_same_run(out, single_run)
     derived = json.loads((out / "config.json").read_text())["derived"]
     assert derived["world_size"] == 2 and derived["global_batch"] == 8
@@ -118,16 +128,15 @@ def test_torchrun_two_processes_equal_one_process_with_the_global_batch(
     assert {r["dim"] for r in results["sets"]["dev"]["records"]} == {32, 16}
 
 
-def test_torchrun_resume_continues_exactly(no_dropout_model, data, tmp_path):
+def test_torchrun_resume_continues_exactly(ddp_run, tmp_path):
     """A distributed run stopped after its step-2 checkpoint and resumed under torchrun ends with
-    the weights of an uninterrupted distributed run (bitwise: gloo reduces in a fixed order)."""
-    args = [*common(no_dropout_model, data), "--batch-size", "4", "--save-every", "2"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    torchrun([*args, "--output-dir", str(straight)])
-    torchrun([*args, "--output-dir", str(resumed)])
-    # Simulate a crash right after the step-2 checkpoint.
+    the weights of an uninterrupted distributed run (bitwise: gloo reduces in a fixed order).
+    The stopped run is a copy of the shared uninterrupted one (ddp_run) cut back to step 2."""
     import shutil
 
+    straight = ddp_run
+    resumed = Path(shutil.copytree(straight, tmp_path / "resumed"))
+    # Simulate a crash right after the step-2 checkpoint.
     shutil.rmtree(resumed / "model")
     shutil.rmtree(resumed / "checkpoints" / "step_00000004")
     (resumed / "checkpoints" / "latest").write_text("step_00000002\n")

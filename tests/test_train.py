@@ -384,9 +384,12 @@ def test_eval_py_refuses_to_overwrite_json(run_a, data, tmp_path, capsys):
 # ------------------------------------------------------------------------------- exact resume
 
 
-def test_resume_is_exact_for_matryoshka_cosent(run_a, tiny_model_dir, data, tmp_path):
+def test_resume_is_exact_for_matryoshka_cosent(run_a, tmp_path):
+    # B is a copy of the uninterrupted run A cut back to its step-3 checkpoint: the same files a
+    # second run of base_args would leave (runs are bitwise reproducible, see test_reliability's
+    # test_same_seed_gives_identical_weights_and_another_seed_does_not), without training it.
     b = tmp_path / "B"
-    train.main([*base_args(tiny_model_dir, data), "--output-dir", str(b)])
+    shutil.copytree(run_a, b)
     simulate_crash(b, keep_step=3)
     train.main(["--output-dir", str(b), "--resume"])
     assert "resuming at step 3" in (b / "train.log").read_text()
@@ -395,9 +398,9 @@ def test_resume_is_exact_for_matryoshka_cosent(run_a, tiny_model_dir, data, tmp_
     assert json.loads((b / "eval_dev.json").read_text()) == json.loads((run_a / "eval_dev.json").read_text())
 
 
-def test_resume_is_exact_for_mnrl_2d_random(run_mnrl_a, tiny_model_dir, data, tmp_path):
-    b = tmp_path / "B"
-    train.main([*mnrl_args(tiny_model_dir, data), "--output-dir", str(b)])
+def test_resume_is_exact_for_mnrl_2d_random(run_mnrl_a, tmp_path):
+    b = tmp_path / "B"  # a copy of the uninterrupted run cut back to step 5, as above
+    shutil.copytree(run_mnrl_a, b)
     simulate_crash(b, keep_step=5)
     train.main(["--output-dir", str(b), "--resume"])
     assert "resuming at step 5" in (b / "train.log").read_text()
