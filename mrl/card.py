@@ -30,6 +30,7 @@ from mrl import objectives
 from mrl.checkpoint import write_text_atomic
 from mrl.evals import EVALUATORS, evaluator_for
 from mrl.pooling import POOLINGS
+from mrl.runtime import main_error
 
 CARD_FILE = "README.md"
 _EVAL_START, _EVAL_END = "<!-- mrl:eval {} -->", "<!-- /mrl:eval {} -->"
@@ -576,9 +577,22 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("model", help="a model folder saved by train.py (RUN/model)")
     parser.add_argument("--add", nargs="+", default=[], metavar="JSON", help="eval.py --json files to add")
     args = parser.parse_args(argv)
-    path = write_card(args.model)
-    for file in args.add:
-        path = add_eval_to_card(args.model, json.loads(Path(file).read_text(encoding="utf-8")))
+    results = []
+    for file in args.add:  # every file read before the card is touched
+        try:
+            results.append(json.loads(Path(file).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as error:
+            main_error(f"--add {file}: cannot read it as eval.py JSON ({str(error).splitlines()[0]})")
+    card = Path(args.model) / CARD_FILE
+    before = card.read_bytes() if card.is_file() else None
+    try:
+        path = write_card(args.model)
+        for result in results:
+            path = add_eval_to_card(args.model, result)
+    except (OSError, ValueError, KeyError) as error:  # no folder, not a saved model, a clash of set names
+        if before is not None and card.read_bytes() != before:  # all or nothing: the card as it was
+            card.write_bytes(before)
+        main_error(str(error).splitlines()[0] if str(error) else repr(error))
     print(f"wrote {path}")
     return path
 

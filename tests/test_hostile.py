@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # train.py and eval.py live in the repo root
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
-from mrl import runtime  # noqa: E402
+from mrl import card, runtime  # noqa: E402
 from mrl.evals.sts import StsEvaluator  # noqa: E402
 from mrl.model import Encoder  # noqa: E402
 from tests.fixture_text import write_csv  # noqa: E402
@@ -538,3 +538,28 @@ def test_a_header_off_by_case_or_delimiter_gets_a_did_you_mean(
     argv = run_args(tiny_model_dir, path, tmp_path / "out")
     line = refused(lambda: train.main(argv), capsys, tmp_path, 2, [f"{path}:1:", *contains, "--text-columns"])
     assert "name them with text_columns" not in line
+
+
+def test_card_cli_faults_are_one_line(finished, files, tmp_path, capsys):
+    """python -m mrl.card: an unreadable --add file, a folder that is no model, and a set whose
+    name clashes with another file's table: one line each, no traceback."""
+    model = tmp_path / "model"
+    shutil.copytree(finished / "model", model)
+    (tmp_path / "s1").mkdir()
+    (tmp_path / "s2").mkdir()
+    first = shutil.copy(files["test"], tmp_path / "s1" / "test.csv")
+    second = write_csv(tmp_path / "s2" / "test.csv", HEADER, pair_rows(12, seed=9))
+    eval_script.main(["--model", str(model), "--sts", str(first), "--add-to-card"])
+    clash = tmp_path / "second.json"
+    eval_script.main(["--model", str(model), "--sts", str(second), "--json", str(clash)])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    refused(lambda: card.main([str(model), "--add", str(bad)]), capsys, tmp_path, 2, ["--add", "bad.json"])
+    refused(
+        lambda: card.main([str(model), "--add", str(clash)]),
+        capsys,
+        tmp_path,
+        2,
+        ["'sts test'", "rename one"],
+    )
+    refused(lambda: card.main([str(tmp_path / "nothing")]), capsys, tmp_path, 2, ["nothing"])
