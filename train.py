@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None):
         main_error(f"--device: {error}")
     except DistStartError as error:
         main_error(str(error))
+    try:  # every way out after this point leaves the process group (a refusal on one rank too)
+        return train(config, dist, argv, wall_start)
+    finally:
+        cleanup()
+
+
+def train(config: TrainConfig, dist, argv: list[str], wall_start: float):
+    """Run directory, setup, resume, the loop and the final model, in this process of ``dist``."""
     try:  # settings that need the number of processes
         validate_for_run(config, dist.world_size)
     except ValueError as error:
@@ -89,7 +97,6 @@ def main(argv: list[str] | None = None):
         return job.finish(state, records, tracker)
     finally:
         tracker.close()
-        cleanup()
 
 
 if __name__ == "__main__":
