@@ -16,6 +16,9 @@
     # the same searches through FAISS (pip install 'mrl[faiss]'), with recall@10 vs exact search
     python eval.py --model MODEL --beir ../shared/data/scifact --index faiss --precisions float32 int8 binary
 
+    # MTEB's own evaluators (pip install 'mrl[mteb]') on local files, or a named MTEB task (hub)
+    python eval.py --model MODEL --mteb ../shared/data/scifact ../shared/data/stsb/en-test.csv --dims 384 64
+
 Each set is encoded once at full width (all layers in the same pass); every (layer, dim) cell
 slices and re-normalises that output. Retention is Spearman(d) / Spearman(largest dim) (STS) or
 nDCG@10 over the float32 nDCG@10 at the largest dim (retrieval). int8 ranges are calibrated on the
@@ -26,8 +29,8 @@ With --json OUT it writes OUT and a Markdown table next to it (OUT with .md); it
 overwrites an existing file unless --overwrite is given. --add-to-card puts the tables into the
 model folder's card (README.md, see mrl/card.py).
 
-Each kind of set is an evaluator of mrl/evals (--sts: sts.py, --beir: beir.py); every kind in
-mrl.evals.EVALUATORS gets its --KIND flag, JSON section, tables and card sections here.
+Each kind of set is an evaluator of mrl/evals (--sts: sts.py, --beir: beir.py, --mteb: mteb.py);
+every kind in mrl.evals.EVALUATORS gets its --KIND flag, JSON section, tables and card sections here.
 """
 
 from __future__ import annotations
