@@ -24,6 +24,8 @@ keeps it; `score` then runs the task once per cell on slices of those vectors.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from torch import Tensor
 
 from mrl.data import DataError, check_scored_set, check_tokenized, is_local, load_source
 from mrl.evaluation import encode_layers, format_table
+from mrl.hub import offline_reason
 from mrl.losses import prefix
 from mrl.retrieval import load_beir
 
@@ -202,24 +205,14 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
 
 
-def hub_unreachable() -> str | None:
-    """Why the Hugging Face hub cannot be reached (one HEAD request, 5 s, no retries), or None
-    when it answers or when HF_HUB_OFFLINE=1 asks for the local cache only. Without this check
-    `datasets` would retry for half a minute, printing a line at each try."""
-    from huggingface_hub import constants, get_session
-
-    if constants.HF_HUB_OFFLINE:
-        return None
-    try:
-        get_session().head(constants.ENDPOINT, timeout=5)
-    except Exception as error:  # httpx, requests, OS errors: any failure to get an answer
-        return one_line(error)
-    return None
-
-
 def named_task(name: str, split: str):
     """mteb's task ``name`` with its data loaded, and the split to score; ValueError (one line)
-    when mteb has no such task or its data cannot be read (the hub is unreachable, offline)."""
+    when mteb has no such task or its data cannot be read. While the hub is out of reach
+    (`mrl.hub.offline_reason`: HF_HUB_OFFLINE, or a failed 3-second probe) only the local cache
+    is read, at once, instead of `datasets` retrying for half a minute."""
+    offline = offline_reason()
+    if offline and "datasets" not in sys.modules:
+        os.environ["HF_DATASETS_OFFLINE"] = "1"  # read by `datasets` on import: the local cache only
     mteb = import_mteb()
     try:
         task = mteb.get_task(name)
@@ -234,18 +227,22 @@ def named_task(name: str, split: str):
         if split != "test":  # --split given: say which the task has
             raise ValueError(f"--split {split}: MTEB task {name} has the splits {splits}")
         split = splits[0]
-    where = f"{name}'s data ({task.metadata.dataset['path']})"
-    unreachable = hub_unreachable()
-    if unreachable:
-        raise ValueError(
-            f"--mteb {name}: mteb reads {where} from the Hugging Face hub, which cannot be reached "
-            f"({unreachable}); with a copy in the local cache set HF_HUB_OFFLINE=1, else give a BEIR "
-            "folder or an STS file"
-        )
+    no_hub = (
+        f"--mteb {name}: mteb reads this task's data ({task.metadata.dataset['path']}) from the Hugging "
+        f"Face hub, which cannot be reached ({offline}), and it is not in the local cache; give a BEIR "
+        "folder or an STS file (or connect and retry)"
+    )
+    import datasets
+
+    if offline and not datasets.config.HF_HUB_OFFLINE:  # imported online before: it would retry
+        raise ValueError(no_hub)
     try:
         task.load_data()
     except Exception as error:  # datasets and huggingface_hub raise many kinds
-        raise ValueError(f"--mteb {name}: cannot load {where} ({one_line(error)})") from None
+        if offline:
+            raise ValueError(no_hub) from None
+        where = task.metadata.dataset["path"]
+        raise ValueError(f"--mteb {name}: cannot load its data ({where}): {one_line(error)}") from None
     return task, split
 
 
@@ -278,10 +275,13 @@ class MtebEvaluator:
     def load(cls, spec: str, args, encoder) -> MtebEvaluator:
         """A local BEIR folder or STS file as an mteb task, or mteb's task of that name."""
         try:
-            import_mteb()
+            if not is_local(spec):  # an MTEB task name
+                task, split = named_task(spec, args.split)
+                return cls(spec, task, split, f"mteb:{task.metadata.name}", args.batch_size)
+            import_mteb()  # (local_task_classes is made once: it would not ask again)
+            local_retrieval, local_sts = local_task_classes()
         except ImportError as error:
             raise ValueError(f"--mteb {spec}: {error}") from None
-        local_retrieval, local_sts = local_task_classes()
         name = cls.set_name(spec)
         if Path(spec).is_dir():
             prompts = {"query": args.query_prefix, "document": args.doc_prefix}
@@ -291,16 +291,13 @@ class MtebEvaluator:
             except (OSError, ValueError) as error:
                 raise ValueError(f"--mteb: {error}") from None
             return cls(name, task, args.split, spec, args.batch_size)
-        if is_local(spec):
-            task = local_sts(spec, "test", args.text_columns, args.score_column)
-            task.load_data()
-            try:
-                check_tokenized(task.examples, encoder)  # a text of nothing but special tokens
-            except DataError as error:
-                raise ValueError(str(error)) from None
-            return cls(name, task, "test", spec, args.batch_size)
-        task, split = named_task(spec, args.split)
-        return cls(name, task, split, f"mteb:{task.metadata.name}", args.batch_size)
+        task = local_sts(spec, "test", args.text_columns, args.score_column)
+        task.load_data()
+        try:
+            check_tokenized(task.examples, encoder)  # a text of nothing but special tokens
+        except DataError as error:
+            raise ValueError(str(error)) from None
+        return cls(name, task, "test", spec, args.batch_size)
 
     def run(self, model: CellEncoder, show_progress: bool = False) -> float:
         """mteb's main score of the task for ``model``: the mean over the task's subsets (languages), as
