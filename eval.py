@@ -59,73 +59,82 @@ from mrl.runtime import (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="run's model folder, any encoder folder, or hub id")
+    # Flags in --help groups, in the order a user decides them.
+    what = parser.add_argument_group("what to evaluate")
+    what.add_argument("--model", required=True, help="run's model folder, any encoder folder, or hub id")
     for kind, evaluator in EVALUATORS.items():  # --sts, --beir, ...: the sets of each kind
-        parser.add_argument(f"--{kind}", nargs="+", default=[], help=evaluator.help)
-    parser.add_argument(
+        what.add_argument(f"--{kind}", nargs="+", default=[], help=evaluator.help)
+    sts = parser.add_argument_group("STS sets")
+    sts.add_argument(
         "--text-columns",
         nargs=2,
         metavar=("COL1", "COL2"),
         help="STS: the two text columns (default: detected from the header, as in train.py)",
     )
-    parser.add_argument("--score-column", default="score", help="STS: the gold score column")
-    parser.add_argument("--split", default="test", help="BEIR qrels split (qrels/SPLIT.tsv)")
-    parser.add_argument("--query-prefix", default="", help="text prepended to every query (retrieval)")
-    parser.add_argument("--doc-prefix", default="", help="text prepended to every corpus doc (retrieval)")
-    parser.add_argument(
+    sts.add_argument("--score-column", default="score", help="STS: the gold score column")
+    retrieval = parser.add_argument_group("retrieval (BEIR folders)")
+    retrieval.add_argument("--split", default="test", help="BEIR qrels split (qrels/SPLIT.tsv)")
+    retrieval.add_argument("--query-prefix", default="", help="text prepended to every query (retrieval)")
+    retrieval.add_argument("--doc-prefix", default="", help="text prepended to every corpus doc (retrieval)")
+    retrieval.add_argument(
         "--precisions",
         nargs="+",
         choices=PRECISIONS,
         default=["float32"],
         help="retrieval: corpus precisions to score at every dim (binary = sign bits, Hamming)",
     )
-    parser.add_argument(
+    retrieval.add_argument(
         "--rescore",
         type=int,
         metavar="K",
         help="retrieval, binary: re-rank the Hamming top K with the float query (K < 100 caps Recall@100)",
     )
-    parser.add_argument(
+    retrieval.add_argument(
         "--funnel",
         nargs="+",
         metavar="DIM:K",
         help="retrieval: funnel stages, e.g. 64:200 384:10 (shortlist with 64 dims, re-rank at 384)",
     )
-    parser.add_argument(
+    retrieval.add_argument(
         "--funnel-binary", action="store_true", help="funnel: first stage on sign bits (Hamming)"
     )
-    parser.add_argument(
+    retrieval.add_argument(
         "--index",
         choices=("numpy", "faiss"),
         default="numpy",
         help="retrieval search: numpy (the reference) or faiss (pip install 'mrl[faiss]'; exact cells "
         "equal numpy's, every cell adds recall@10 vs exact, the funnel's first stage is HNSW)",
     )
-    parser.add_argument(
+    cells = parser.add_argument_group("which (layer, dim) cells")
+    cells.add_argument(
         "--dims",
         type=int,
         nargs="+",
         help="dims to score (default: the model's trained dims, else D, D/2, ... down to 16)",
     )
-    parser.add_argument(
+    cells.add_argument(
         "--layers",
         nargs="+",
         help="layers to score, 1-based, or 'all' (default: the model's trained layers, else the last)",
     )
-    parser.add_argument("--pooling", choices=POOLING_MODES, help="override the model's pooling")
-    parser.add_argument("--max-seq-length", type=int, help="override the model's maximum length")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    parser.add_argument(
+    encoding = parser.add_argument_group("encoding")
+    encoding.add_argument("--pooling", choices=POOLING_MODES, help="override the model's pooling")
+    encoding.add_argument("--max-seq-length", type=int, help="override the model's maximum length")
+    encoding.add_argument(
+        "--batch-size", type=int, default=64, help="texts per forward pass (lower it if memory runs out)"
+    )
+    encoding.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    encoding.add_argument(
         "--precision",
         choices=AMP_PRECISIONS,
         default="fp32",
         help="autocast while encoding (fp16/bf16 on a GPU); the stored vectors' precision is --precisions",
     )
-    parser.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
-    parser.add_argument("--json", help="write results here (and a Markdown table beside it)")
-    parser.add_argument("--overwrite", action="store_true", help="allow replacing an existing --json file")
-    parser.add_argument(
+    encoding.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", help="write results here (and a Markdown table beside it)")
+    output.add_argument("--overwrite", action="store_true", help="allow replacing an existing --json file")
+    output.add_argument(
         "--add-to-card",
         action="store_true",
         help="add the results to the model folder's card (README.md); replaces earlier ones of a set",
@@ -275,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
             main_error(f"--add-to-card: {'; '.join(clashes)}; rename one (sets are keyed by name)")
 
     autocast = autocast_for(device, args.precision)
-    progress = sys.stderr.isatty()  # progress bars for people at a terminal, not for logs
+    progress = True  # a bar at a terminal, a line every 30 s in a log file (mrl/progress.py)
     results = {
         "model": args.model,
         "dims": dims,

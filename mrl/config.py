@@ -384,6 +384,9 @@ class TrainConfig:
     eval_batch_size: int = _output(64, "batch size for encoding during evaluation")
     log_every: int = _output(10, "write a log line and scalars every N steps")
     save_every: int = _output(0, "save a resumable checkpoint every N steps (0: only at the end)")
+    save_every_minutes: float = _output(
+        30.0, "also save one when this many minutes passed since the last (0: off): what a crash can lose"
+    )
     keep_last: int = _output(2, "keep this many most recent checkpoints")
     output_dir: str | None = _output(None, "run directory (default: runs/<date>-<time>); never overwritten")
     resume: bool = _output(False, "continue the run in --output-dir from its latest checkpoint")
@@ -402,6 +405,7 @@ RESUME_MAY_DIFFER = {
     "eval_every",
     "log_every",
     "save_every",
+    "save_every_minutes",
     "keep_last",
     "eval_batch_size",
     "device",
@@ -733,7 +737,7 @@ def validate(config: TrainConfig) -> None:
     ):
         if getattr(config, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
-    for name in ("eval_every", "save_every", "weight_decay", "max_grad_norm"):
+    for name in ("eval_every", "save_every", "save_every_minutes", "weight_decay", "max_grad_norm"):
         if getattr(config, name) < 0:
             fail(f"--{name.replace('_', '-')} must not be negative")
     if config.keep_last < 1:

@@ -132,5 +132,6 @@ def format_table(records: list[dict[str, float]], metric: str = "spearman") -> s
         for d in dims:
             r = cell.get((layer, d))
             values.append("" if r is None else f"{r[metric]:.2f} ({100 * r['retention']:.1f}%)")
-        lines.append(f"| {layer} | " + " | ".join(values) + " |")
+        # layer None: vectors that came from no chosen depth (an adaptor on the frozen model's output)
+        lines.append(f"| {'all' if layer is None else layer} | " + " | ".join(values) + " |")
     return "\n".join(lines)

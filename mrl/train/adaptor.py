@@ -35,10 +35,11 @@ from mrl.adaptor import (
     load_adaptor_data,
     pca_rotation,
 )
+from mrl.card import write_card
 from mrl.checkpoint import save_folder_atomic, write_text_atomic
 from mrl.config import TrainConfig, parse_loss_weights
 from mrl.data import BatchSampler, BatchSizeError, DataError, Examples, load_source, source_name
-from mrl.evaluation import correlations
+from mrl.evaluation import correlations, format_table, score_pairs
 from mrl.heads import head_modules, save_head
 from mrl.losses import check_dims
 from mrl.model import Encoder
@@ -129,15 +130,17 @@ class AdaptorTraining:
         self.train_start = time.perf_counter()
 
     def evaluate(self) -> tuple[dict[str, float], dict[str, list[dict]]]:
-        """STS dev Spearman of the adapted cached vectors -> {tag: value} (no records kept)."""
-        scalars = {}
+        """STS dev Spearman of the adapted cached vectors -> ({tag: value}, {set: records}); the
+        records (one per dim, no layer: the encoder is frozen) go to eval_dev.json and the card."""
+        scalars, records = {}, {}
         device = self.corpus.device
         with torch.no_grad():
             for name, (first, second, scores) in self.data.dev.items():
                 a, b = self.adaptor(first.to(device)).cpu(), self.adaptor(second.to(device)).cpu()
                 for d in self.dims:
                     scalars[f"val/{name}/spearman_d{d}"] = correlations(a, b, scores, d)["spearman"]
-        return scalars, {}
+                records[name] = score_pairs(a[None], b[None], scores, sorted(self.dims, reverse=True), [None])
+        return scalars, records
 
     def extra_state(self) -> dict[str, Any]:
         return {}  # nothing here is random after the start
@@ -168,6 +171,10 @@ class AdaptorTraining:
             "lr": config.lr,
             "seed": config.seed,
         }
+        if records:  # the last dev evaluation, as the encoder's runs keep it
+            write_text_atomic(run_dir / "eval_dev.json", json.dumps(records, indent=2))
+            for name, recs in records.items():
+                tracker.print(f"\n{name} (dev), Spearman x100 (retention):\n{format_table(recs)}")
         adaptor.eval()
         # Written beside, then renamed: a full disk leaves the old folder or none, never half of one.
         if self.encoder is not None:
@@ -175,6 +182,9 @@ class AdaptorTraining:
             where = run_dir / "model"
             meta = {"dims": sorted(self.dims, reverse=True), "adaptor": recipe}
             save_folder_atomic(where, lambda folder: self.encoder.save(folder, meta))
+            # A card like any trained model's (mrl/card.py): what it was trained from, dev scores.
+            wall = time.perf_counter() - self.train_start + self.embed_seconds
+            tracker.print(f"model card: {write_card(where, run_dir, None, wall, state.resumed_step)}")
         else:
             where = run_dir / "adaptor"
 

@@ -206,7 +206,7 @@ class EncoderTraining:
             f"resuming at step {state.step} from {state.folder} "
             f"(embedding gradient: {derived['embedding_grad']})"
             if state.resumed_step is not None
-            else "config:\n" + json.dumps({**config.to_dict(), "derived": derived}, indent=2)
+            else start_summary(config, derived, self.dist.device)
         )
         # TensorBoard for many runs: a chart layout and an HParams row (mrl/tracking.py).
         hparams = {**config.to_dict(), "derived": derived}
@@ -222,8 +222,15 @@ class EncoderTraining:
         """Every dev set's evaluator (`mrl.evals`) at every trained (layer, dim) -> {tag: value}
         and the records per set."""
         dims, layers = self.objective.eval_dims, self.objective.eval_layers
+        # A dev set can take minutes to encode: progress lines in the log (rank 0 only).
         return evaluate_all(
-            self.evaluators, self.encoder, dims, layers, self.config.eval_batch_size, self.autocast
+            self.evaluators,
+            self.encoder,
+            dims,
+            layers,
+            self.config.eval_batch_size,
+            self.autocast,
+            show_progress=self.dist.rank == 0,
         )
 
     def extra_state(self) -> dict[str, Any]:
@@ -372,6 +379,28 @@ def describe_run(
         "warmup_steps": warmup_steps,
         "train_data_fingerprint": fingerprint,
     }
+
+
+def start_summary(config: TrainConfig, derived: dict, device: torch.device) -> str:
+    """A few lines on what this run does; every flag and derived size is in config.json."""
+    objective = f"{config.loss} at dims {' '.join(map(str, derived['dims']))}"
+    if config.two_d != "off":
+        objective += f", 2D {config.two_d} over {derived['num_layers']} layers"
+    eval_sets = ", ".join(Path(name).name for name in config.eval_data) or "none"
+    return "\n".join(
+        [
+            f"run: {config.output_dir} (every flag: config.json there; curves: tensorboard --logdir "
+            f"{config.output_dir})",
+            f"model: {config.model} ({derived['num_layers']} layers, {derived['model_dim']} dims, "
+            f"{config.pooling} pooling, max {config.max_seq_length} tokens)",
+            f"data: {derived['train_examples']:,} rows of {Path(config.train_data).name} "
+            f"({', '.join(derived['text_columns'])}); dev: {eval_sets}",
+            f"objective: {objective}",
+            f"steps: {derived['total_steps']:,} ({derived['steps_per_epoch']:,} per epoch, "
+            f"{derived['warmup_steps']} warmup), batch {config.batch_size} (effective "
+            f"{derived['effective_batch']}), lr {config.lr:g}, {config.precision} on {device}",
+        ]
+    )
 
 
 def print_notes(tracker: Tracker, config: TrainConfig, encoder, derived: dict, device: torch.device) -> None:
