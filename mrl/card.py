@@ -154,8 +154,10 @@ def _entry_text(table: dict[str, Any], name: str, config: dict[str, Any]) -> str
     """An objectives-table entry's card text (`mrl.objectives`) filled from the run's
     config.json; "" when it has none or the name or a field is unknown here (a fork's run)."""
     entry = table.get(name)
+    # A list flag reads as it was typed (--directions query-doc query-query), not as Python.
+    flat = {key: " ".join(map(str, v)) if isinstance(v, list) else v for key, v in config.items()}
     try:
-        return entry.card.format(**config) if entry is not None else ""
+        return entry.card.format(**flat) if entry is not None else ""
     except (KeyError, IndexError, ValueError):
         return ""
 

@@ -184,6 +184,12 @@ def test_recipe_text_comes_from_the_objectives_table(two_d, layers, expected):
         assert rows["layers"] == "all 3 (no 2D training)"
 
 
+def test_gte_recipe_names_its_directions_as_typed():
+    config = TrainConfig(loss="gte", directions=["query-doc", "doc-doc"], partition_mode="per-direction")
+    rows = recipe_rows(config.to_dict(), {"dims": [32, 16], "num_layers": 3})
+    assert rows["loss"] == "gte (scale 20.0, directions query-doc doc-doc, per-direction softmax)"
+
+
 def test_recipe_states_self_distillation_and_a_forks_entries(monkeypatch):
     config = TrainConfig(two_d="random", layer_distill="kl", prefix_distill="mse", distill_data=["a.csv"])
     meta = {"two_d": "random", "layers": [1, 2, 3], "num_layers": 3, "dims": [32, 16]}
