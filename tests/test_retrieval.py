@@ -549,6 +549,70 @@ def test_eval_py_retrieval_bad_input(tiny_model_dir, toy_beir, capsys, extra, me
     assert message in capsys.readouterr().err
 
 
+def test_eval_py_byte_budgets_end_to_end(tiny_model_dir, toy_beir, tmp_path, capsys):
+    sts = tmp_path / "sts.csv"
+    sts.write_text(
+        "sentence1,sentence2,score\nthe cat,a cat,4.5\na dog runs,the man plays,0.5\n"
+        "the mat,a mat,4.0\nguitar,park,1.0\ncat and dog,the dog sat,3.0\n"
+    )
+    out = tmp_path / "eval.json"
+    argv = [
+        "--model", str(tiny_model_dir), "--beir", str(toy_beir), "--sts", str(sts), "--dims", "32", "20",
+        "--precisions", "float32", "int8", "binary", "--rescore", "5", "--bytes", "64", "3", "1", "16",
+        "--json", str(out),
+    ]  # fmt: skip
+    eval_script.main(argv)
+    written = json.loads(out.read_text())
+    # The smallest cell is 20 sign bits = 3 bytes: budget 1 is a warning before encoding, not an error.
+    err = capsys.readouterr().err
+    assert "warning: --bytes 1: no evaluated cell fits (the smallest is d=20 binary, 3 B)" in err
+    assert "--bytes 3" not in err
+    closed_form = {"float32": lambda d: 4 * d, "int8": lambda d: d, "binary": lambda d: -(-d // 8)}
+    for section, name, metric in (("sets", "sts", "spearman"), ("retrieval", "toy", "ndcg@10")):
+        entry = written[section][name]
+        records = entry["records"]
+        assert {(r["dim"], r["precision"]) for r in records} == {
+            (d, p) for d in (32, 20) for p in ("float32", "int8", "binary")
+        }
+        for r in records:  # every record of both kinds carries its bytes per stored vector
+            assert r["bytes"] == closed_form[r["precision"]](r["dim"])
+        assert [row["budget"] for row in entry["budgets"]] == [1, 3, 16, 64]
+        for row in entry["budgets"]:
+            fits = [r for r in records if r["bytes"] <= row["budget"]]
+            assert len(row["fits"]) == len(fits)
+            if not fits:
+                assert row["best"] is None
+                continue
+            best = max(fits, key=lambda r: (r[metric], -r["bytes"]))  # brute force
+            cell = (best["layer"], best["dim"], best["precision"], best["bytes"], best[metric])
+            assert cell == tuple(row["best"][k] for k in ("layer", "dim", "precision", "bytes", metric))
+    # 3 bytes: only the 20-dim binary cell; 16 bytes: binary at both dims (3 and 4 bytes).
+    toy = written["retrieval"]["toy"]["budgets"]
+    assert [(c["dim"], c["precision"], c["rescore"]) for c in toy[1]["fits"]] == [(20, "binary", 5)]
+    assert sorted(c["dim"] for c in toy[2]["fits"]) == [20, 32]
+    markdown = out.with_suffix(".md").read_text()
+    assert markdown.count("Best cell within each byte budget") == 2
+    assert "| 1 B | nothing fits | | | 0 |" in markdown
+    assert "| 3 B | layer 3, d=20, binary +rescore 5 | 3 |" in markdown
+    assert "| layer | precision | d=32 | d=20 |" in markdown  # STS: a row per precision
+
+
+@pytest.mark.parametrize(
+    "budgets, message",
+    [
+        (["0"], "--bytes 0: a budget must be at least 1 byte"),
+        (["16", "-8"], "--bytes -8: a budget must be at least 1 byte"),
+        (["16", "32", "16"], "--bytes: 16 is given twice"),
+        (["1.5"], "--bytes"),
+    ],
+)
+def test_eval_py_bad_byte_budgets_are_one_line(tiny_model_dir, toy_beir, capsys, budgets, message):
+    with pytest.raises(SystemExit):
+        eval_script.main(["--model", str(tiny_model_dir), "--beir", str(toy_beir), "--bytes", *budgets])
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
 # --------------------------------------------------------------------------------------------
 # Integration: all-MiniLM-L6-v2 on a SciFact subset
 # --------------------------------------------------------------------------------------------
