@@ -114,7 +114,9 @@ def test_dev_table_numbers_equal_eval_dev_json(run_2d):
     dev = json.loads((run_2d / "eval_dev.json").read_text())["sts-dev"]
     section = card[card.index("### sts-dev (dev") : card.index("## Training")]
     rows = [line for line in section.splitlines() if line.startswith("| ")]
-    dims = [int(cell.strip()[2:]) for cell in rows[0].strip("|").split("|")[1:]]
+    heads = [re.fullmatch(r"d=(\d+) \((\d+) B\)", cell.strip()) for cell in rows[0].strip("|").split("|")[1:]]
+    dims = [int(head[1]) for head in heads]
+    assert [int(head[2]) for head in heads] == [4 * d for d in dims]  # float32 dev vectors: 4 bytes a dim
     cells = {}
     for row in rows[1:]:
         layer, *values = (cell.strip() for cell in row.strip("|").split("|"))
