@@ -21,8 +21,8 @@
     python eval.py --model MODEL --beir ../shared/data/scifact --index faiss --precisions float32 int8 binary
 
 Each set is encoded once at full width (all layers in the same pass); every (layer, dim) cell
-slices and re-normalises that output. Retention is Spearman(d) / Spearman(largest dim) (STS) or
-nDCG@10 over the float32 nDCG@10 at the largest dim (retrieval). int8 ranges are calibrated on the
+slices and re-normalises that output. Retention is Spearman (STS) or nDCG@10 (retrieval) over its
+float32 value at the largest dim. int8 ranges are calibrated on the
 corpus at each dim; the float query is scored against the dequantised docs (STS: both sides are
 stored, int8 ranges calibrated on the set). Every record has "bytes", one stored vector's size
 (mrl.quantize.bytes_per_vector; README "Evaluation" states the convention). The funnel runs on the
