@@ -13,13 +13,19 @@
     python eval.py --model MODEL --beir ../shared/data/scifact --dims 384 128 64 \
         --precisions float32 int8 binary --rescore 200 --funnel 64:200 384:10
 
+    # byte budgets: the best (layer, dim, precision) within 16, 32 and 64 bytes per stored vector
+    python eval.py --model MODEL --beir ../shared/data/scifact --sts ../shared/data/stsb/en-test.csv \
+        --precisions float32 int8 binary --bytes 16 32 64
+
     # the same searches through FAISS (pip install 'mrl[faiss]'), with recall@10 vs exact search
     python eval.py --model MODEL --beir ../shared/data/scifact --index faiss --precisions float32 int8 binary
 
 Each set is encoded once at full width (all layers in the same pass); every (layer, dim) cell
-slices and re-normalises that output. Retention is Spearman(d) / Spearman(largest dim) (STS) or
-nDCG@10 over the float32 nDCG@10 at the largest dim (retrieval). int8 ranges are calibrated on the
-corpus at each dim; the float query is scored against the dequantised docs. The funnel runs on the
+slices and re-normalises that output. Retention is Spearman (STS) or nDCG@10 (retrieval) over its
+float32 value at the largest dim. int8 ranges are calibrated on the
+corpus at each dim; the float query is scored against the dequantised docs (STS: both sides are
+stored, int8 ranges calibrated on the set). Every record has "bytes", one stored vector's size
+(mrl.quantize.bytes_per_vector; README "Evaluation" states the convention). The funnel runs on the
 last evaluated layer and reports multiply-adds and measured milliseconds per query next to exact
 search at full width.
 With --json OUT it writes OUT and a Markdown table next to it (OUT with .md); it never
@@ -42,9 +48,10 @@ from pathlib import Path
 from mrl.card import add_eval_to_card, card_clashes, set_source
 from mrl.checkpoint import write_text_atomic
 from mrl.evals import EVALUATORS
+from mrl.evals.budgets import budget_section, fit_budgets
 from mrl.model import Encoder
 from mrl.pooling import POOLING_MODES
-from mrl.quantize import PRECISIONS
+from mrl.quantize import PRECISIONS, bytes_per_vector
 from mrl.retrieval import check_stages, parse_stages
 from mrl.rundir import check_writable, one_line_faults
 from mrl.runtime import (
@@ -81,7 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=PRECISIONS,
         default=["float32"],
-        help="retrieval: corpus precisions to score at every dim (binary = sign bits, Hamming)",
+        help="stored precisions to score at every dim (binary = sign bits, Hamming; STS stores both "
+        "sides, int8 calibrated on the set)",
+    )
+    parser.add_argument(
+        "--bytes",
+        type=int,
+        nargs="+",
+        metavar="B",
+        help="byte budgets per stored vector: for each, the best evaluated (layer, dim, precision) "
+        "cell that fits (give the precisions with --precisions)",
     )
     retrieval.add_argument(
         "--rescore",
@@ -205,6 +221,11 @@ def main(argv: list[str] | None = None) -> dict:
     for flag, value in (("--batch-size", args.batch_size), ("--max-seq-length", args.max_seq_length)):
         if value is not None and value < 1:
             main_error(f"{flag} {value}: must be at least 1")
+    for budget in args.bytes or []:
+        if budget < 1:
+            main_error(f"--bytes {budget}: a budget must be at least 1 byte per stored vector")
+        if args.bytes.count(budget) > 1:
+            main_error(f"--bytes: {budget} is given twice")
     if args.dims is not None and (min(args.dims) < 1 or len(set(args.dims)) != len(args.dims)):
         main_error(f"--dims {args.dims}: must be positive and unique")
     if args.layers and args.layers != ["all"] and not all(x.lstrip("-").isdigit() for x in args.layers):
@@ -264,6 +285,11 @@ def main(argv: list[str] | None = None) -> dict:
             main_error(f"--layers {bad}: the model has layers 1..{encoder.num_layers}")
     else:
         layers = meta.get("layers")
+    if args.bytes:  # a budget below the smallest cell gets an empty row: say so before encoding
+        size, dim, precision = min((bytes_per_vector(d, p), d, p) for d in dims for p in args.precisions)
+        for budget in (b for b in sorted(args.bytes) if b < size):
+            smallest = f"the smallest is d={dim} {precision}, {size} B"
+            print(f"warning: --bytes {budget}: no evaluated cell fits ({smallest})", file=sys.stderr)
 
     evaluators = []  # every set of every kind, checked and loaded before anything is encoded
     for kind, evaluator in EVALUATORS.items():
@@ -302,9 +328,12 @@ def main(argv: list[str] | None = None) -> dict:
         records = evaluator.score(embeddings, dims, results["layers"])  # every (layer, dim) cell
         entry = evaluator.result(embeddings, records, encode_seconds, time.perf_counter() - start)
         results.setdefault(evaluator.section, {})[evaluator.name] = entry
+        if args.bytes:
+            entry["budgets"] = fit_budgets(records, args.bytes, evaluator.metric)
         text, console = evaluator.report(evaluator.name, entry)
-        markdown.append(text)
-        print(console)
+        budgets = budget_section(evaluator, entry)  # '' without --bytes
+        markdown.append(text + budgets)
+        print(console.rstrip("\n") + "\n" + budgets if budgets else console)
 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

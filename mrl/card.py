@@ -29,6 +29,7 @@ from typing import Any
 from mrl import objectives
 from mrl.checkpoint import write_text_atomic
 from mrl.evals import EVALUATORS, evaluator_for
+from mrl.evals.budgets import budget_section
 from mrl.pooling import POOLINGS
 from mrl.runtime import main_error
 
@@ -564,7 +565,7 @@ def eval_sections(results: dict[str, Any]) -> dict[str, str]:
     """Markdown per evaluated set of an ``eval.py`` result (the ``--json`` content), keyed
     ``"<kind> <set>"``: each evaluator of `mrl.evals.EVALUATORS` writes its own section."""
     return {
-        f"{kind} {name}": evaluator.card_section(name, entry)
+        f"{kind} {name}": evaluator.card_section(name, entry) + budget_section(evaluator, entry)
         for kind, evaluator in EVALUATORS.items()
         for name, entry in results.get(evaluator.section, {}).items()
     }

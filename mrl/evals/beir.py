@@ -44,6 +44,7 @@ class BeirEvaluator:
     metrics: ClassVar[tuple[str, ...]] = METRIC_NAMES
     label: ClassVar[str] = "nDCG@10"
     title: ClassVar[str] = "nDCG@10"
+    scale: ClassVar[float] = 100  # records hold fractions; tables (and byte budgets) show x100
     retention: ClassVar[str] = "retention = nDCG@10 vs float32 at the largest dim"
     section: ClassVar[str] = "retrieval"
     help: ClassVar[str] = "retrieval sets: BEIR folders (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)"
