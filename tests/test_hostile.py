@@ -325,6 +325,47 @@ def test_a_few_empty_documents_are_a_warning(tiny_model_dir, tmp_path, capsys):
     assert results["retrieval"]["b"]["docs"] == 6
 
 
+SOME_UNJUDGED = [
+    # (case, qrels lines, nDCG@10 by hand, the warning's count and factor or None)
+    ("every-query-judged", ["q0\td1\t1", "q1\td2\t2", "q2\td3\t1"], 1.0, None),
+    ("one-of-three-all-zero", ["q0\td1\t1", "q1\td2\t2", "q2\td3\t0", "q2\td4\t0"], 2 / 3, ("1 of 3", "3/2")),
+    ("two-of-three-all-zero", ["q0\td1\t1", "q1\td2\t0", "q2\td3\t0"], 1 / 3, ("2 of 3", "3/1")),
+]
+
+
+@pytest.mark.parametrize("case, qrels, ndcg, warned", SOME_UNJUDGED, ids=[c[0] for c in SOME_UNJUDGED])
+def test_queries_with_no_relevant_doc_score_0_and_are_warned_about(
+    tiny_model_dir, tmp_path, capsys, case, qrels, ndcg, warned
+):
+    """BEIR (pytrec_eval's ndcg_cut, then a mean over every query) scores a query with no relevant
+    doc 0; so do we, and say how many such queries the mean holds. Each query's text is its
+    relevant doc's text, so that doc ranks first (cosine 1): nDCG@10 is 1 for a judged query, 0 for
+    the others, and the mean is closed-form."""
+    texts = [f"the cat sat {i}" for i in range(6)]
+    docs = [json.dumps({"_id": f"d{i}", "title": "", "text": t}) for i, t in enumerate(texts)]
+    queries = [json.dumps({"_id": f"q{i}", "text": texts[i + 1]}) for i in range(3)]
+    folder = _beir(tmp_path / "b", corpus=docs, queries=queries, qrels=["query-id\tcorpus-id\tscore", *qrels])
+    before = tree(tmp_path)
+    capsys.readouterr()
+    results = eval_script.main(["--model", str(tiny_model_dir), "--beir", str(folder), "--dims", "32", "16"])
+    out, err = capsys.readouterr()
+    entry = results["retrieval"]["b"]
+    assert [r["ndcg@10"] for r in entry["records"]] == pytest.approx([ndcg, ndcg], abs=1e-12)
+    assert tree(tmp_path) == before
+    lines = [line for line in err.splitlines() if line.strip()]
+    if warned is None:
+        assert lines == [] and "queries_without_relevant_doc" not in entry
+        return
+    count, factor = warned
+    assert lines == [
+        f"warning: {folder / 'qrels' / 'test.tsv'}: {count} queries have no relevant doc (grades 0 or less; "
+        f"first: 'q{3 - int(count[0])}'); they are kept and score 0 in every metric, as in BEIR (the mean "
+        f"over the {3 - int(count[0])} with one is the printed mean x {factor})"
+    ]
+    assert entry["queries"] == 3 and entry["queries_without_relevant_doc"] == int(count[0])
+    assert f"3 queries ({count[0]} with no relevant doc, scored 0)" in out  # the table says it too
+
+
 def test_an_adaptor_fitted_on_three_documents_is_warned_about(tiny_model_dir, tmp_path, capsys):
     corpus = _jsonl(
         tmp_path / "corpus.jsonl",
