@@ -682,9 +682,10 @@ class BatchSampler:
         avoid_duplicates: bool = False,
         lengths: Sequence[int] | None = None,
         group_size: int = 50,
+        source: str | None = None,
     ):
         self.n = len(examples)
-        self.source = getattr(examples, "source", "the data")
+        self.source = source or getattr(examples, "source", "the data")  # for messages
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self.n == 0:

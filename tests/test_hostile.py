@@ -384,6 +384,84 @@ def test_an_adaptor_fitted_on_three_documents_is_warned_about(tiny_model_dir, tm
     assert "warning: the adaptor is fitted on 3 vectors of 32 dims" in err, err[-2000:]
 
 
+def _adaptor_corpus(path: Path, texts: list[str]) -> Path:
+    return _jsonl(path, [json.dumps({"_id": f"d{i}", "text": t}) for i, t in enumerate(texts)])
+
+
+def _adaptor_input(case: str, tmp: Path) -> tuple[list[str], list[str]]:
+    """(flags besides --model/--output-dir, texts of the line) of one degenerate adaptor input."""
+    texts = [f"the cat sat {i}" for i in range(8)]
+    corpus = _adaptor_corpus(tmp / "corpus.jsonl", texts)
+    flags = ["--train-data", str(corpus), "--eval-data", "--batch-size", "4", "--adaptor-neighbours", "0"]
+    dev = tmp / "dev.csv"
+    if case == "dev-constant-gold":
+        write_csv(dev, HEADER, [[a, b, "1.0"] for a, b, _ in pair_rows(8, seed=8)])
+        flags[3:3] = [str(dev)]
+        return flags, ["--eval-data", str(dev), "every gold score is 1", "nan"]
+    if case == "dev-two-pairs":
+        write_csv(dev, HEADER, pair_rows(2, seed=8))
+        flags[3:3] = [str(dev)]
+        return flags, ["--eval-data", str(dev), "2 scored pair(s)", "at least 3"]
+    if case == "pairs-repeated":  # one (query, document) pair, 10 times
+        pairs = write_csv(tmp / "pairs.csv", ["anchor", "positive"], [["the cat", texts[0]]] * 10)
+        flags += ["--adaptor-pairs", str(pairs), "--adaptor-pair-batch-size", "4"]
+        return flags, ["--adaptor-pair-batch-size 4", str(pairs), "too few distinct texts", "false negative"]
+    if case == "pair-vectors-repeated":  # precomputed vectors: repeats are recognised by their bytes
+        from safetensors.torch import save_file
+
+        pairs = tmp / "pairs.safetensors"
+        save_file({"embeddings": torch.randn(40, 32)}, str(tmp / "corpus.safetensors"))
+        one = torch.randn(1, 32).repeat(10, 1)
+        save_file({"query": one, "document": one.flip(1)}, str(pairs))
+        flags[:2] = ["--adaptor-embeddings", str(tmp / "corpus.safetensors")]
+        return [*flags, "--adaptor-pairs", str(pairs)], [
+            "--adaptor-pair-batch-size 64 (a batch of 10)", str(pairs), "too few distinct texts",
+        ]  # fmt: skip
+    three = _adaptor_corpus(tmp / "three.jsonl", texts[:3])
+    if case == "neighbours-beyond-the-corpus":  # the issue's three-document adaptor
+        flags = ["--train-data", str(three), "--eval-data", "--batch-size", "8", "--adaptor-neighbours", "3"]
+        return flags, ["--adaptor-neighbours 3", str(three), "has 3 texts", "use at most 2"]
+    if case == "anchors-beyond-the-corpus":
+        flags = ["--train-data", str(three), "--eval-data", "--batch-size", "8", "--adaptor-neighbours", "1"]
+        return flags, ["--batch-size 8", "--adaptor-neighbours 1", "more anchors than the 3", str(three)]
+    flags[flags.index("--batch-size") + 1] = "32"  # batch-beyond-the-corpus
+    return flags, ["--batch-size 32", f"larger than the 8 texts of {corpus}"]
+
+
+ADAPTOR_DEGENERATE = [
+    "dev-constant-gold",
+    "dev-two-pairs",
+    "pairs-repeated",
+    "pair-vectors-repeated",
+    "neighbours-beyond-the-corpus",
+    "anchors-beyond-the-corpus",
+    "batch-beyond-the-corpus",
+]
+
+
+@pytest.mark.parametrize("case", ADAPTOR_DEGENERATE)
+def test_degenerate_adaptor_input_is_refused_before_anything_is_encoded(
+    tiny_model_dir, tmp_path, capsys, monkeypatch, case
+):
+    """--adaptor: dev sets with no correlation (as eval.py and the encoder's training refuse them),
+    pairs too repetitive for one batch without a repeated text, batch sizes and neighbours the
+    corpus cannot fill: one line naming the flag, before the encoder is even loaded."""
+    import mrl.train.adaptor
+
+    flags, contains = _adaptor_input(case, tmp_path)
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the encoder was loaded before the input was checked")
+
+    monkeypatch.setattr(mrl.train.adaptor, "build_encoder", no_encoder)
+    argv = ["--adaptor", "linear", "--model", str(tiny_model_dir), *flags, "--max-steps", "1",
+            "--embedding-cache", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "out"),
+            "--device", "cpu"]  # fmt: skip
+    line = refused(lambda: train.main(argv), capsys, tmp_path, 2, contains)
+    for internal in ("avoid_duplicates", "drop_last", "batch_size", "neighbours per row"):
+        assert internal not in line
+
+
 # ============================================================================================
 # 4. No tracebacks, no hangs
 # ============================================================================================

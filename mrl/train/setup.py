@@ -96,13 +96,7 @@ def load_data(config: TrainConfig, base: BaseLossEntry):
             f"--loss {config.loss} needs {wanted} text columns{score}; "
             f"{train.source} has columns {train.column_names} and {'a' if train.scores else 'no'} score"
         )
-    for ex in eval_sets.values():
-        if ex.n_columns != 2 or ex.scores is None:
-            main_error(f"--eval-data {ex.source}: needs 2 text columns and a score column")
-        try:
-            check_scored_set(ex, "--eval-data")  # constant gold scores, two pairs: no correlation
-        except DataError as error:
-            main_error(str(error))
+    check_eval_sets(eval_sets, config.eval_data)
     # CoSENT learns from the order of scores within a batch: with every score equal there is no
     # pair to order, the loss is exactly 0 and so is its gradient (a run that trains nothing).
     if config.loss == "cosent" and train.scores and len(set(train.scores)) == 1:
@@ -110,9 +104,22 @@ def load_data(config: TrainConfig, base: BaseLossEntry):
             f"--loss cosent: every score in {train.source} is {train.scores[0]:g}; CoSENT learns from "
             "differences between scores (loss and gradient would be 0): check --score-column"
         )
-    if len(eval_sets) < len(config.eval_data):  # two dev sets of one name would overwrite each other
-        main_error(f"--eval-data {config.eval_data}: two sets have the same name; rename one file")
     return train, eval_sets
+
+
+def check_eval_sets(eval_sets: dict[str, Examples], specs: list[str]) -> None:
+    """The dev sets of ``--eval-data`` (the encoder's and the adaptor's): each one scored pairs
+    that can give a correlation, and no two of one name (one would overwrite the other); else one
+    line naming the flag and the file."""
+    for ex in eval_sets.values():
+        if ex.n_columns != 2 or ex.scores is None:
+            main_error(f"--eval-data {ex.source}: needs 2 text columns and a score column")
+        try:
+            check_scored_set(ex, "--eval-data")  # constant gold scores, two pairs: no correlation
+        except DataError as error:
+            main_error(str(error))
+    if len(eval_sets) < len(specs):  # two dev sets of one name would overwrite each other
+        main_error(f"--eval-data {specs}: two sets have the same name; rename one file")
 
 
 def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
