@@ -122,13 +122,49 @@ def test_a_file_its_tokenizer_reads_as_nothing_but_unk_is_refused(
     )  # fmt: skip
 
 
-def test_one_unknown_text_among_others_is_still_data(tiny_model_dir, files, tmp_path):
-    # The control: an emoji or Chinese text in an English file is content, as before.
+UNKNOWN_AMONG_OTHERS = [
+    # (case, {(row, column): text}, the warning's count, its first (line, column, text), or None)
+    ("one-emoji", {(3, 0): "😀"}, "1 of 32", (5, "sentence1", "😀")),
+    (
+        "emoji-chinese-and-a-mixed-text",  # "the cat 😀" has content: not counted
+        {(5, 1): "猫咪在玩耍", (3, 0): "😀", (9, 0): "🎸 🎸", (7, 1): "the cat 😀"},
+        "3 of 32",
+        (5, "sentence1", "😀"),
+    ),
+    ("first-in-the-second-column", {(6, 0): "😀", (2, 1): "🎸"}, "2 of 32", (4, "sentence2", "🎸")),
+    ("mixed-texts-only", {(4, 0): "the cat 😀", (8, 1): "猫 the dog"}, None, None),
+]
+
+
+@pytest.mark.parametrize(
+    "case, cells, count, first", UNKNOWN_AMONG_OTHERS, ids=[c[0] for c in UNKNOWN_AMONG_OTHERS]
+)
+def test_unknown_only_texts_among_others_are_data_and_counted_in_a_warning(
+    tiny_model_dir, tmp_path, capsys, case, cells, count, first
+):
+    # An emoji or Chinese in an English file is kept (a model whose vocabulary has it reads it), but
+    # to this tokenizer it is nothing but [UNK]: one warning with the count and the first line.
     rows = pair_rows(16, seed=4)
-    rows[3][0], rows[5][1] = "😀", "猫咪在玩耍"
+    for (row, column), text in cells.items():
+        rows[row][column] = text
     path = write_csv(tmp_path / "train.csv", HEADER, rows)
-    train.main(run_args(tiny_model_dir, path, tmp_path / "out"))
-    assert (tmp_path / "out" / "model" / "config.json").is_file()
+    expected = []
+    if count:
+        line, column, text = first
+        expected = [
+            f"warning: {path}: {count} texts are nothing but unknown tokens ([UNK]) to this model's "
+            f"tokenizer (first: line {line}, column {column!r}: {text!r}); they are kept, but the model "
+            "sees them all as much the same text"
+        ]
+    for script in ("train", "eval"):
+        capsys.readouterr()
+        if script == "train":
+            train.main(run_args(tiny_model_dir, path, tmp_path / "out"))
+            assert (tmp_path / "out" / "model" / "config.json").is_file()
+        else:
+            eval_script.main(["--model", str(tiny_model_dir), "--sts", str(path), "--dims", "32"])
+        err = capsys.readouterr().err
+        assert [x for x in err.splitlines() if "warning" in x] == expected, (script, err[-2000:])
 
 
 # ============================================================================================

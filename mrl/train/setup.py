@@ -166,12 +166,15 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
     return encoder, model
 
 
-def make_batches(config: TrainConfig, train, encoder: Encoder, world_size: int, avoid_duplicates: bool):
-    """``(collate, sampler)``: every training text is tokenised once; a step only pads."""
+def make_batches(
+    config: TrainConfig, train, encoder: Encoder, world_size: int, avoid_duplicates: bool, warn=None
+):
+    """``(collate, sampler)``: every training text is tokenised once; a step only pads. ``warn``
+    gets the data's warnings (`mrl.data.check_token_ids`; default stderr)."""
     unique_texts = list(dict.fromkeys(text for column in train.columns for text in column))
     token_ids = dict(zip(unique_texts, encoder.token_ids(unique_texts)))
     try:  # a text of nothing but special tokens would train on [CLS] [SEP] alone
-        check_tokenized(train, encoder, token_ids)
+        check_tokenized(train, encoder, token_ids, warn)
     except DataError as error:
         main_error(str(error))
     collate = TokenizingCollator(lambda texts: encoder.pad([token_ids[t] for t in texts]))
