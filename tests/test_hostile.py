@@ -194,6 +194,58 @@ def test_json_written_meanwhile_by_another_eval_is_kept(tiny_model_dir, files, t
     assert (tmp_path / "res.md").is_file() and not list(tmp_path.glob(".*"))  # no temporary left
 
 
+OVERWRITE_CASES = [
+    # (case, the file when eval.py starts (None: none), what another process does meanwhile, ours
+    # replaces it?)
+    ("rewritten-meanwhile", '{"old": 1}\n', "write", False),
+    ("created-meanwhile", None, "write", False),
+    ("untouched", '{"old": 1}\n', None, True),
+    ("removed-meanwhile", '{"old": 1}\n', "remove", True),
+]
+
+
+@pytest.mark.parametrize(
+    "case, start, meanwhile, replaced", OVERWRITE_CASES, ids=[c[0] for c in OVERWRITE_CASES]
+)
+def test_overwrite_replaces_the_json_it_started_with_not_a_newer_one(
+    tiny_model_dir, files, tmp_path, capsys, monkeypatch, case, start, meanwhile, replaced
+):
+    """--overwrite: two eval.py with the same --json used to end with the last writer's result and
+    the other's gone. Now what was there at the start is replaced; a result written meanwhile is
+    kept, ours goes beside it (NAME.PID.0.json) and the one line names both."""
+    out = tmp_path / "res.json"
+    if start is not None:
+        out.write_text(start)
+    score = StsEvaluator.score
+
+    def another_process(self, *args, **kwargs):
+        if meanwhile == "write":
+            out.write_text('{"theirs": 1}\n')  # a second eval.py with the same --json finished first
+        elif meanwhile == "remove":
+            out.unlink()
+        return score(self, *args, **kwargs)
+
+    monkeypatch.setattr(StsEvaluator, "score", another_process)
+    argv = ["--model", str(tiny_model_dir), "--sts", str(files["test"]), "--json", str(out), "--overwrite"]
+    capsys.readouterr()
+    if replaced:
+        eval_script.main(argv)
+        assert json.loads(out.read_text())["sets"]["test"]["pairs"] == 12
+        assert f"wrote {out}" in capsys.readouterr().out
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["res.json", "res.md"]
+        return
+    with pytest.raises(SystemExit) as info:
+        eval_script.main(argv)
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.strip()]
+    assert info.value.code == 2 and line.startswith(f"error: --json: {out} "), err
+    assert ("changed while" if start else "appeared while") in line and "not replaced" in line
+    assert json.loads(out.read_text()) == {"theirs": 1}  # theirs is intact
+    (kept,) = tmp_path.glob("res.*.json")
+    assert str(kept) in line and json.loads(kept.read_text())["sets"]["test"]["pairs"] == 12
+    assert (tmp_path / "res.md").is_file() and not list(tmp_path.glob(".*"))  # no temporary left
+
+
 def test_json_to_a_new_path_is_written_once(tiny_model_dir, files, tmp_path, capsys):
     out = tmp_path / "res.json"
     eval_script.main(["--model", str(tiny_model_dir), "--sts", str(files["test"]), "--json", str(out)])
