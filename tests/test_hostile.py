@@ -615,6 +615,44 @@ def test_a_batch_larger_than_the_data_names_the_flag(tiny_model_dir, files, tmp_
     assert "drop_last" not in line and "batch_size" not in line
 
 
+# The sampler's own messages (mrl.data.BatchSampler) name its Python arguments, for Python users;
+# the command line translates each one into its flag (BatchSizeError.for_flag), so none of these
+# reaches a user of train.py or eval.py.
+INTERNAL_NAMES = ("drop_last", "avoid_duplicates", "text_columns", "batch_size", "neighbours per row")
+
+# Six pairs, batch 3, seed 1: epoch 0 fills one batch without a repeated text, epoch 1 none (which
+# ones fill depends on the order); --max-steps 2 reaches epoch 1 (it was a traceback at step 2).
+LATER_EPOCH_ROWS = [["a", "b"], ["c", "d"], ["e", "f"], ["a", "c"], ["c", "e"], ["a", "e"]]
+
+INTERNAL_CASES = [
+    # (case, extra flags (or a config file's keys), texts of the line)
+    ("text-columns-with-no-column", ["--text-columns"], ["--text-columns: no column given"]),
+    ("text-columns-empty-in-a-config-file", {"text_columns": []}, ["--text-columns: no column given"]),
+    (
+        "a-later-epoch-without-a-duplicate-free-batch",
+        ["--loss", "mnrl", "--seed", "1", "--max-steps", "2", "--batch-size", "3"],
+        ["--batch-size 3", "too few distinct texts", "false negative"],
+    ),
+]
+
+
+@pytest.mark.parametrize("case, extra, contains", INTERNAL_CASES, ids=[c[0] for c in INTERNAL_CASES])
+def test_no_message_of_the_command_line_names_an_internal_argument(
+    tiny_model_dir, files, tmp_path, capsys, case, extra, contains
+):
+    data = files["train"]
+    if "later-epoch" in case:
+        data = write_csv(tmp_path / "pairs.csv", ["anchor", "positive"], LATER_EPOCH_ROWS)
+    argv = run_args(tiny_model_dir, data, tmp_path / "out")
+    if isinstance(extra, dict):
+        (tmp_path / "config.json").write_text(json.dumps(extra))
+        extra = ["--config", str(tmp_path / "config.json")]
+    argv = [*argv, *extra]  # (later flags win: --max-steps 2, --batch-size 3)
+    line = refused(lambda: train.main(argv), capsys, tmp_path, 2, contains)
+    for name in INTERNAL_NAMES:
+        assert name not in line, (name, line)
+
+
 # ============================================================================================
 # 6. The embedding cache is keyed by everything that changes the vectors
 # ============================================================================================

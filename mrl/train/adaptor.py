@@ -47,7 +47,14 @@ from mrl.rundir import check_data
 from mrl.runtime import main_error
 from mrl.tracking import Tracker
 from mrl.train.loop import Meter
-from mrl.train.setup import batch_stream, build_encoder, build_optimizer, check_eval_sets, clip
+from mrl.train.setup import (
+    batch_stream,
+    build_encoder,
+    build_optimizer,
+    check_eval_sets,
+    clip,
+    fill_epochs,
+)
 from mrl.train.state import TrainState
 
 
@@ -280,7 +287,7 @@ def load_vectors(config: TrainConfig, run_dir: Path, device: torch.device, cache
     check_eval_sets(dev_sets, config.eval_data)
     check_corpus_batches(config, len(loaded.texts), str(config.train_data))
     if loaded.queries is not None:
-        make_pair_sampler(config, [loaded.queries, loaded.docs])
+        make_pair_sampler(config, [loaded.queries, loaded.docs], run_steps(config, len(loaded.texts)))
     try:
         encoder, _ = build_encoder(config, device, world_size=1)
         encoder.requires_grad_(False)
@@ -319,15 +326,23 @@ def check_corpus_batches(config: TrainConfig, n: int, source: str) -> None:
         )
 
 
-def make_pair_sampler(config: TrainConfig, keys: list[list[str]]) -> BatchSampler:
+def run_steps(config: TrainConfig, n: int) -> int:
+    """The run's steps on a corpus of ``n`` rows (an epoch: len() of `make_samplers`' sampler)."""
+    anchors = max(1, config.batch_size // (1 + config.adaptor_neighbours))
+    per_epoch = n // (anchors if config.adaptor_neighbours else config.batch_size)
+    return config.max_steps or config.epochs * per_epoch
+
+
+def make_pair_sampler(config: TrainConfig, keys: list[list[str]], steps: int) -> BatchSampler:
     """Batches of pairs for the ranking loss, with in-batch negatives: no query or document twice
-    in a batch (a false negative). Its first epoch is built here, so that pairs too repetitive
-    for one such batch are one line naming --adaptor-pair-batch-size, not a traceback later."""
+    in a batch (a false negative). The epochs that ``steps`` (one pair batch each) reach are built
+    here, so that pairs too repetitive for one such batch are one line naming
+    --adaptor-pair-batch-size, not a traceback later."""
     keyed = Examples(keys, None, str(config.adaptor_pairs), ["query", "document"])
     batch = min(config.adaptor_pair_batch_size, len(keyed))
     try:
         sampler = BatchSampler(keyed, batch, seed=config.seed, drop_last=True, avoid_duplicates=True)
-        sampler.num_batches(0)
+        fill_epochs(sampler, steps)
     except BatchSizeError as error:
         main_error(error.for_flag("--adaptor-pair-batch-size", config.adaptor_pair_batch_size))
     return sampler
@@ -344,5 +359,7 @@ def make_samplers(config: TrainConfig, data: AdaptorData):
         sampler = BatchSampler(
             range(len(data.corpus)), config.batch_size, seed=config.seed, drop_last=True, source=source
         )
-    pair_sampler = make_pair_sampler(config, data.pair_keys) if data.pairs is not None else None
+    pair_sampler = None
+    if data.pairs is not None:
+        pair_sampler = make_pair_sampler(config, data.pair_keys, run_steps(config, len(data.corpus)))
     return sampler, pair_sampler

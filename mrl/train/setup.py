@@ -239,10 +239,22 @@ def count_steps(config: TrainConfig, sampler: BatchSampler) -> tuple[int, int, i
     epochs = 1 if config.max_steps else config.epochs
     try:  # building an epoch's batches finds out whether duplicate-free ones can be filled
         steps = [max(1, sampler.num_batches(epoch) // config.grad_accum) for epoch in range(epochs)]
+        if config.max_steps:  # and so for every epoch --max-steps reaches (not in the loop, later)
+            fill_epochs(sampler, config.max_steps * config.grad_accum)
     except BatchSizeError as error:
         main_error(error.for_flag("--batch-size", config.batch_size))
     total_steps = config.max_steps or sum(steps)
     return steps[0], total_steps, round(config.warmup_ratio * total_steps)
+
+
+def fill_epochs(sampler, batches: int) -> None:
+    """Build the epochs that the first ``batches`` batches of `batch_stream` reach: a BatchSizeError
+    now (for the caller to name its flag) rather than a traceback steps later. Duplicate-free epochs
+    differ in how many batches fill up, and in principle one could fill none."""
+    epoch = 0
+    while batches > 0:
+        batches -= sampler.num_batches(epoch)
+        epoch += 1
 
 
 def build_optimizer(
