@@ -3,13 +3,17 @@ never lost, degenerate data is never trained on in silence. Table-driven, as tes
 each case states its input, the exit code, the one line, and that nothing was created or changed.
 
  1. a model folder that cannot read text (no tokenizer files, a truncated tokenizer.json, a
-    vocabulary of special tokens only), and data its tokenizer reads as nothing but [UNK]
- 2. written results are never lost (--json written at once by two processes, --add-to-card of two
-    files of the same name, --resume of a finished run, SIGHUP)
+    vocabulary of special tokens only), data its tokenizer reads as nothing but [UNK], and some
+    such texts among others (a warning with their count)
+ 2. written results are never lost (--json written at once by two processes, with --overwrite
+    too, --add-to-card of two files of the same name, --resume of a finished run, SIGHUP)
  3. degenerate data: constant CoSENT scores, a column twice, a JSON key twice, constant gold
-    scores, two pairs, all-zero qrels, empty documents (warning), an adaptor on 3 texts (warning)
+    scores, two pairs, all-zero qrels, some queries with no relevant doc (warning), empty
+    documents (warning), an adaptor on 3 texts (warning), the adaptor's dev sets, pairs,
+    neighbours and batch sizes (refused before anything is encoded)
  4. no tracebacks, no hangs: repeated texts with in-batch negatives, a FIFO, symbolic-link loops
- 5. messages naming the flag: --output-dir '', --where label=1 on 1.0, a header off by case or delimiter
+ 5. messages naming the flag: --output-dir '', --where label=1 on 1.0, a header off by case or
+    delimiter, no internal argument (drop_last, avoid_duplicates, text_columns) in any line
  6. the embedding cache's key: tokenizer, config, pooling, max length, lower-casing, heads
 """
 
