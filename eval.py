@@ -29,8 +29,10 @@ stored, int8 ranges calibrated on the set). Every record has "bytes", one stored
 last evaluated layer and reports multiply-adds and measured milliseconds per query next to exact
 search at full width.
 With --json OUT it writes OUT and a Markdown table next to it (OUT with .md); it never
-overwrites an existing file unless --overwrite is given. --add-to-card puts the tables into the
-model folder's card (README.md, see mrl/card.py).
+overwrites an existing file unless --overwrite is given, and even then only the file as it was when
+it started: one that another eval.py wrote meanwhile is kept, ours goes beside it and the run ends
+in one error line naming both. --add-to-card puts the tables into the model folder's card
+(README.md, see mrl/card.py).
 
 Each kind of set is an evaluator of mrl/evals (--sts: sts.py, --beir: beir.py); every kind in
 mrl.evals.EVALUATORS gets its --KIND flag, JSON section, tables and card sections here.
@@ -39,6 +41,8 @@ mrl.evals.EVALUATORS gets its --KIND flag, JSON section, tables and card section
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -53,7 +57,7 @@ from mrl.model import Encoder
 from mrl.pooling import POOLING_MODES
 from mrl.quantize import PRECISIONS, bytes_per_vector
 from mrl.retrieval import check_stages, parse_stages
-from mrl.rundir import check_writable, one_line_faults
+from mrl.rundir import NO_LOCKS, check_writable, one_line_faults
 from mrl.runtime import (
     AMP_PRECISIONS,
     OneLineParser,
@@ -183,6 +187,49 @@ def publish_new(path: Path, text: str) -> Path:
     raise FileExistsError(f"{path}: every sibling name is taken")
 
 
+def content_key(path: Path) -> str | None:
+    """The sha256 of ``path``'s bytes, or None when there is no such file."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def replace_if_unchanged(path: Path, text: str, before: str | None) -> Path:
+    """``--overwrite``: replace ``path`` with ``text`` only if it still holds what it held when
+    this evaluation started (``before``, its `content_key`). Otherwise another eval.py wrote there
+    meanwhile, and --overwrite asked to replace the old result, not a newer one that nobody has
+    seen: ours goes beside it (`publish_new`). Writers with --overwrite hold a lock on the folder
+    from the check to the rename, so two of them cannot both pass the check. Returns where the
+    text went."""
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+        except OSError as error:
+            if error.errno not in NO_LOCKS:  # a filesystem without locks: checked, not guarded
+                raise
+        if before is not None and content_key(path) == before:
+            write_text_atomic(path, text)
+            return path
+        return publish_new(path, text)  # gone since: written there; new or changed: beside it
+    finally:
+        os.close(folder)  # releases the lock
+
+
+def not_replaced(path: Path, kept: Path, before: str | None) -> str:
+    """What happened to a --json file that another eval.py wrote while this one ran."""
+    if before is None:
+        return (
+            f"{path} appeared while this evaluation ran (another eval.py?), not replaced: "
+            f"these results are in {kept}"
+        )
+    return (
+        f"{path} changed while this evaluation ran (another eval.py?), not replaced (--overwrite "
+        f"replaces what was there when it started, not a newer result): these results are in {kept}"
+    )
+
+
 def default_dims(model_dim: int) -> list[int]:
     dims = [model_dim]
     while dims[-1] // 2 >= 16:
@@ -243,6 +290,9 @@ def main(argv: list[str] | None = None) -> dict:
             for path in (out, out.with_suffix(".md")):
                 if path.exists():
                     main_error(f"--json: {path} exists; choose another path or pass --overwrite")
+        # What --overwrite may replace: these files as they are now, not what another eval.py
+        # writes there while this one runs (see replace_if_unchanged).
+        before = {path: content_key(path) for path in (out, out.with_suffix(".md"))}
     if args.text_columns and args.text_columns[0] == args.text_columns[1]:
         main_error(
             f"--text-columns {' '.join(args.text_columns)}: the same column twice "
@@ -341,21 +391,16 @@ def main(argv: list[str] | None = None) -> dict:
             out: json.dumps(results, indent=2) + "\n",
             out.with_suffix(".md"): f"# {args.model}\n\n" + "\n".join(markdown),
         }
+        # The check above was minutes ago: another eval.py may have written there since.
         if args.overwrite:
-            for path, text in texts.items():
-                write_text_atomic(path, text)
-        else:  # the check above was minutes ago: another eval.py may have written there since
-            lost = {path: publish_new(path, text) for path, text in texts.items()}
-            lost = {path: kept for path, kept in lost.items() if kept != path}
-            if lost:
-                if args.add_to_card:
-                    add_eval_to_card(args.model, results)
-                where = "; ".join(
-                    f"{path} appeared while this evaluation ran (another eval.py?), not replaced: "
-                    f"these results are in {kept}"
-                    for path, kept in lost.items()
-                )
-                main_error(f"--json: {where}")
+            went = {path: replace_if_unchanged(path, text, before[path]) for path, text in texts.items()}
+        else:
+            went = {path: publish_new(path, text) for path, text in texts.items()}
+        lost = {path: kept for path, kept in went.items() if kept != path}
+        if lost:
+            if args.add_to_card:
+                add_eval_to_card(args.model, results)
+            main_error("--json: " + "; ".join(not_replaced(p, kept, before[p]) for p, kept in lost.items()))
         print(f"\nwrote {out} and {out.with_suffix('.md')}")
     if args.add_to_card:
         print(f"added to the model card: {add_eval_to_card(args.model, results)}")

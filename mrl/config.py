@@ -715,6 +715,8 @@ def validate(config: TrainConfig) -> None:
         )
     # Names, dims, what the base loss needs, the wrapper's own flags: the objectives table.
     validate_objective(config)
+    if config.text_columns is not None and not config.text_columns:  # the reader would say text_columns
+        fail("--text-columns: no column given; name the text columns, or leave the flag out to detect them")
     if config.text_columns and len(set(config.text_columns)) != len(config.text_columns):
         twice = sorted({c for c in config.text_columns if config.text_columns.count(c) > 1})
         fail(

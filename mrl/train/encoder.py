@@ -10,6 +10,7 @@ processes, seeds, precision, data, encoder, objective, batches, optimiser.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -313,9 +314,10 @@ def build(config: TrainConfig, run_dir: Path, dist: DistInfo, wall_start: float)
     except ValueError as error:
         main_error(str(error))
     encoder, model = build_encoder(config, device, world_size)
+    warn = (lambda line: print(line, file=sys.stderr)) if rank == 0 else (lambda line: None)  # once
     try:
         for ex in eval_sets.values():
-            check_tokenized(ex, encoder)
+            check_tokenized(ex, encoder, warn=warn)
     except DataError as error:
         main_error(str(error))
     # With gathered columns an in-batch-negatives loss scores only this rank's anchors (rows
@@ -323,7 +325,7 @@ def build(config: TrainConfig, run_dir: Path, dist: DistInfo, wall_start: float)
     gather = world_size > 1 and config.gather_across_devices
     local = rank_slice(config.batch_size, rank) if gather else None
     objective = build_objective(config, encoder.dim, encoder.num_layers, loss_rng, local)
-    collate, sampler = make_batches(config, train, encoder, world_size, base.in_batch_negatives)
+    collate, sampler = make_batches(config, train, encoder, world_size, base.in_batch_negatives, warn)
     distill_batch, n_distill = None, None
     if config.distill_data:  # plain sentences whose only loss is distillation
         texts_per_batch = config.batch_size * train.n_columns

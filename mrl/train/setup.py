@@ -96,13 +96,7 @@ def load_data(config: TrainConfig, base: BaseLossEntry):
             f"--loss {config.loss} needs {wanted} text columns{score}; "
             f"{train.source} has columns {train.column_names} and {'a' if train.scores else 'no'} score"
         )
-    for ex in eval_sets.values():
-        if ex.n_columns != 2 or ex.scores is None:
-            main_error(f"--eval-data {ex.source}: needs 2 text columns and a score column")
-        try:
-            check_scored_set(ex, "--eval-data")  # constant gold scores, two pairs: no correlation
-        except DataError as error:
-            main_error(str(error))
+    check_eval_sets(eval_sets, config.eval_data)
     # CoSENT learns from the order of scores within a batch: with every score equal there is no
     # pair to order, the loss is exactly 0 and so is its gradient (a run that trains nothing).
     if config.loss == "cosent" and train.scores and len(set(train.scores)) == 1:
@@ -110,9 +104,22 @@ def load_data(config: TrainConfig, base: BaseLossEntry):
             f"--loss cosent: every score in {train.source} is {train.scores[0]:g}; CoSENT learns from "
             "differences between scores (loss and gradient would be 0): check --score-column"
         )
-    if len(eval_sets) < len(config.eval_data):  # two dev sets of one name would overwrite each other
-        main_error(f"--eval-data {config.eval_data}: two sets have the same name; rename one file")
     return train, eval_sets
+
+
+def check_eval_sets(eval_sets: dict[str, Examples], specs: list[str]) -> None:
+    """The dev sets of ``--eval-data`` (the encoder's and the adaptor's): each one scored pairs
+    that can give a correlation, and no two of one name (one would overwrite the other); else one
+    line naming the flag and the file."""
+    for ex in eval_sets.values():
+        if ex.n_columns != 2 or ex.scores is None:
+            main_error(f"--eval-data {ex.source}: needs 2 text columns and a score column")
+        try:
+            check_scored_set(ex, "--eval-data")  # constant gold scores, two pairs: no correlation
+        except DataError as error:
+            main_error(str(error))
+    if len(eval_sets) < len(specs):  # two dev sets of one name would overwrite each other
+        main_error(f"--eval-data {specs}: two sets have the same name; rename one file")
 
 
 def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
@@ -159,12 +166,15 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
     return encoder, model
 
 
-def make_batches(config: TrainConfig, train, encoder: Encoder, world_size: int, avoid_duplicates: bool):
-    """``(collate, sampler)``: every training text is tokenised once; a step only pads."""
+def make_batches(
+    config: TrainConfig, train, encoder: Encoder, world_size: int, avoid_duplicates: bool, warn=None
+):
+    """``(collate, sampler)``: every training text is tokenised once; a step only pads. ``warn``
+    gets the data's warnings (`mrl.data.check_token_ids`; default stderr)."""
     unique_texts = list(dict.fromkeys(text for column in train.columns for text in column))
     token_ids = dict(zip(unique_texts, encoder.token_ids(unique_texts)))
     try:  # a text of nothing but special tokens would train on [CLS] [SEP] alone
-        check_tokenized(train, encoder, token_ids)
+        check_tokenized(train, encoder, token_ids, warn)
     except DataError as error:
         main_error(str(error))
     collate = TokenizingCollator(lambda texts: encoder.pad([token_ids[t] for t in texts]))
@@ -229,10 +239,22 @@ def count_steps(config: TrainConfig, sampler: BatchSampler) -> tuple[int, int, i
     epochs = 1 if config.max_steps else config.epochs
     try:  # building an epoch's batches finds out whether duplicate-free ones can be filled
         steps = [max(1, sampler.num_batches(epoch) // config.grad_accum) for epoch in range(epochs)]
+        if config.max_steps:  # and so for every epoch --max-steps reaches (not in the loop, later)
+            fill_epochs(sampler, config.max_steps * config.grad_accum)
     except BatchSizeError as error:
         main_error(error.for_flag("--batch-size", config.batch_size))
     total_steps = config.max_steps or sum(steps)
     return steps[0], total_steps, round(config.warmup_ratio * total_steps)
+
+
+def fill_epochs(sampler, batches: int) -> None:
+    """Build the epochs that the first ``batches`` batches of `batch_stream` reach: a BatchSizeError
+    now (for the caller to name its flag) rather than a traceback steps later. Duplicate-free epochs
+    differ in how many batches fill up, and in principle one could fill none."""
+    epoch = 0
+    while batches > 0:
+        batches -= sampler.num_batches(epoch)
+        epoch += 1
 
 
 def build_optimizer(
