@@ -14,13 +14,14 @@ up by text (`TeacherTargets.__call__`).
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from mrl.embcache import cached_embeddings, model_key
+from mrl.embcache import cache_path, cached_embeddings, model_key, texts_key
 from mrl.model import Encoder
 
 
@@ -29,14 +30,19 @@ class TeacherTargets:
 
     vectors: (U, D') float32 on the CPU, row i for ``texts[i]``; ``source``: the --teacher given;
     ``key``: the teacher's model key (`mrl.embcache.model_key`), recorded so a resume can tell a
-    changed teacher.
+    changed teacher; ``seconds``: how long getting the vectors took (reading them back from the
+    cache, or computing them), ``from_cache``: which.
     """
 
-    def __init__(self, texts: Sequence[str], vectors: Tensor, source: str, key: str):
+    def __init__(
+        self, texts: Sequence[str], vectors: Tensor, source: str, key: str, seconds: float = 0.0,
+        from_cache: bool = False,
+    ):  # fmt: skip
         if len(texts) != vectors.shape[0]:
             raise ValueError(f"{len(texts)} texts for {vectors.shape[0]} teacher vectors")
         self.row = {text: i for i, text in enumerate(texts)}
         self.vectors, self.source, self.key = vectors, source, key
+        self.seconds, self.from_cache = seconds, from_cache
 
     @property
     def dim(self) -> int:
@@ -74,11 +80,19 @@ def teacher_targets(
     key = model_key(teacher)
     if check is not None:
         check(teacher.dim, key)
-    log(f"--teacher {name}: its vectors of {len(texts)} distinct texts (from {cache_dir}, or computed once)")
+    cached = cache_dir is not None and cache_path(cache_dir, key, texts_key(texts)).is_file()
+    start = time.perf_counter()
     # A fixed batch size: the vectors must not depend on a flag a resume may change.
     vectors = cached_embeddings(teacher, texts, cache_dir, batch_size=64, log=log)
+    seconds = time.perf_counter() - start
+    how = (
+        f"read from {cache_dir}"
+        if cached
+        else f"computed in {seconds:.0f} s" + (f", cached in {cache_dir}" if cache_dir is not None else "")
+    )
+    log(f"--teacher {name}: its vectors of {len(texts)} distinct texts {how}")
     del teacher  # never on the training graph, and no memory held during training
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
-    return TeacherTargets(texts, vectors.float().contiguous(), name, key)
+    return TeacherTargets(texts, vectors.float().contiguous(), name, key, seconds, cached)

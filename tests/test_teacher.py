@@ -199,12 +199,14 @@ def test_teacher_embeddings_are_computed_once_and_keyed_by_the_teacher(files, tm
     derived = json.loads((first / "config.json").read_text())["derived"]
     # 48 training texts and 40 plain ones, all distinct; the key is the teacher's weights and more
     assert derived["teacher_texts"] == 88 and derived["teacher_dim"] == 32
+    assert derived["teacher_from_cache"] is False
     assert derived["teacher_model_key"] == model_key(Encoder(str(files["teacher"]), max_seq_length=128))
     written = cached.stat().st_mtime_ns
 
     second = train.main(args(files, tmp_path / "b", cache, "--seed", "6"))  # another run, same teacher
     assert encodes == [str(files["teacher"])]  # read from the cache: the teacher encoded nothing
     assert cached.stat().st_mtime_ns == written
+    assert json.loads((second / "config.json").read_text())["derived"]["teacher_from_cache"] is True
     m = logged(second)[0]
     assert {f"train/loss_teacher_d{d}" for d in (32, 16, 8)} <= set(m)
     assert {f"train/loss_unlabelled_teacher_d{d}" for d in (32, 16, 8)} <= set(m)

@@ -374,8 +374,9 @@ def build(config: TrainConfig, run_dir: Path, dist: DistInfo, wall_start: float)
         len(distill_texts) if config.distill_data else None, fingerprint,
         (steps_per_epoch, total_steps, warmup_steps),
     )  # fmt: skip
-    if teacher is not None:  # what it was (a resume refuses another), and how much it embedded
+    if teacher is not None:  # what it was (a resume refuses another), what it embedded, and how long
         derived.update(teacher_dim=teacher.dim, teacher_texts=len(teacher), teacher_model_key=teacher.key)
+        derived.update(teacher_from_cache=teacher.from_cache, teacher_seconds=round(teacher.seconds, 1))
     derived["embedding_grad"] = f"dense ({why_dense})" if why_dense else "sparse rows into a kept buffer"
     return EncoderTraining(
         config=config, run_dir=run_dir, encoder=encoder, model=model, objective=objective, train=train,
