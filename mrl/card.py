@@ -479,6 +479,18 @@ def _recipe_table(config, derived, meta, run, wall_seconds, resumed_at, base) ->
         data = config.get("distill_data") or []
         extra = f", plus {len(data)} file(s) of plain sentences (`--distill-data`)" if data else ""
         add("self-distillation", "; ".join(distills) + f", weight {config['distill_weight']}{extra}")
+    if config and config.get("teacher"):  # --teacher: a frozen model whose embeddings it learnt
+        name = config.get("teacher_loss", "mse")
+        text = _entry_text(objectives.TEACHERS, name, config)
+        width = f", {derived['teacher_dim']} dims" if derived.get("teacher_dim") else ""
+        data = config.get("distill_data") or []
+        texts = "the training texts" + (f" and {len(data)} file(s) of `--distill-data`" if data else "")
+        add(
+            "teacher",
+            f"`{config['teacher']}` (frozen{width}; embeddings computed once): `{name}`"
+            + (f" ({text})" if text else "")
+            + f" at every dim, weight {config.get('teacher_weight')}, on {texts}",
+        )
     if config and config.get("exit_heads", "none") != "none":
         how = "learning on detached vectors" if config.get("exit_head_detach") else "trained with the model"
         add("exit heads", f"`--exit-heads {config['exit_heads']}`, lr {config['exit_head_lr']}, {how}")

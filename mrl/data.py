@@ -655,6 +655,7 @@ class TokenizingCollator:
             "n_columns": n_columns,
             "labels": labels,
             "texts": [texts[0] for texts, _ in items],
+            "column_texts": flat,  # (C*B,) in the order of the encoder's rows (a teacher's lookup)
         }
 
 

@@ -14,7 +14,6 @@ adaptor, optimizer, schedule and both data positions, so ``--resume`` continues 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +39,7 @@ from mrl.card import write_card
 from mrl.checkpoint import save_folder_atomic, write_text_atomic
 from mrl.config import TrainConfig, parse_loss_weights
 from mrl.data import BatchSampler, BatchSizeError, DataError, Examples, load_source, source_name
+from mrl.embcache import cache_folder
 from mrl.evaluation import correlations, format_table, score_pairs
 from mrl.heads import head_modules, save_head
 from mrl.losses import check_dims
@@ -209,8 +209,7 @@ class AdaptorTraining:
 def build(config: TrainConfig, run_dir: Path, device: torch.device) -> AdaptorTraining:
     """The cached vectors (encoded once), the adaptor, its loss, samplers and optimiser."""
     torch.manual_seed(config.seed)  # the MLP's first layer; nothing else here is random
-    cache_dir = config.embedding_cache or os.environ.get("MRL_EMBEDDING_CACHE") or "~/.cache/mrl/embeddings"
-    cache_dir = Path(cache_dir).expanduser()
+    cache_dir = cache_folder(config.embedding_cache)
     start = time.perf_counter()
     data, encoder, fingerprint = load_vectors(config, run_dir, device, cache_dir)
     embed_seconds = time.perf_counter() - start

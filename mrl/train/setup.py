@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from pathlib import Path
 
 import torch
 
-from mrl.config import TrainConfig, validate_for_model
+from mrl.config import TrainConfig, validate_for_model, validate_for_teacher
 from mrl.data import (
     BatchSampler,
     BatchSizeError,
@@ -27,9 +28,12 @@ from mrl.data import (
     source_name,
 )
 from mrl.dist import gather_nograd
+from mrl.embcache import cache_folder
 from mrl.model import Encoder
 from mrl.objectives import BaseLossEntry
+from mrl.rundir import recorded_derived
 from mrl.runtime import main_error
+from mrl.teacher import TeacherTargets, teacher_targets
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, scheduler: str) -> float:
@@ -198,7 +202,7 @@ def make_batches(
 
 
 def make_distill_batches(config: TrainConfig, encoder: Encoder, eval_sets: dict, texts_per_batch: int):
-    """``--distill-data``: ``(batch n -> features, number of texts)`` of plain sentences.
+    """``--distill-data``: ``(batch n -> {"features", "texts"}, the distinct texts)`` of plain sentences.
 
     Batch n is a function of (seed, n) only, so a resumed run needs no extra state. Every text of
     the dev sets and of ``--distill-exclude`` is dropped (see `mrl.data.load_distill_texts`).
@@ -223,10 +227,40 @@ def make_distill_batches(config: TrainConfig, encoder: Encoder, eval_sets: dict,
         main_error(f"--distill-batch-size: {error}")
 
     def batch(n: int) -> dict:
-        batches = sampler.batches(n // len(sampler))  # epoch n // len, batch n % len
-        return encoder.pad([ids[i] for i in batches[n % len(sampler)]])
+        rows = sampler.batches(n // len(sampler))[n % len(sampler)]  # epoch n // len, batch n % len
+        return {"features": encoder.pad([ids[i] for i in rows]), "texts": [texts[i] for i in rows]}
 
-    return batch, len(texts)
+    return batch, texts
+
+
+def build_teacher(
+    config: TrainConfig, run_dir: Path, texts: list[str], model_dim: int, device: torch.device
+) -> TeacherTargets:
+    """``--teacher``: its embeddings of ``texts`` (every training and --distill-data text), from
+    the cache or computed once (`mrl.teacher`). Refused in one line when its width cannot serve
+    --dims, and on --resume when the teacher's weights changed (both before anything is embedded)."""
+    recorded = recorded_derived(run_dir, "teacher_model_key") if config.resume else None
+
+    def check(dim: int, key: str) -> None:
+        validate_for_teacher(config, dim, model_dim)
+        if recorded and recorded != key:
+            raise ValueError(
+                f"--resume: the teacher {config.teacher} changed since the run started (model key "
+                f"{recorded[:12]} -> {key[:12]}); restore it or start a new run"
+            )
+
+    try:
+        return teacher_targets(
+            config.teacher,
+            texts,
+            cache_folder(config.embedding_cache),
+            config.max_seq_length,
+            config.trust_remote_code,
+            device,
+            check=check,
+        )
+    except (OSError, ValueError) as error:
+        main_error(str(error).splitlines()[0])
 
 
 def count_steps(config: TrainConfig, sampler: BatchSampler) -> tuple[int, int, int]:
