@@ -51,7 +51,8 @@ from mrl.pooling import pool
 
 INSTALL_HINT = "pip install 'mrl[onnx]'"
 MODEL_FILE, INT8_FILE, CUT_FILE, CARD_FILE = "model.onnx", "model_int8.onnx", "onnx_cut.json", "README.md"
-OUTPUT_NAME = "sentence_embedding"  # not "embedding": the exporter names a BERT value that already
+# Not "embedding": a value inside BERT's exported graph already has that name (ORT refuses the file).
+OUTPUT_NAME = "sentence_embedding"
 # The export is refused below this cosine between ONNX Runtime's and PyTorch's embedding of a text.
 PARITY_MIN_COSINE = 0.99999
 MAX_GRAPH_BYTES = 2 << 30  # one ONNX file is a protobuf, which cannot exceed 2 GB
@@ -563,6 +564,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         encoder = Encoder(args.model, max_seq_length=args.max_seq_length)
     except (OSError, ValueError) as error:
         main_error(f"--model: {str(error).splitlines()[0]}")
+    if encoder.name_or_path != args.model:
+        print(f"note: {args.model} is a training run; exporting its final model {encoder.name_or_path}")
     try:
         check_cut(encoder, args.layers, args.dim)
     except ValueError as error:
@@ -575,7 +578,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ValueError as error:
         main_error(str(error).splitlines()[0])
     parity = cut["parity"]
-    line = f"wrote {out}: {cut['layers']} blocks, {cut['dim']} dims; cosine to PyTorch"
+    blocks = f"{cut['layers']} block" + ("s" if cut["layers"] > 1 else "")
+    line = f"wrote {out}: the first {blocks}, {cut['dim']} dims; cosine to PyTorch"
     line += f" min {parity['onnx']['cosine_min']:.7f}"
     if "onnx_int8" in parity:
         line += f" (int8: {parity['onnx_int8']['cosine_min']:.5f})"

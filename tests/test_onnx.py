@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -203,17 +204,21 @@ def test_cli_writes_and_reports_and_scores_an_sts_file(models, tmp_path, capsys)
     assert "| Spearman |" in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_an_existing_out_is_kept_unless_overwrite(models, tmp_path, capsys):
+def test_an_existing_out_is_kept_unless_overwrite_and_a_run_folder_is_its_model(models, tmp_path, capsys):
+    run = tmp_path / "run"  # a training run folder: MODEL stands for RUN/model, as in eval.py
+    shutil.copytree(models["plain"], run / "model")
+    (run / "run.json").write_text("{}")
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("earlier results")
-    code, err = run_cli([models["plain"], out, "--dim", "8"], capsys)
+    code, err = run_cli([run, out, "--dim", "8"], capsys)
     assert code == 2 and err.count("\n") == 1 and "--overwrite" in err
     assert (out / "mine.txt").read_text() == "earlier results"
-    code, err = run_cli([models["plain"], out, "--dim", "8", "--overwrite"], capsys)
+    code, err = run_cli([run, out, "--dim", "8", "--overwrite"], capsys)
     assert code == 0, err
     assert (out / "model.onnx").is_file() and not (out / "mine.txt").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or replaced folder left
+    assert json.loads((out / "onnx_cut.json").read_text())["source"] == str(run / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]  # no staging or replaced folder
 
 
 @pytest.mark.parametrize(
