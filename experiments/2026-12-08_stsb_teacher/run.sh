@@ -98,6 +98,10 @@ declare -A flags=(
   [kl-data]="--teacher-loss kl --teacher-weight 1 $with_data"
   # the control: the same k-layer model, Matryoshka CoSENT at the same dims, no teacher
   [none]=""
+  # with an exit head at the student's last depth, trained with it (J's fair baseline had one:
+  # a residual linear map x + W x + b that can take the pooled vector to the teacher's space)
+  [mse-data-head]="--teacher-loss mse --teacher-weight 30 $with_data --exit-heads all"
+  [none-head]="--exit-heads all"
 )
 variants=(${VARIANTS:-mse-data none})
 for variant in "${variants[@]}"; do
@@ -108,7 +112,7 @@ for seed in ${seeds[@]}; do
     student="$(truncated "$k")"
     for variant in "${variants[@]}"; do
       spec="${flags[$variant]}"
-      [ -n "$spec" ] && spec="--teacher $teacher $spec"
+      [[ "$spec" == *--teacher-loss* ]] && spec="--teacher $teacher $spec"
       # shellcheck disable=SC2086
       train "student-${k}L-$variant-s$seed" "$student" --seed "$seed" $spec
     done
