@@ -13,6 +13,10 @@
     python eval.py --model MODEL --beir ../shared/data/scifact --dims 384 128 64 \
         --precisions float32 int8 binary --rescore 200 --funnel 64:200 384:10
 
+    # byte budgets: the best (layer, dim, precision) within 16, 32 and 64 bytes per stored vector
+    python eval.py --model MODEL --beir ../shared/data/scifact --sts ../shared/data/stsb/en-test.csv \
+        --precisions float32 int8 binary --bytes 16 32 64
+
     # the same searches through FAISS (pip install 'mrl[faiss]'), with recall@10 vs exact search
     python eval.py --model MODEL --beir ../shared/data/scifact --index faiss --precisions float32 int8 binary
 
@@ -20,14 +24,18 @@
     python eval.py --model MODEL --mteb ../shared/data/scifact ../shared/data/stsb/en-test.csv --dims 384 64
 
 Each set is encoded once at full width (all layers in the same pass); every (layer, dim) cell
-slices and re-normalises that output. Retention is Spearman(d) / Spearman(largest dim) (STS) or
-nDCG@10 over the float32 nDCG@10 at the largest dim (retrieval). int8 ranges are calibrated on the
-corpus at each dim; the float query is scored against the dequantised docs. The funnel runs on the
+slices and re-normalises that output. Retention is Spearman (STS) or nDCG@10 (retrieval) over its
+float32 value at the largest dim. int8 ranges are calibrated on the
+corpus at each dim; the float query is scored against the dequantised docs (STS: both sides are
+stored, int8 ranges calibrated on the set). Every record has "bytes", one stored vector's size
+(mrl.quantize.bytes_per_vector; README "Evaluation" states the convention). The funnel runs on the
 last evaluated layer and reports multiply-adds and measured milliseconds per query next to exact
 search at full width.
 With --json OUT it writes OUT and a Markdown table next to it (OUT with .md); it never
-overwrites an existing file unless --overwrite is given. --add-to-card puts the tables into the
-model folder's card (README.md, see mrl/card.py).
+overwrites an existing file unless --overwrite is given, and even then only the file as it was when
+it started: one that another eval.py wrote meanwhile is kept, ours goes beside it and the run ends
+in one error line naming both. --add-to-card puts the tables into the model folder's card
+(README.md, see mrl/card.py).
 
 Each kind of set is an evaluator of mrl/evals (--sts: sts.py, --beir: beir.py, --mteb: mteb.py);
 every kind in mrl.evals.EVALUATORS gets its --KIND flag, JSON section, tables and card sections here.
@@ -36,6 +44,8 @@ every kind in mrl.evals.EVALUATORS gets its --KIND flag, JSON section, tables an
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -45,11 +55,12 @@ from pathlib import Path
 from mrl.card import add_eval_to_card, card_clashes, set_source
 from mrl.checkpoint import write_text_atomic
 from mrl.evals import EVALUATORS
+from mrl.evals.budgets import budget_section, fit_budgets
 from mrl.model import Encoder
 from mrl.pooling import POOLING_MODES
-from mrl.quantize import PRECISIONS
+from mrl.quantize import PRECISIONS, bytes_per_vector
 from mrl.retrieval import check_stages, parse_stages
-from mrl.rundir import check_writable, one_line_faults
+from mrl.rundir import NO_LOCKS, check_writable, one_line_faults
 from mrl.runtime import (
     AMP_PRECISIONS,
     OneLineParser,
@@ -62,73 +73,91 @@ from mrl.runtime import (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="run's model folder, any encoder folder, or hub id")
+    # Flags in --help groups, in the order a user decides them.
+    what = parser.add_argument_group("what to evaluate")
+    what.add_argument("--model", required=True, help="run's model folder, any encoder folder, or hub id")
     for kind, evaluator in EVALUATORS.items():  # --sts, --beir, ...: the sets of each kind
-        parser.add_argument(f"--{kind}", nargs="+", default=[], help=evaluator.help)
-    parser.add_argument(
+        what.add_argument(f"--{kind}", nargs="+", default=[], help=evaluator.help)
+    sts = parser.add_argument_group("STS sets")
+    sts.add_argument(
         "--text-columns",
         nargs=2,
         metavar=("COL1", "COL2"),
         help="STS: the two text columns (default: detected from the header, as in train.py)",
     )
-    parser.add_argument("--score-column", default="score", help="STS: the gold score column")
-    parser.add_argument("--split", default="test", help="BEIR qrels split (qrels/SPLIT.tsv)")
-    parser.add_argument("--query-prefix", default="", help="text prepended to every query (retrieval)")
-    parser.add_argument("--doc-prefix", default="", help="text prepended to every corpus doc (retrieval)")
-    parser.add_argument(
+    sts.add_argument("--score-column", default="score", help="STS: the gold score column")
+    retrieval = parser.add_argument_group("retrieval (BEIR folders)")
+    retrieval.add_argument("--split", default="test", help="BEIR qrels split (qrels/SPLIT.tsv)")
+    retrieval.add_argument("--query-prefix", default="", help="text prepended to every query (retrieval)")
+    retrieval.add_argument("--doc-prefix", default="", help="text prepended to every corpus doc (retrieval)")
+    retrieval.add_argument(
         "--precisions",
         nargs="+",
         choices=PRECISIONS,
         default=["float32"],
-        help="retrieval: corpus precisions to score at every dim (binary = sign bits, Hamming)",
+        help="stored precisions to score at every dim (binary = sign bits, Hamming; STS stores both "
+        "sides, int8 calibrated on the set)",
     )
     parser.add_argument(
+        "--bytes",
+        type=int,
+        nargs="+",
+        metavar="B",
+        help="byte budgets per stored vector: for each, the best evaluated (layer, dim, precision) "
+        "cell that fits (give the precisions with --precisions)",
+    )
+    retrieval.add_argument(
         "--rescore",
         type=int,
         metavar="K",
         help="retrieval, binary: re-rank the Hamming top K with the float query (K < 100 caps Recall@100)",
     )
-    parser.add_argument(
+    retrieval.add_argument(
         "--funnel",
         nargs="+",
         metavar="DIM:K",
         help="retrieval: funnel stages, e.g. 64:200 384:10 (shortlist with 64 dims, re-rank at 384)",
     )
-    parser.add_argument(
+    retrieval.add_argument(
         "--funnel-binary", action="store_true", help="funnel: first stage on sign bits (Hamming)"
     )
-    parser.add_argument(
+    retrieval.add_argument(
         "--index",
         choices=("numpy", "faiss"),
         default="numpy",
         help="retrieval search: numpy (the reference) or faiss (pip install 'mrl[faiss]'; exact cells "
         "equal numpy's, every cell adds recall@10 vs exact, the funnel's first stage is HNSW)",
     )
-    parser.add_argument(
+    cells = parser.add_argument_group("which (layer, dim) cells")
+    cells.add_argument(
         "--dims",
         type=int,
         nargs="+",
         help="dims to score (default: the model's trained dims, else D, D/2, ... down to 16)",
     )
-    parser.add_argument(
+    cells.add_argument(
         "--layers",
         nargs="+",
         help="layers to score, 1-based, or 'all' (default: the model's trained layers, else the last)",
     )
-    parser.add_argument("--pooling", choices=POOLING_MODES, help="override the model's pooling")
-    parser.add_argument("--max-seq-length", type=int, help="override the model's maximum length")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    parser.add_argument(
+    encoding = parser.add_argument_group("encoding")
+    encoding.add_argument("--pooling", choices=POOLING_MODES, help="override the model's pooling")
+    encoding.add_argument("--max-seq-length", type=int, help="override the model's maximum length")
+    encoding.add_argument(
+        "--batch-size", type=int, default=64, help="texts per forward pass (lower it if memory runs out)"
+    )
+    encoding.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    encoding.add_argument(
         "--precision",
         choices=AMP_PRECISIONS,
         default="fp32",
         help="autocast while encoding (fp16/bf16 on a GPU); the stored vectors' precision is --precisions",
     )
-    parser.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
-    parser.add_argument("--json", help="write results here (and a Markdown table beside it)")
-    parser.add_argument("--overwrite", action="store_true", help="allow replacing an existing --json file")
-    parser.add_argument(
+    encoding.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", help="write results here (and a Markdown table beside it)")
+    output.add_argument("--overwrite", action="store_true", help="allow replacing an existing --json file")
+    output.add_argument(
         "--add-to-card",
         action="store_true",
         help="add the results to the model folder's card (README.md); replaces earlier ones of a set",
@@ -159,6 +188,49 @@ def publish_new(path: Path, text: str) -> Path:
         finally:
             tmp.unlink(missing_ok=True)
     raise FileExistsError(f"{path}: every sibling name is taken")
+
+
+def content_key(path: Path) -> str | None:
+    """The sha256 of ``path``'s bytes, or None when there is no such file."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def replace_if_unchanged(path: Path, text: str, before: str | None) -> Path:
+    """``--overwrite``: replace ``path`` with ``text`` only if it still holds what it held when
+    this evaluation started (``before``, its `content_key`). Otherwise another eval.py wrote there
+    meanwhile, and --overwrite asked to replace the old result, not a newer one that nobody has
+    seen: ours goes beside it (`publish_new`). Writers with --overwrite hold a lock on the folder
+    from the check to the rename, so two of them cannot both pass the check. Returns where the
+    text went."""
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+        except OSError as error:
+            if error.errno not in NO_LOCKS:  # a filesystem without locks: checked, not guarded
+                raise
+        if before is not None and content_key(path) == before:
+            write_text_atomic(path, text)
+            return path
+        return publish_new(path, text)  # gone since: written there; new or changed: beside it
+    finally:
+        os.close(folder)  # releases the lock
+
+
+def not_replaced(path: Path, kept: Path, before: str | None) -> str:
+    """What happened to a --json file that another eval.py wrote while this one ran."""
+    if before is None:
+        return (
+            f"{path} appeared while this evaluation ran (another eval.py?), not replaced: "
+            f"these results are in {kept}"
+        )
+    return (
+        f"{path} changed while this evaluation ran (another eval.py?), not replaced (--overwrite "
+        f"replaces what was there when it started, not a newer result): these results are in {kept}"
+    )
 
 
 def default_dims(model_dim: int) -> list[int]:
@@ -199,6 +271,11 @@ def main(argv: list[str] | None = None) -> dict:
     for flag, value in (("--batch-size", args.batch_size), ("--max-seq-length", args.max_seq_length)):
         if value is not None and value < 1:
             main_error(f"{flag} {value}: must be at least 1")
+    for budget in args.bytes or []:
+        if budget < 1:
+            main_error(f"--bytes {budget}: a budget must be at least 1 byte per stored vector")
+        if args.bytes.count(budget) > 1:
+            main_error(f"--bytes: {budget} is given twice")
     if args.dims is not None and (min(args.dims) < 1 or len(set(args.dims)) != len(args.dims)):
         main_error(f"--dims {args.dims}: must be positive and unique")
     if args.layers and args.layers != ["all"] and not all(x.lstrip("-").isdigit() for x in args.layers):
@@ -216,6 +293,9 @@ def main(argv: list[str] | None = None) -> dict:
             for path in (out, out.with_suffix(".md")):
                 if path.exists():
                     main_error(f"--json: {path} exists; choose another path or pass --overwrite")
+        # What --overwrite may replace: these files as they are now, not what another eval.py
+        # writes there while this one runs (see replace_if_unchanged).
+        before = {path: content_key(path) for path in (out, out.with_suffix(".md"))}
     if args.text_columns and args.text_columns[0] == args.text_columns[1]:
         main_error(
             f"--text-columns {' '.join(args.text_columns)}: the same column twice "
@@ -258,6 +338,11 @@ def main(argv: list[str] | None = None) -> dict:
             main_error(f"--layers {bad}: the model has layers 1..{encoder.num_layers}")
     else:
         layers = meta.get("layers")
+    if args.bytes:  # a budget below the smallest cell gets an empty row: say so before encoding
+        size, dim, precision = min((bytes_per_vector(d, p), d, p) for d in dims for p in args.precisions)
+        for budget in (b for b in sorted(args.bytes) if b < size):
+            smallest = f"the smallest is d={dim} {precision}, {size} B"
+            print(f"warning: --bytes {budget}: no evaluated cell fits ({smallest})", file=sys.stderr)
 
     evaluators = []  # every set of every kind, checked and loaded before anything is encoded
     for kind, evaluator in EVALUATORS.items():
@@ -278,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
             main_error(f"--add-to-card: {'; '.join(clashes)}; rename one (sets are keyed by name)")
 
     autocast = autocast_for(device, args.precision)
-    progress = sys.stderr.isatty()  # progress bars for people at a terminal, not for logs
+    progress = True  # a bar at a terminal, a line every 30 s in a log file (mrl/progress.py)
     results = {
         "model": args.model,
         "dims": dims,
@@ -296,9 +381,12 @@ def main(argv: list[str] | None = None) -> dict:
         records = evaluator.score(embeddings, dims, results["layers"])  # every (layer, dim) cell
         entry = evaluator.result(embeddings, records, encode_seconds, time.perf_counter() - start)
         results.setdefault(evaluator.section, {})[evaluator.name] = entry
+        if args.bytes:
+            entry["budgets"] = fit_budgets(records, args.bytes, evaluator.metric)
         text, console = evaluator.report(evaluator.name, entry)
-        markdown.append(text)
-        print(console)
+        budgets = budget_section(evaluator, entry)  # '' without --bytes
+        markdown.append(text + budgets)
+        print(console.rstrip("\n") + "\n" + budgets if budgets else console)
 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -306,21 +394,16 @@ def main(argv: list[str] | None = None) -> dict:
             out: json.dumps(results, indent=2) + "\n",
             out.with_suffix(".md"): f"# {args.model}\n\n" + "\n".join(markdown),
         }
+        # The check above was minutes ago: another eval.py may have written there since.
         if args.overwrite:
-            for path, text in texts.items():
-                write_text_atomic(path, text)
-        else:  # the check above was minutes ago: another eval.py may have written there since
-            lost = {path: publish_new(path, text) for path, text in texts.items()}
-            lost = {path: kept for path, kept in lost.items() if kept != path}
-            if lost:
-                if args.add_to_card:
-                    add_eval_to_card(args.model, results)
-                where = "; ".join(
-                    f"{path} appeared while this evaluation ran (another eval.py?), not replaced: "
-                    f"these results are in {kept}"
-                    for path, kept in lost.items()
-                )
-                main_error(f"--json: {where}")
+            went = {path: replace_if_unchanged(path, text, before[path]) for path, text in texts.items()}
+        else:
+            went = {path: publish_new(path, text) for path, text in texts.items()}
+        lost = {path: kept for path, kept in went.items() if kept != path}
+        if lost:
+            if args.add_to_card:
+                add_eval_to_card(args.model, results)
+            main_error("--json: " + "; ".join(not_replaced(p, kept, before[p]) for p, kept in lost.items()))
         print(f"\nwrote {out} and {out.with_suffix('.md')}")
     if args.add_to_card:
         print(f"added to the model card: {add_eval_to_card(args.model, results)}")

@@ -38,9 +38,12 @@ def load(folder: Path) -> dict[str, dict[int, dict]]:
 
 
 def sts_cells(result: dict) -> Cells:
-    """{(layer, dim): Spearman x100} of the first STS set in one eval.py result."""
+    """{(layer, dim): Spearman x100} of the first STS set in one eval.py result (float32 cells:
+    eval.py --precisions adds int8/binary records at the same (layer, dim); older files have float32
+    records without a precision)."""
     (records,) = [s["records"] for s in result["sets"].values()][:1]
-    return {(r["layer"], r["dim"]): r["spearman"] for r in records}
+    floats = (r for r in records if r.get("precision", "float32") == "float32")
+    return {(r["layer"], r["dim"]): r["spearman"] for r in floats}
 
 
 def ndcg_cells(result: dict) -> Cells:

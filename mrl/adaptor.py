@@ -535,6 +535,30 @@ class AdaptorData:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class AdaptorTexts:
+    """The texts an adaptor trains on, read before anything is encoded (so that what they cannot
+    give is refused first): the corpus' ids and texts, and the pairs' queries and documents."""
+
+    ids: list[str]
+    texts: list[str]
+    queries: list[str] | None = None
+    docs: list[str] | None = None
+
+
+def load_adaptor_texts(
+    corpus_spec: str, pairs_spec: str | None = None, text_columns: Sequence[str] | None = None
+) -> AdaptorTexts:
+    """The corpus (`load_corpus_texts`, at least 2 texts) and the pairs (`load_pair_texts`)."""
+    ids, texts = load_corpus_texts(corpus_spec, text_columns)
+    if len(texts) < 2:
+        raise ValueError(f"{corpus_spec}: an adaptor needs a corpus of at least 2 texts, got {len(texts)}")
+    loaded = AdaptorTexts(ids, texts)
+    if pairs_spec is not None:
+        loaded.queries, loaded.docs = load_pair_texts(pairs_spec, dict(zip(ids, texts)))
+    return loaded
+
+
 def embed_adaptor_data(
     encoder,
     corpus_spec: str,
@@ -544,26 +568,26 @@ def embed_adaptor_data(
     text_columns: Sequence[str] | None = None,
     batch_size: int = 64,
     log=print,
+    loaded: AdaptorTexts | None = None,
 ) -> AdaptorData:
     """Embed the corpus, the pairs' texts and the dev sets with the frozen ``encoder``, each text
     set at most once across runs (`mrl.embcache.cached_embeddings` under ``cache_dir``).
 
     corpus_spec: `load_corpus_texts`; pairs_spec: `load_pair_texts` (documents that are corpus
     texts reuse the corpus vectors); dev_sets: ``{name: mrl.data.Examples}`` with two text
-    columns and scores.
+    columns and scores; loaded: what `load_adaptor_texts` read of the first two, if done already.
     """
     from mrl.embcache import cached_embeddings, texts_key
 
-    ids, texts = load_corpus_texts(corpus_spec, text_columns)
-    if len(texts) < 2:
-        raise ValueError(f"{corpus_spec}: an adaptor needs a corpus of at least 2 texts, got {len(texts)}")
+    loaded = loaded or load_adaptor_texts(corpus_spec, pairs_spec, text_columns)
+    texts = loaded.texts
     # A bar for people at a terminal (encoding a corpus takes minutes), none in logs.
     bar = sys.stderr.isatty()
     corpus = cached_embeddings(encoder, texts, cache_dir, batch_size, show_progress=bar, log=log)
     data = AdaptorData(corpus, info={"corpus": str(corpus_spec), "corpus_texts": len(texts)})
     data.info["corpus_sha256"] = texts_key(texts)
     if pairs_spec is not None:
-        queries, docs = load_pair_texts(pairs_spec, dict(zip(ids, texts)))
+        queries, docs = loaded.queries, loaded.docs
         row = {text: i for i, text in enumerate(texts)}
         # Only texts the corpus lacks are encoded (queries, and documents from a pair file).
         extra = list(dict.fromkeys(t for t in [*queries, *docs] if t not in row))

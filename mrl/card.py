@@ -29,6 +29,7 @@ from typing import Any
 from mrl import objectives
 from mrl.checkpoint import write_text_atomic
 from mrl.evals import EVALUATORS, evaluator_for
+from mrl.evals.budgets import budget_section
 from mrl.pooling import POOLINGS
 from mrl.runtime import main_error
 
@@ -154,8 +155,10 @@ def _entry_text(table: dict[str, Any], name: str, config: dict[str, Any]) -> str
     """An objectives-table entry's card text (`mrl.objectives`) filled from the run's
     config.json; "" when it has none or the name or a field is unknown here (a fork's run)."""
     entry = table.get(name)
+    # A list flag reads as it was typed (--directions query-doc query-query), not as Python.
+    flat = {key: " ".join(map(str, v)) if isinstance(v, list) else v for key, v in config.items()}
     try:
-        return entry.card.format(**config) if entry is not None else ""
+        return entry.card.format(**flat) if entry is not None else ""
     except (KeyError, IndexError, ValueError):
         return ""
 
@@ -175,6 +178,24 @@ def _example_dim(dims: list[int], full: int) -> int:
 
 
 EXAMPLE_SENTENCES = ["A man is playing a guitar.", "Someone plays music."]
+
+
+def _adaptor_code(recipe: dict[str, Any]) -> str:
+    """The transformers snippet's lines that apply a saved adaptor (mrl/heads.py `head_modules`:
+    [Normalize, Dense] for a linear or rotation adaptor, the MLP Adaptor module itself)."""
+    normalize = recipe.get("normalize_input", True)
+    x = "F.normalize(embeddings, dim=-1)" if normalize else "embeddings"
+    if recipe["kind"] == "mlp":
+        act = {"gelu": "F.gelu", "relu": "F.relu", "tanh": "torch.tanh"}[recipe.get("activation", "gelu")]
+        return f"""
+head = load_file(model_file("2_Adaptor/model.safetensors"))  # the MLP adaptor: x + W2 act(W1 x + b1) + b2
+x = {x}
+hidden = {act}(x @ head["fc1.weight"].T + head["fc1.bias"])
+embeddings = x + hidden @ head["fc2.weight"].T + head["fc2.bias"]"""
+    path = f"{2 + bool(normalize)}_Dense/model.safetensors"
+    return f"""
+dense = load_file(model_file("{path}"))  # the {recipe["kind"]} adaptor: W x + b
+embeddings = {x} @ dense["linear.weight"].T + dense["linear.bias"]"""
 
 
 def usage_snippets(model_ref: str, meta: dict[str, Any], do_lower_case: bool) -> dict[str, str]:
@@ -201,7 +222,8 @@ def usage_snippets(model_ref: str, meta: dict[str, Any], do_lower_case: bool) ->
     # Exit heads (mrl/heads.py ExitHead): the last depth's is the Dense module 2_Dense, the
     # shallow depths' are in exit_heads.safetensors; the snippet applies the ones it uses.
     shallow_head = k is not None and k in (meta.get("exit_heads") or [])
-    uses_files = shallow_head or bool(meta.get("exit_head_last_depth"))
+    adaptor_code = _adaptor_code(meta["adaptor"]) if meta.get("adaptor") else ""
+    uses_files = shallow_head or bool(meta.get("exit_head_last_depth")) or bool(adaptor_code)
     files_code = (
         """
 from safetensors.torch import load_file
@@ -243,7 +265,7 @@ max_length = {meta["max_seq_length"]}
 batch = tokenizer(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 with torch.no_grad():
     {forward}
-embeddings = pool(out.last_hidden_state, batch["attention_mask"])  # (N, {full}){last_head}
+embeddings = pool(out.last_hidden_state, batch["attention_mask"])  # (N, {full}){last_head}{adaptor_code}
 dim = {dim}  # any trained Matryoshka dim: {", ".join(map(str, dims))}
 small = F.normalize(embeddings[:, :dim], dim=-1)  # slice first, then normalise
 similarity = small @ small.T  # cosine similarity at {dim} dims
@@ -327,8 +349,13 @@ def build_card(
     name = model_dir.parent.name if model_dir.name == "model" else model_dir.name
     dims = meta.get("dims") or [meta["dim"]]
     out = [_front_matter(front), f"# {name}\n"]
+    adaptor = meta.get("adaptor")  # train.py --adaptor: a map after pooling, the encoder frozen
     what = (
-        f"A Matryoshka sentence encoder trained with `mrl` from `{base or 'an encoder'}`: "
+        f"A Matryoshka-Adaptor trained with `mrl` on the frozen `{base or 'an encoder'}`: a "
+        f"`{adaptor['kind']}` map after pooling makes the first d values of the {meta['dim']}-dim "
+        f"embedding useful on their own (trained d: {', '.join(map(str, dims))})"
+        if adaptor
+        else f"A Matryoshka sentence encoder trained with `mrl` from `{base or 'an encoder'}`: "
         f"its {meta['dim']}-dim embedding stays useful when cut to its first d values "
         f"(trained d: {', '.join(map(str, dims))})"
     )
@@ -345,7 +372,7 @@ def build_card(
 
     out.append("## Dev results\n")
     if dev:
-        step = meta.get("trained_steps")
+        step = meta.get("trained_steps") or (adaptor or {}).get("trained_steps")
         for set_name, records in dev.items():
             kind = evaluator_for(records)  # eval_dev.json holds records only
             out.append(f"### {set_name} (dev, after step {step}): {kind.title} ({kind.retention})\n")
@@ -369,13 +396,39 @@ def build_card(
     out.append("```python\n" + snippets["transformers"] + "```\n")
     out.append("### sentence-transformers (`truncate_dim`)\n")
     out.append(
-        "The folder carries that library's module files (no Normalize module: the cosine normalises "
-        "each prefix).\n"
+        "The folder carries that library's module files, the adaptor as its Normalize and Dense "
+        "modules: `truncate_dim` slices the adapted vector.\n"
+        if adaptor and adaptor["kind"] != "mlp"
+        else "The MLP adaptor is `mrl`'s own module, which that library cannot load: use the "
+        "transformers or mrl snippet.\n"
+        if adaptor
+        else "The folder carries that library's module files (no Normalize module: the cosine "
+        "normalises each prefix).\n"
     )
     out.append("```python\n" + snippets["sentence-transformers"] + "```\n")
     out.append("### mrl\n")
     out.append("```python\n" + snippets["mrl"] + "```\n")
     return "\n".join(out)
+
+
+def _adaptor_rows(recipe: dict[str, Any], derived: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The recipe table's rows of an adapted model (``mrl_config.json``'s "adaptor" entry)."""
+    data = recipe.get("data") or {}
+    weights = " ".join(f"{name}={weight:g}" for name, weight in (recipe.get("loss_weights") or {}).items())
+    corpus = f"`{data['corpus']}`" if data.get("corpus") else "precomputed vectors"
+    if data.get("corpus_texts"):
+        corpus += f" ({data['corpus_texts']:,} texts)"
+    total = derived.get("total_steps")
+    rows = [
+        ("adaptor", f"`{recipe['kind']}`, started from `{recipe.get('init')}`, on cached embeddings"),
+        ("adaptor losses", f"{weights} (k {recipe.get('k')}, temperature {recipe.get('temperature')})"),
+        ("corpus", corpus),
+        ("pairs", f"`{data['pairs']}` ({data.get('n_pairs', 0):,} pairs)" if data.get("pairs") else None),
+        ("steps", f"{recipe.get('trained_steps')} of {total}" if total else recipe.get("trained_steps")),
+        ("batch", recipe.get("batch_size")),
+        ("learning rate", recipe.get("lr")),
+    ]
+    return [(key, value) for key, value in rows if value not in (None, "", [])]
 
 
 def _shell_quote(arg: str) -> str:
@@ -390,6 +443,9 @@ def _recipe_table(config, derived, meta, run, wall_seconds, resumed_at, base) ->
             rows.append((key, value))
 
     add("base model", f"`{base}`" if base else None)
+    if meta.get("adaptor"):
+        rows += _adaptor_rows(meta["adaptor"], derived)
+        config = {}  # the encoder's own recipe rows (loss, layers, ...) do not apply
     if config:
         examples = derived.get("train_examples")
         add("training data", f"`{config['train_data']}`" + (f" ({examples:,} rows)" if examples else ""))
@@ -411,7 +467,7 @@ def _recipe_table(config, derived, meta, run, wall_seconds, resumed_at, base) ->
             detail += ", (layer, dim) pairs " + " ".join(f"{l}:{d}" for l, d in meta["layer_dim_pairs"])
         text = _entry_text(objectives.WRAPPERS, meta["two_d"], config) if config else ""
         add("layers (2D)", detail + (f", {text}" if text else ""))
-    else:
+    elif not meta.get("adaptor"):
         add("layers", f"all {meta['num_layers']} (no 2D training)")
     distills = []  # --layer-distill / --prefix-distill: each term's own card text
     for key, students in (("layer_distill", "shallow layers"), ("prefix_distill", "prefixes")):
@@ -423,6 +479,18 @@ def _recipe_table(config, derived, meta, run, wall_seconds, resumed_at, base) ->
         data = config.get("distill_data") or []
         extra = f", plus {len(data)} file(s) of plain sentences (`--distill-data`)" if data else ""
         add("self-distillation", "; ".join(distills) + f", weight {config['distill_weight']}{extra}")
+    if config and config.get("teacher"):  # --teacher: a frozen model whose embeddings it learnt
+        name = config.get("teacher_loss", "mse")
+        text = _entry_text(objectives.TEACHERS, name, config)
+        width = f", {derived['teacher_dim']} dims" if derived.get("teacher_dim") else ""
+        data = config.get("distill_data") or []
+        texts = "the training texts" + (f" and {len(data)} file(s) of `--distill-data`" if data else "")
+        add(
+            "teacher",
+            f"`{config['teacher']}` (frozen{width}; embeddings computed once): `{name}`"
+            + (f" ({text})" if text else "")
+            + f" at every dim, weight {config.get('teacher_weight')}, on {texts}",
+        )
     if config and config.get("exit_heads", "none") != "none":
         how = "learning on detached vectors" if config.get("exit_head_detach") else "trained with the model"
         add("exit heads", f"`--exit-heads {config['exit_heads']}`, lr {config['exit_head_lr']}, {how}")
@@ -449,6 +517,8 @@ def _recipe_table(config, derived, meta, run, wall_seconds, resumed_at, base) ->
             f"; this process only: it resumed the run at step {resumed_at}" if resumed_at is not None else ""
         )
         add("wall time", f"{_duration(wall_seconds)} (start to saved model{where}{resumed})")
+    if meta.get("adaptor"):
+        add("seed", meta["adaptor"].get("seed"))
     if run.get("git_commit"):
         add(
             "code",
@@ -507,7 +577,7 @@ def eval_sections(results: dict[str, Any]) -> dict[str, str]:
     """Markdown per evaluated set of an ``eval.py`` result (the ``--json`` content), keyed
     ``"<kind> <set>"``: each evaluator of `mrl.evals.EVALUATORS` writes its own section."""
     return {
-        f"{kind} {name}": evaluator.card_section(name, entry)
+        f"{kind} {name}": evaluator.card_section(name, entry) + budget_section(evaluator, entry)
         for kind, evaluator in EVALUATORS.items()
         for name, entry in results.get(evaluator.section, {}).items()
     }

@@ -10,6 +10,7 @@ Every check of a setting against another one lives here, loud and naming the fla
 - `validate(config)`: everything that needs no model, data or processes (`parse_config` runs it);
 - `validate_for_run(config, world_size)`: what needs the number of processes (torchrun);
 - `validate_for_model(config, model_dim, num_layers, has_head)`: what needs the loaded encoder.
+- `validate_for_teacher(config, teacher_dim, model_dim)`: what needs the loaded --teacher.
 
 Checks of data against a setting (a score column, token lengths) stay with the data readers.
 """
@@ -78,7 +79,8 @@ GROUPS = {
     "data": "what it trains and is evaluated on",
     "objective": "the base loss and the Matryoshka dims (mrl/objectives.py)",
     "2D": "layers x dims (--2d), and a small exit head per depth for the cut models",
-    "distillation": "self-distillation: shallow layers / small prefixes learn the full model's similarities",
+    "distillation": "self-distillation (shallow layers / small prefixes learn the full model's "
+    "similarities) and a frozen --teacher",
     "adaptor": "Matryoshka-Adaptor: train only a small head on frozen embeddings (mrl/adaptor.py)",
     "optimisation": "steps, batches and AdamW",
     "runtime": "devices, seeds, precision, processes, memory and speed",
@@ -248,7 +250,7 @@ class TrainConfig:
         "blocks then train exactly as without heads, so the full model pays nothing for them",
     )
 
-    # --- distillation: shallow layers / small prefixes learn the full model's similarities ----
+    # --- distillation: self-distillation, and a frozen teacher ----------------------------------
     layer_distill: str = _distill(
         "off",
         _choices_help(
@@ -274,7 +276,8 @@ class TrainConfig:
     distill_data: list[str] = _distill(
         [],
         "files of plain sentences (any reader; every text column) whose only loss is the "
-        "distillation term, one extra batch per micro-batch; never evaluation text",
+        "distillation terms (self-distillation, --teacher), one extra batch per micro-batch; "
+        "never evaluation text",
     )
     distill_exclude: list[str] = _distill(
         [],
@@ -284,6 +287,24 @@ class TrainConfig:
     distill_batch_size: int | None = _distill(
         None, "texts per --distill-data batch (default: the texts of one training batch)"
     )
+    # A frozen teacher (issue 25): its embeddings of every training and --distill-data text are
+    # computed once (cached in --embedding-cache) and the model learns them at every --dims.
+    teacher: str | None = _distill(
+        None,
+        "a frozen teacher (hub id, model folder, or a training run folder: its model/) whose "
+        "embeddings the model learns at every --dims on the training texts and --distill-data "
+        "(computed once, cached in --embedding-cache); its width must cover --dims. For a k-block "
+        "student, save the first k blocks of a model first (README, 'A frozen teacher')",
+    )
+    teacher_loss: str = _distill(
+        "mse",
+        _choices_help("--teacher: the term at each dim", objectives.TEACHERS),
+        choices=lambda: tuple(objectives.TEACHERS),
+    )
+    teacher_weight: float = _distill(
+        1.0, "--teacher: weight of its term (a sum over --dims, each at its --dim-weights), added to --loss"
+    )
+    teacher_temperature: float = _distill(0.05, "--teacher-loss kl: temperature of the row-wise KL")
 
     # --- adaptor: train only a small head on frozen embeddings (mrl/adaptor.py) ---------------
     adaptor: str = _adaptor(
@@ -327,7 +348,8 @@ class TrainConfig:
     adaptor_pair_batch_size: int = _adaptor(64, "adaptor: pairs per step for the ranking loss")
     embedding_cache: str | None = _adaptor(
         None,
-        "adaptor: folder of cached embeddings (default: $MRL_EMBEDDING_CACHE or ~/.cache/mrl/embeddings)",
+        "adaptor and --teacher: folder of cached embeddings (default: $MRL_EMBEDDING_CACHE or "
+        "~/.cache/mrl/embeddings)",
     )
 
     # --- optimisation: steps, batches and AdamW ------------------------------------------------
@@ -384,6 +406,9 @@ class TrainConfig:
     eval_batch_size: int = _output(64, "batch size for encoding during evaluation")
     log_every: int = _output(10, "write a log line and scalars every N steps")
     save_every: int = _output(0, "save a resumable checkpoint every N steps (0: only at the end)")
+    save_every_minutes: float = _output(
+        30.0, "also save one when this many minutes passed since the last (0: off): what a crash can lose"
+    )
     keep_last: int = _output(2, "keep this many most recent checkpoints")
     output_dir: str | None = _output(None, "run directory (default: runs/<date>-<time>); never overwritten")
     resume: bool = _output(False, "continue the run in --output-dir from its latest checkpoint")
@@ -402,6 +427,7 @@ RESUME_MAY_DIFFER = {
     "eval_every",
     "log_every",
     "save_every",
+    "save_every_minutes",
     "keep_last",
     "eval_batch_size",
     "device",
@@ -711,6 +737,8 @@ def validate(config: TrainConfig) -> None:
         )
     # Names, dims, what the base loss needs, the wrapper's own flags: the objectives table.
     validate_objective(config)
+    if config.text_columns is not None and not config.text_columns:  # the reader would say text_columns
+        fail("--text-columns: no column given; name the text columns, or leave the flag out to detect them")
     if config.text_columns and len(set(config.text_columns)) != len(config.text_columns):
         twice = sorted({c for c in config.text_columns if config.text_columns.count(c) > 1})
         fail(
@@ -733,7 +761,7 @@ def validate(config: TrainConfig) -> None:
     ):
         if getattr(config, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
-    for name in ("eval_every", "save_every", "weight_decay", "max_grad_norm"):
+    for name in ("eval_every", "save_every", "save_every_minutes", "weight_decay", "max_grad_norm"):
         if getattr(config, name) < 0:
             fail(f"--{name.replace('_', '-')} must not be negative")
     if config.keep_last < 1:
@@ -794,6 +822,7 @@ def validate_objective(config: TrainConfig) -> None:
     check_distillation(config)
     distills = {config.layer_distill, config.prefix_distill}
     check_fields_read(config, "--layer-distill or --prefix-distill", objectives.DISTILLS, distills)
+    check_teacher(config)
     check_fields_read(config, "--loss", objectives.BASE_LOSSES, {config.loss})
 
 
@@ -827,9 +856,11 @@ def check_distillation(config: TrainConfig) -> None:
         and not objectives.distill_entry(config.prefix_distill, "--prefix-distill").prefix
     ):
         raise ValueError(f"--prefix-distill {config.prefix_distill}: a prefix cannot learn it; use kl or mse")
-    if config.distill_data and config.layer_distill == "off" and config.prefix_distill == "off":
+    teaches = config.layer_distill != "off" or config.prefix_distill != "off" or config.teacher is not None
+    if config.distill_data and not teaches:
         raise ValueError(
-            "--distill-data needs --layer-distill or --prefix-distill (its only loss is distillation)"
+            "--distill-data needs --layer-distill, --prefix-distill or --teacher (its only loss is "
+            "distillation)"
         )
     if config.distill_data and config.mini_batch_size:
         raise ValueError("--distill-data does not combine with --mini-batch-size (GradCache) yet")
@@ -837,6 +868,27 @@ def check_distillation(config: TrainConfig) -> None:
         raise ValueError("--distill-temperature must be positive")
     if config.distill_batch_size is not None and config.distill_batch_size < 2:
         raise ValueError("--distill-batch-size must be at least 2 (a similarity structure needs 2 texts)")
+
+
+def check_teacher(config: TrainConfig) -> None:
+    """--teacher's flags: used only with it, and what it does not combine with (yet)."""
+    if config.teacher is None:
+        given = [
+            flag_name(f)
+            for f in dataclasses.fields(TrainConfig)
+            if f.name.startswith("teacher_") and getattr(config, f.name) != _default(f)
+        ]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with --teacher MODEL")
+        return
+    if not config.teacher.strip():
+        raise ValueError("--teacher '': give a hub id, a model folder or a run folder")
+    objectives.teacher_entry(config.teacher_loss)
+    check_fields_read(config, "--teacher-loss", objectives.TEACHERS, {config.teacher_loss})
+    if config.n_dims_per_step is not None:  # its term is at every dim; which to sample is open
+        raise ValueError(
+            "--n-dims-per-step does not combine with --teacher yet (its term is at every --dims)"
+        )
 
 
 def validate_adaptor(config: TrainConfig) -> None:
@@ -876,6 +928,7 @@ def validate_adaptor(config: TrainConfig) -> None:
         "--compile": config.compile,
         "--precision": config.precision != "fp32",
         "--exit-heads": config.exit_heads != "none",
+        "--teacher": config.teacher is not None,
     }
     bad = [flag for flag, used in unsupported.items() if used]
     if bad:
@@ -913,6 +966,8 @@ def check_numbers(config: TrainConfig) -> None:
     number("warmup_ratio", config.warmup_ratio, 0.0)
     number("distill_weight", config.distill_weight, 0.0, high=1e6)
     number("distill_temperature", config.distill_temperature, 1e-4, high=1e4)
+    number("teacher_weight", config.teacher_weight, 0.0, high=1e6)
+    number("teacher_temperature", config.teacher_temperature, 1e-4, high=1e4)
     number("adaptor_temperature", config.adaptor_temperature, 1e-4, high=1e4)
     number("dist_timeout", config.dist_timeout, 0.0, strict=True)
     number("exit_head_lr", config.exit_head_lr, 0.0, strict=True, high=1.0)
@@ -953,6 +1008,8 @@ def validate_for_run(config: TrainConfig, world_size: int) -> None:
         raise ValueError("--adaptor trains in one process (a few MB of cached vectors); run it with python")
     if config.distill_data:
         raise ValueError("--distill-data runs in one process for now (torchrun: leave it out)")
+    if config.teacher is not None:
+        raise ValueError("--teacher runs in one process for now (torchrun: leave it out)")
 
 
 def validate_for_model(config: TrainConfig, model_dim: int, num_layers: int, has_head: bool = False) -> None:
@@ -966,6 +1023,19 @@ def validate_for_model(config: TrainConfig, model_dim: int, num_layers: int, has
     if config.exit_head_detach and has_head:
         raise ValueError(
             f"--exit-head-detach: {config.model} has a head after pooling; train its exit heads jointly"
+        )
+
+
+def validate_for_teacher(config: TrainConfig, teacher_dim: int, model_dim: int) -> None:
+    """--teacher against its loaded model: its width must cover every --dims (the student's full
+    width when --dims is not given), since each term compares d-prefixes of both."""
+    dims = config.dims or [model_dim]
+    if max(dims) > teacher_dim:
+        given = "--dims" if config.dims else f"--dims (not given: the model's full {model_dim})"
+        too_wide = " ".join(str(d) for d in dims if d > teacher_dim)
+        raise ValueError(
+            f"--teacher {config.teacher} gives {teacher_dim}-dim embeddings: it cannot teach {given} "
+            f"{too_wide}; give --dims of at most {teacher_dim}"
         )
 
 

@@ -34,6 +34,7 @@ import math
 import os
 import re
 import stat
+import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -466,40 +467,64 @@ def check_text(text: str, source: str, line: int, column: str) -> None:
             )
 
 
-def check_tokenized(examples: Examples, encoder, token_ids: dict[str, list[int]] | None = None) -> None:
+def check_tokenized(
+    examples: Examples, encoder, token_ids: dict[str, list[int]] | None = None, warn=None
+) -> None:
     """`check_token_ids` with ``encoder``'s tokenizer; ``token_ids`` ({text: ids}) if already
     computed, else every distinct text is tokenised once here."""
     if token_ids is None:
         texts = list(dict.fromkeys(text for column in examples.columns for text in column))
         token_ids = dict(zip(texts, encoder.token_ids(texts)))
-    check_token_ids(examples, token_ids.__getitem__, encoder.tokenizer)
+    check_token_ids(examples, token_ids.__getitem__, encoder.tokenizer, warn)
 
 
-def check_token_ids(examples: Examples, token_ids: Callable[[str], Sequence[int]], tokenizer) -> None:
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def check_token_ids(
+    examples: Examples, token_ids: Callable[[str], Sequence[int]], tokenizer, warn=None
+) -> None:
     """Raise a DataError (file:line, column) for the first text whose token ids are all special
     tokens of ``tokenizer`` ([CLS], [SEP], [PAD], ...): nothing of it is left for the model, e.g.
-    only characters the tokenizer drops (accents, controls). [UNK] counts as content: a text
-    the vocabulary does not cover (Chinese for an English model) is data, not an empty text."""
+    only characters the tokenizer drops (accents, controls).
+
+    A text of nothing but unknown tokens ([UNK]: an emoji, a script the vocabulary lacks) is kept
+    as data: it may mean something to a model whose vocabulary has it, and one such text in a file
+    is normal. But the model sees every such text as much the same one, so they are counted and
+    ``warn`` gets one line (default: stderr) naming the file, the count and the first line. A file
+    of nothing else is a tokenizer that cannot read it (or one without a vocabulary): an error.
+    """
     special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
-    unknown_only = True  # every text so far is [UNK] (and special tokens) only
+    unknown = []  # (line, column) of each text of [UNK] (and special tokens) only
+    total = 0
     for name, column in zip(examples.column_names, examples.columns):
         for i, text in enumerate(column):
             ids = token_ids(text)
+            line = examples.lines[i] if examples.lines else i + 1
             if all(t in special for t in ids):
-                line = examples.lines[i] if examples.lines else i + 1
                 raise DataError(
                     f"{examples.source}:{line}: column {name!r} is empty after tokenisation "
                     f"(only special tokens left: {text[:40]!r})"
                 )
-            if unknown_only and tokenizer.unk_token_id is not None:
-                unknown_only = all(t in special or t == tokenizer.unk_token_id for t in ids)
-    # One such text is data (an emoji, a script the vocabulary lacks); a file of nothing else is
-    # a tokenizer that cannot read it (or one without a vocabulary): empty, as above.
-    if unknown_only and tokenizer.unk_token_id is not None and any(examples.columns):
+            total += 1
+            if tokenizer.unk_token_id is not None and all(
+                t in special or t == tokenizer.unk_token_id for t in ids
+            ):
+                unknown.append((line, name, text))
+    if not unknown:
+        return
+    if len(unknown) == total:
         raise DataError(
             f"{examples.source}: every text is empty after tokenisation (nothing but unknown tokens "
             f"{tokenizer.unk_token!s}): this model's tokenizer does not cover the data"
         )
+    line, name, text = min(unknown, key=lambda item: item[0])  # the first in the file
+    (warn or _warn)(
+        f"warning: {examples.source}: {len(unknown)} of {total} texts are nothing but unknown tokens "
+        f"({tokenizer.unk_token!s}) to this model's tokenizer (first: line {line}, column {name!r}: "
+        f"{text[:40]!r}); they are kept, but the model sees them all as much the same text"
+    )
 
 
 def _detect_layout(header: list[str], source: str) -> list[str]:
@@ -630,6 +655,7 @@ class TokenizingCollator:
             "n_columns": n_columns,
             "labels": labels,
             "texts": [texts[0] for texts, _ in items],
+            "column_texts": flat,  # (C*B,) in the order of the encoder's rows (a teacher's lookup)
         }
 
 
@@ -682,9 +708,10 @@ class BatchSampler:
         avoid_duplicates: bool = False,
         lengths: Sequence[int] | None = None,
         group_size: int = 50,
+        source: str | None = None,
     ):
         self.n = len(examples)
-        self.source = getattr(examples, "source", "the data")
+        self.source = source or getattr(examples, "source", "the data")  # for messages
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self.n == 0:

@@ -94,6 +94,12 @@ def model_key(encoder) -> str:
     return digest.hexdigest()
 
 
+def cache_folder(given: str | None = None) -> Path:
+    """The folder of cached embeddings: ``given`` (``--embedding-cache``), else
+    ``$MRL_EMBEDDING_CACHE``, else ``~/.cache/mrl/embeddings``."""
+    return Path(given or os.environ.get("MRL_EMBEDDING_CACHE") or "~/.cache/mrl/embeddings").expanduser()
+
+
 def cache_path(cache_dir: str | Path, model: str, data: str) -> Path:
     """The file for one (model key, data key): 16 hex digits of each are plenty to tell runs apart."""
     return Path(cache_dir) / f"{model[:16]}-{data[:16]}.safetensors"

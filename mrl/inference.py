@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mrl.blocks import truncated_blocks
 from mrl.losses import prefix
+from mrl.progress import progress
 from mrl.quantize import PRECISIONS, Ranges, calibrate, quantize
 
 if TYPE_CHECKING:
@@ -83,8 +83,11 @@ def encode(
     truncation = truncated_blocks(encoder.model, layers) if layers else contextlib.nullcontext()
     try:
         with truncation, torch.inference_mode():
-            for start in tqdm(range(0, len(order), batch_size), disable=not show_progress, desc="encode"):
-                batch = encoder.pad([ids[i] for i in order[start : start + batch_size]])
+            starts = range(0, len(order), batch_size)
+            batches = [order[start : start + batch_size] for start in starts]
+            tokens = [sum(len(ids[i]) for i in rows) for rows in batches]
+            for rows in progress(batches, [len(r) for r in batches], tokens, "encode", show=show_progress):
+                batch = encoder.pad([ids[i] for i in rows])
                 features = {k: v.to(encoder.device) for k, v in batch.items()}
                 chunks.append(encoder(features, all_layers=all_layers).float().cpu())
     finally:

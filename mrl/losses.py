@@ -17,6 +17,9 @@ them safe to call on raw embeddings.
 Self-distillation terms share ``distill(student (N, d), teacher (N, d')) -> scalar``: the model's
 own final layer (or full width) is the teacher, detached, and a shallow cell (or a small prefix)
 learns its in-batch similarity structure over the N = C*B texts of the batch.
+
+Teacher distillation (``--teacher``) compares the student with another, frozen model's cached
+embeddings of the same texts, at every Matryoshka dim (`teacher_distill_loss`).
 """
 
 from __future__ import annotations
@@ -651,4 +654,57 @@ def unlabelled_distill_loss(
     if prefix_dims:
         terms["unlabelled_prefix_distill"] = prefix_distill_loss(layers[-1], prefix_dims, prefix_distill)
         total = total + prefix_weight * terms["unlabelled_prefix_distill"]
+    return total, terms
+
+
+# --------------------------------------------------------------------------------------------
+# Teacher distillation: a frozen teacher's embeddings of the same texts, at every Matryoshka dim
+# --------------------------------------------------------------------------------------------
+
+
+def embedding_mse(student: Tensor, teacher: Tensor) -> Tensor:
+    """Mean squared error between two sets of raw (un-normalised) vectors: the mean over all
+    N x d values of ``(s - t) ** 2``, as ``torch.nn.functional.mse_loss`` (upstream's MSELoss).
+
+    student, teacher: (N, d). Neither side is normalised: the student learns the teacher's vectors
+    themselves, so where the term is 0 every prefix and its unit vector match too. (Upstream's
+    MatryoshkaLoss around MSELoss normalises the student's prefix but compares it with the
+    teacher's raw prefix, whose norm is below 1 for a unit-length teacher: a target it cannot
+    reach.) The teacher is detached. Returns a scalar in fp32.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"student is {tuple(student.shape)}, teacher {tuple(teacher.shape)}")
+    with no_autocast(student):
+        return F.mse_loss(at_least_fp32(student), at_least_fp32(teacher.detach()))
+
+
+def teacher_distill_loss(
+    student: Tensor,
+    teacher: Tensor,
+    dims: Sequence[int],
+    distill: Distill,
+    weights: Sequence[float] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``sum_k w_k * distill(student[:, :d_k], teacher[:, :d_k])``: the student learns a frozen
+    teacher at every Matryoshka dim.
+
+    student: (..., N, D) raw embeddings of N texts (e.g. the (C, B, D) columns of a batch);
+    teacher: (..., N, D') the teacher's raw embeddings of the same texts, D' >= every dim.
+    ``distill`` gets both d-prefixes (un-normalised: `embedding_mse` compares them raw,
+    `similarity_distill` normalises each itself). Returns ``(total, {"teacher_d{d}": term})``.
+    """
+    weights = [1.0] * len(dims) if weights is None else list(weights)
+    if len(weights) != len(dims):
+        raise ValueError(f"{len(weights)} dim weights for {len(dims)} dims")
+    s = student.reshape(-1, student.shape[-1])  # (N, D)
+    t = teacher.reshape(-1, teacher.shape[-1])  # (N, D')
+    if max(dims) > min(s.shape[-1], t.shape[-1]):
+        raise ValueError(
+            f"dims {list(dims)} exceed the student's {s.shape[-1]} or the teacher's {t.shape[-1]}"
+        )
+    terms: dict[str, Tensor] = {}
+    total = s.new_zeros((), dtype=torch.promote_types(s.dtype, torch.float32))
+    for d, weight in zip(dims, weights):
+        terms[f"teacher_d{d}"] = distill(s[:, :d], t[:, :d])
+        total = total + weight * terms[f"teacher_d{d}"]
     return total, terms

@@ -10,7 +10,9 @@ This module is the one place that knows them:
 - each `WrapperEntry` says how its loss is built from the config and which (layer, dim) cells
   it trains and evaluates, plus its own config checks;
 - each `DistillEntry` is a self-distillation term (``--layer-distill``, ``--prefix-distill``):
-  how a student's embeddings are pulled toward the model's own final layer / full width.
+  how a student's embeddings are pulled toward the model's own final layer / full width;
+- each `TeacherEntry` is a teacher-distillation term (``--teacher-loss``): how the student's
+  embeddings learn a frozen ``--teacher``'s cached ones at every Matryoshka dim.
 
 Every entry also describes itself: ``fields``, the config fields it reads (`mrl.config.validate`
 refuses such a field set while no chosen entry reads it: ``--n-layers-per-step needs --2d
@@ -42,12 +44,14 @@ from mrl.losses import (
     BaseLoss,
     Distill,
     cosent_loss,
+    embedding_mse,
     fixed_pairs_loss,
     gte_loss,
     layer_dropping_loss,
     matryoshka_loss,
     mnrl_loss,
     similarity_distill,
+    teacher_distill_loss,
     unlabelled_distill_loss,
     with_prefix_distill,
 )
@@ -219,6 +223,9 @@ class Objective:
         (L, N, D): only the distillation terms; None when no distillation is on.
     embedding_layer: with ``all_layers``, the loss also takes the pooled embedding-layer output
         as row 0: (L + 1, C, B, D) (`mrl.model.Encoder.forward`; upstream's 2D candidates).
+    teacher: ``(student, teacher) -> (weighted total, {"teacher_d{d}": term})`` with the final
+        layer's (..., N, D) embeddings and a frozen teacher's (..., N, D') of the same texts
+        (``--teacher``); None without a teacher.
     """
 
     loss: LossFn
@@ -229,6 +236,7 @@ class Objective:
     shallow_cells: list[tuple[int, int]] = field(default_factory=list)
     unlabelled: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]] | None = None
     embedding_layer: bool = False
+    teacher: Callable[[Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -493,6 +501,65 @@ def add_distillation(objective: Objective, config: Config, dims: list[int]) -> O
 
 
 # --------------------------------------------------------------------------------------------
+# Teacher distillation: distill(student (N, d), teacher (N, d)) -> scalar at every --dims d, the
+# teacher another, frozen model (--teacher) whose embeddings were computed once and cached.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeacherEntry:
+    """A teacher-distillation term (``--teacher-loss``).
+
+    bind: ``config -> distill(student prefix, teacher prefix)``, applied at every --dims d.
+    help, citation: one line each for ``--help``.
+    fields: the config fields ``bind`` reads, and --teacher-weight (the term is weighed by it).
+    card: the model card's text after the name, a ``str.format`` template over config.json.
+    """
+
+    bind: Callable[[Config], Distill]
+    help: str = ""
+    fields: tuple[str, ...] = ("teacher_weight",)
+    citation: str = ""
+    card: str = ""
+
+
+TEACHERS: dict[str, TeacherEntry] = {
+    "mse": TeacherEntry(
+        bind=lambda config: embedding_mse,
+        help="mean squared error between the student's and the teacher's raw d-prefixes",
+        citation="Reimers & Gurevych 2020, arXiv:2004.09813 (MSE distillation)",
+        card="MSE of the raw d-prefixes",
+    ),
+    "kl": TeacherEntry(
+        bind=lambda config: partial(similarity_distill, kind="kl", temperature=config.teacher_temperature),
+        help="row-wise KL between the student's and the teacher's in-batch similarities at d "
+        "(temperature --teacher-temperature)",
+        fields=("teacher_weight", "teacher_temperature"),
+        citation="ours: experiment E's similarity KL",
+        card="row-wise similarity KL, T {teacher_temperature}",
+    ),
+}
+
+
+def teacher_entry(name: str) -> TeacherEntry:
+    """The table entry of ``--teacher-loss name``; an unknown name lists the known ones."""
+    if name not in TEACHERS:
+        raise ValueError(f"--teacher-loss '{name}' is unknown; known: {', '.join(TEACHERS)}")
+    return TEACHERS[name]
+
+
+def add_teacher(objective: Objective, config: Config, dims: list[int]) -> Objective:
+    """``--teacher``: the term that pulls the final layer toward the teacher at every dim,
+    weighed by --dim-weights (as the Matryoshka loss) and, as a whole, by --teacher-weight."""
+    if config.teacher is None:
+        return objective
+    distill = teacher_entry(config.teacher_loss).bind(config)
+    weights = [config.teacher_weight * w for w in config.dim_weights or [1.0] * len(dims)]
+    objective.teacher = partial(teacher_distill_loss, dims=dims, distill=distill, weights=weights)
+    return objective
+
+
+# --------------------------------------------------------------------------------------------
 # What train.py and mrl.config ask (mrl.config runs the checks)
 # --------------------------------------------------------------------------------------------
 
@@ -522,4 +589,4 @@ def build_objective(
     base_loss = base.bind(config, local if base.in_batch_negatives else None)
     dims = list(config.dims or [model_dim])
     objective = wrapper_entry(config.two_d).build(base_loss, config, dims, num_layers, generator)
-    return add_distillation(objective, config, dims)
+    return add_teacher(add_distillation(objective, config, dims), config, dims)

@@ -12,6 +12,9 @@ of 8 is padded with zero bits). ``ubinary`` stores the bytes as uint8; ``binary`
 int8 offset by -128 (``byte - 128``), the common convention for int8 vector indexes. Similarity
 between bit vectors is the Hamming distance, counted with a 256-entry popcount table.
 
+Storage: `bytes_per_vector` (dense: float32 4 bytes a dim, float16 2, int8 1, binary 1 bit) and
+`sparse_bytes` (k nonzeros x (index + value) bytes) are the byte count eval.py reports everywhere.
+
 Quantisation works on whatever vectors it is given: quantise the representation you search with
 (e.g. Matryoshka prefixes sliced and re-normalised) and calibrate on the same representation.
 """
@@ -36,14 +39,53 @@ _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)  #
 
 
 def bytes_per_vector(dim: int, precision: str) -> int:
-    """Storage of one ``dim``-wide vector at ``precision``, in bytes."""
+    """Storage of one ``dim``-wide dense vector at ``precision``, in bytes: the one byte count of
+    eval.py's records, tables, ``--bytes`` budgets and the model card.
+
+    float32 ``4 * dim``, float16 ``2 * dim`` (counted, not searched by eval.py), int8/uint8 ``dim``,
+    binary/ubinary ``ceil(dim / 8)`` (sign bits packed 8 to a byte, the last byte zero-padded).
+    Only what is stored per vector counts: int8's calibration ranges are two floats per
+    *dimension*, shared by the whole corpus (8 * dim bytes once, not per vector), and a float query
+    that rescores a binary shortlist is computed at query time, never stored.
+    """
+    if dim < 1:
+        raise ValueError(f"dim must be at least 1, got {dim}")
     if precision == "float32":
         return 4 * dim
+    if precision == "float16":
+        return 2 * dim
     if precision in ("int8", "uint8"):
         return dim
     if precision in ("binary", "ubinary"):
         return (dim + 7) // 8
-    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    raise ValueError(f"precision must be one of {(*PRECISIONS, 'float16')}, got {precision!r}")
+
+
+SPARSE_VALUE_BYTES = {"float32": 4, "float16": 2}
+
+
+def index_bytes(dictionary_size: int) -> int:
+    """Bytes of one index into a dictionary of ``dictionary_size`` atoms (indices 0 .. size - 1):
+    the smallest of 1, 2 and 4 that holds them (uint8 up to 256 atoms, uint16 up to 65,536)."""
+    if dictionary_size < 1:
+        raise ValueError(f"dictionary size must be at least 1, got {dictionary_size}")
+    for n in (1, 2, 4):
+        if dictionary_size <= 256**n:
+            return n
+    raise ValueError(f"dictionary size {dictionary_size} needs more than a 4-byte index")
+
+
+def sparse_bytes(k: int, dictionary_size: int, value_bytes: int = 4) -> int:
+    """Storage of one sparse code (CSR, issue 26) with ``k`` nonzeros out of ``dictionary_size``
+    atoms: ``k * (index_bytes(dictionary_size) + value_bytes)``; value_bytes is 4 for float32
+    values, 2 for float16 (`SPARSE_VALUE_BYTES`). Every vector keeps exactly k nonzeros (top-k),
+    so no per-vector count or row offset is stored; zeros are not stored.
+    """
+    if value_bytes not in SPARSE_VALUE_BYTES.values():
+        raise ValueError(f"value_bytes must be 4 (float32) or 2 (float16), got {value_bytes}")
+    if not 1 <= k <= dictionary_size:
+        raise ValueError(f"k must be in 1..{dictionary_size} (the dictionary size), got {k}")
+    return k * (index_bytes(dictionary_size) + value_bytes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,6 +210,17 @@ def hamming_distance(queries: Tensor, docs: Tensor, use_lut: bool = False) -> Te
     xor = torch.bitwise_xor(q[:, None, :], d[None, :, :])  # (Q, N, B) uint8
     table = POPCOUNT.to(xor.device)
     return table[xor.long()].sum(-1, dtype=torch.int32)  # (Q, N)
+
+
+def paired_hamming(a: Tensor, b: Tensor) -> Tensor:
+    """Hamming distance of row i of ``a`` to row i of ``b``: (N, B), (N, B) packed -> (N,) int32
+    (the diagonal of `hamming_distance`, without the N x N matrix; STS pairs)."""
+    x, y = as_ubinary(a), as_ubinary(b)
+    if x.shape != y.shape:
+        raise ValueError(
+            f"paired bit vectors must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    return POPCOUNT.to(x.device)[torch.bitwise_xor(x, y).long()].sum(-1, dtype=torch.int32)
 
 
 def _hamming_numpy(q: Tensor, d: Tensor, block: int = 4096) -> Tensor:

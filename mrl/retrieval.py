@@ -64,6 +64,7 @@ class BeirData:
     query_texts: list[str]
     qrels: dict[str, dict[str, int]]  # query id -> {doc id: relevance grade}
     name: str = ""
+    no_relevant: int = 0  # queries whose every grade is <= 0: kept, they score 0 (as in BEIR)
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -170,7 +171,9 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
 
     Keeps the queries that appear in the qrels (in file order). Qrels naming queries or docs that
     are not in queries.jsonl / corpus.jsonl are an error naming the qrels line: they would
-    silently change every metric. So are repeated ids (see `load_corpus`, `load_qrels`).
+    silently change every metric. So are repeated ids (see `load_corpus`, `load_qrels`). A query
+    with no relevant doc (every grade 0) is kept and scores 0, as in BEIR, with a warning; qrels
+    with no relevant doc at all are an error.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -193,6 +196,19 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
             f"{qrels_path}: every relevance grade is 0 or less: no query has a relevant doc, so every "
             "metric is 0 (is the grade column the third?)"
         )
+    # A query with no relevant doc has no ideal ranking: its nDCG is undefined (0 / 0). BEIR scores
+    # it 0 (pytrec_eval's ndcg_cut keeps 0 when the ideal DCG is 0, and BEIR averages over every
+    # query it returns), and so do we, so that our numbers compare with BEIR's tables; but the
+    # mean then mixes in queries no model can score on, so it is said (issue 28).
+    no_relevant = [q for q in query_ids if not any(grade > 0 for grade in qrels[q].values())]
+    if no_relevant:
+        judged, total = len(query_ids) - len(no_relevant), len(query_ids)
+        print(
+            f"warning: {qrels_path}: {len(no_relevant)} of {total} queries have no relevant doc "
+            f"(grades 0 or less; first: {no_relevant[0]!r}); they are kept and score 0 in every metric, "
+            f"as in BEIR (the mean over the {judged} with one is the printed mean x {total}/{judged})",
+            file=sys.stderr,
+        )
     empty = [key for key, text in corpus.items() if is_blank(text)]
     if len(empty) == len(corpus):
         raise ValueError(f"{folder / 'corpus.jsonl'}: every document is empty (no title, no text)")
@@ -209,6 +225,7 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
         query_texts=[queries[q] for q in query_ids],
         qrels={q: qrels[q] for q in query_ids},
         name=folder.name,
+        no_relevant=len(no_relevant),
     )
 
 

@@ -285,6 +285,16 @@ def check_data(run_dir: str | os.PathLike, spec: str, examples, resume: bool) ->
     return now
 
 
+def recorded_derived(run_dir: str | os.PathLike, key: str) -> Any:
+    """A value the run recorded in its config.json's "derived" section, or None (no such key, or
+    no readable config.json)."""
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        return saved.get("derived", {}).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def fingerprint_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs between a recorded fingerprint and the current one (empty: the same data)."""
     changes = []

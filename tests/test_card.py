@@ -114,7 +114,9 @@ def test_dev_table_numbers_equal_eval_dev_json(run_2d):
     dev = json.loads((run_2d / "eval_dev.json").read_text())["sts-dev"]
     section = card[card.index("### sts-dev (dev") : card.index("## Training")]
     rows = [line for line in section.splitlines() if line.startswith("| ")]
-    dims = [int(cell.strip()[2:]) for cell in rows[0].strip("|").split("|")[1:]]
+    heads = [re.fullmatch(r"d=(\d+) \((\d+) B\)", cell.strip()) for cell in rows[0].strip("|").split("|")[1:]]
+    dims = [int(head[1]) for head in heads]
+    assert [int(head[2]) for head in heads] == [4 * d for d in dims]  # float32 dev vectors: 4 bytes a dim
     cells = {}
     for row in rows[1:]:
         layer, *values = (cell.strip() for cell in row.strip("|").split("|"))
@@ -182,6 +184,12 @@ def test_recipe_text_comes_from_the_objectives_table(two_d, layers, expected):
     assert ("layers" in rows) == (two_d == "off") and "self-distillation" not in rows
     if two_d == "off":
         assert rows["layers"] == "all 3 (no 2D training)"
+
+
+def test_gte_recipe_names_its_directions_as_typed():
+    config = TrainConfig(loss="gte", directions=["query-doc", "doc-doc"], partition_mode="per-direction")
+    rows = recipe_rows(config.to_dict(), {"dims": [32, 16], "num_layers": 3})
+    assert rows["loss"] == "gte (scale 20.0, directions query-doc doc-doc, per-direction softmax)"
 
 
 def test_recipe_states_self_distillation_and_a_forks_entries(monkeypatch):
@@ -287,6 +295,28 @@ def test_eval_results_are_added_to_the_card_and_replaced_on_rerun(run_2d, files,
     assert "d=16" not in section and section.count("### sts-test") == 1
     for r in first["sets"]["sts-test"]["records"]:
         assert f"{r['spearman']:.2f} ({100 * r['retention']:.1f}%)" in section
+
+
+def test_card_lists_bytes_per_vector_beside_each_score_and_the_budgets(run_2d, files, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(run_2d / "model", model)
+    results = eval_script.main(
+        ["--model", str(model), "--sts", str(files["test"]), "--dims", "32", "8", "--layers", "3",
+         "--precisions", "float32", "binary", "--bytes", "1", "4", "--add-to-card"]
+    )  # fmt: skip
+    card = (model / "README.md").read_text(encoding="utf-8")
+    section = card[card.index("### sts-test") : card.index("## Usage")]
+    records = results["sets"]["sts-test"]["records"]
+    sizes = {(32, "float32"): 128, (8, "float32"): 32, (32, "binary"): 4, (8, "binary"): 1}  # 4 d, d / 8
+    for r in records:
+        assert r["bytes"] == sizes[(r["dim"], r["precision"])]
+        assert f"{r['spearman']:.2f} ({100 * r['retention']:.1f}%, {r['bytes']} B)" in section
+    # Within 4 bytes only the binary cells fit (1 and 4 bytes): the better of the two is listed.
+    best = max((r for r in records if r["precision"] == "binary"), key=lambda r: (r["spearman"], -r["bytes"]))
+    row = f"| 4 B | layer 3, d={best['dim']}, binary | {best['bytes']} | {best['spearman']:.2f} | 2 |"
+    assert "Best cell within each byte budget" in section and row in section
+    (one_byte,) = [r for r in records if r["bytes"] == 1]  # 8 sign bits: the only cell within 1 B
+    assert f"| 1 B | layer 3, d=8, binary | 1 | {one_byte['spearman']:.2f} | 1 |" in section
 
 
 def test_add_to_card_refuses_a_folder_not_saved_by_mrl(tiny_model_dir, files, capsys):

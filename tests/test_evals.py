@@ -34,9 +34,11 @@ from mrl.evals import (  # noqa: E402
     evaluator_for,
     score_all,
 )
+from mrl.evals.budgets import fit_budgets, format_budgets  # noqa: E402
 from mrl.evaluation import encode_layers, evaluate_sts  # noqa: E402
 from mrl.losses import prefix  # noqa: E402
 from mrl.model import Encoder  # noqa: E402
+from mrl.quantize import bytes_per_vector  # noqa: E402
 from mrl.retrieval import embed_beir, evaluate_cells, load_beir, ranking_metrics  # noqa: E402
 from mrl.tracking import Tracker, scalar_layout  # noqa: E402
 from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
@@ -351,3 +353,87 @@ def test_toy_as_the_dev_evaluator_of_a_training_run(toy_registered, tiny_model_d
     card = (run / "model" / "README.md").read_text(encoding="utf-8")
     heading = "### pairs-dev (dev, after step 2): mean cosine x100 (retention vs the largest dim)"
     assert heading in card and f"| 3 | 8 | {dev_records[1]['mean_cos']:.2f} |" in card
+
+
+# --------------------------------------------------------------------------------------------
+# Byte budgets (issue 26): the picker against a brute-force choice over hand-made records
+# --------------------------------------------------------------------------------------------
+
+# nDCG@10 x100 of the zero-shot SciFact record (experiments/results/2026-11-27_scifact_minilm_zeroshot.md),
+# as (dim, precision, bytes, score); binary rows were rescored with the float query (100).
+SCIFACT = [
+    (384, "float32", 1536, 64.51), (384, "int8", 384, 64.60), (384, "binary", 48, 62.19),
+    (256, "float32", 1024, 63.51), (256, "int8", 256, 63.51), (256, "binary", 32, 58.81),
+    (128, "float32", 512, 60.16), (128, "int8", 128, 60.03), (128, "binary", 16, 48.29),
+    (64, "float32", 256, 48.41), (64, "int8", 64, 48.38), (64, "binary", 8, 34.86),
+    (32, "float32", 128, 33.71), (32, "int8", 32, 33.67), (32, "binary", 4, 17.33),
+    (16, "float32", 64, 15.80), (16, "int8", 16, 15.77), (16, "binary", 2, 6.47),
+]  # fmt: skip
+SCIFACT_RECORDS = [
+    {"layer": 6, "dim": d, "precision": p, "bytes": b, "rescore": 100 if p == "binary" else None}
+    | {"ndcg@10": s / 100}
+    for d, p, b, s in SCIFACT
+]
+
+
+def best_by_brute_force(records, budget, metric):
+    """The record with the highest score among those of at most ``budget`` bytes (ties: fewer
+    bytes, then the earlier record); NaN scores never win."""
+    best = None
+    for r in records:
+        if r["bytes"] > budget or r[metric] != r[metric]:
+            continue
+        if best is None or (r[metric], -r["bytes"]) > (best[metric], -best["bytes"]):
+            best = r
+    return best
+
+
+def test_budgets_pick_the_cells_the_scifact_table_shows():
+    # Read off the table by hand: below 48 bytes binary wins, from 256 on int8 (float32 never does).
+    expected = {
+        2: (16, "binary"), 4: (32, "binary"), 8: (64, "binary"), 16: (128, "binary"), 32: (256, "binary"),
+        48: (384, "binary"), 64: (384, "binary"), 256: (256, "int8"), 384: (384, "int8"), 1536: (384, "int8"),
+    }  # fmt: skip
+    rows = fit_budgets(SCIFACT_RECORDS, [1536, *list(expected)[:-1], 1], "ndcg@10")
+    assert [row["budget"] for row in rows] == [1, *expected]  # ascending
+    assert rows[0] == {"budget": 1, "best": None, "fits": []}
+    for row in rows[1:]:
+        best = row["best"]
+        assert (best["dim"], best["precision"]) == expected[row["budget"]]
+        assert best["layer"] == 6 and best["bytes"] == bytes_per_vector(best["dim"], best["precision"])
+        assert best["rescore"] == (100 if best["precision"] == "binary" else None)
+    table = format_budgets(rows, "ndcg@10", "nDCG@10", scale=100)
+    # within 16 bytes: binary at 128, 64, 32, 16 dims and int8 at 16 dims
+    assert "| 16 B | layer 6, d=128, binary +rescore 100 | 16 | 48.29 | 5 |" in table
+    assert "| 1 B | nothing fits | | | 0 |" in table
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_budgets_equal_a_brute_force_choice(seed):
+    rng = np.random.default_rng(seed)
+    records = []
+    for layer in (3, 6):
+        for d in (24, 20, 9, 8):
+            for precision in ("float32", "int8", "binary"):
+                score = float(rng.integers(0, 6))  # few values: many ties across byte sizes
+                score = float("nan") if rng.random() < 0.1 else score
+                size = bytes_per_vector(d, precision)
+                records.append(
+                    {"layer": layer, "dim": d, "precision": precision, "bytes": size, "spearman": score}
+                )
+    budgets = [int(b) for b in rng.choice(np.arange(1, 100), 12, replace=False)]
+    for row in fit_budgets(records, budgets, "spearman"):
+        fits = [r for r in records if r["bytes"] <= row["budget"]]
+        assert sorted((c["layer"], c["dim"], c["precision"]) for c in row["fits"]) == sorted(
+            (r["layer"], r["dim"], r["precision"]) for r in fits
+        )
+        scored = [c["spearman"] == c["spearman"] for c in row["fits"]]  # False for NaN
+        assert scored == sorted(scored, reverse=True)  # NaN last
+        scores = [c["spearman"] for c in row["fits"] if c["spearman"] == c["spearman"]]
+        assert scores == sorted(scores, reverse=True)  # best first
+        expected = best_by_brute_force(records, row["budget"], "spearman")
+        if expected is None:
+            assert row["best"] is None
+        else:
+            keys = ("layer", "dim", "precision", "bytes", "spearman")
+            assert {k: row["best"][k] for k in keys} == {k: expected[k] for k in keys}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from mrl.evaluation import correlations, evaluate_sts, format_table
+from mrl.evaluation import correlations, evaluate_sts, format_table, score_pairs
 
 
 def cosine_by_hand(a: np.ndarray, b: np.ndarray, d: int) -> np.ndarray:
@@ -206,3 +206,92 @@ def test_format_table_one_row_per_layer(sts_set):
     assert sorted(rows) == layers
     for r in records:  # every cell shows its metric value in its layer's row
         assert f"{r['spearman']:.2f}" in rows[r["layer"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Stored precisions (eval.py --precisions with --sts) and bytes per vector (issue 26)
+# --------------------------------------------------------------------------------------------
+
+
+def unit_by_hand(a: np.ndarray, d: int) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)[:, :d]
+    return a / np.sqrt((a * a).sum(1, keepdims=True))
+
+
+def similarity_by_hand(a: np.ndarray, b: np.ndarray, d: int, precision: str) -> np.ndarray:
+    """Both sides stored at ``precision``: int8 = 256 levels per dimension between the min and max
+    of the set's own unit prefixes (both sides), then cosine; binary = +-1 signs, mean product."""
+    ua, ub = unit_by_hand(a, d), unit_by_hand(b, d)
+    if precision == "float32":
+        return (ua * ub).sum(1)
+    if precision == "int8":
+        both = np.concatenate([ua, ub])
+        low, high = both.min(0), both.max(0)
+        step = (high - low) / 255
+        ua, ub = (low + np.clip(np.round((u - low) / step), 0, 255) * step for u in (ua, ub))
+        return (ua * ub).sum(1) / np.sqrt((ua * ua).sum(1) * (ub * ub).sum(1))
+    sa, sb = np.where(ua > 0, 1.0, -1.0), np.where(ub > 0, 1.0, -1.0)
+    return (sa * sb).sum(1) / d  # agreements minus disagreements, over d: 1 - 2 * hamming / d
+
+
+@pytest.mark.parametrize("precision", ["int8", "binary"])
+@pytest.mark.parametrize("d", [5, 16])
+def test_correlations_at_stored_precisions_match_scipy_on_hand_similarities(precision, d):
+    torch.manual_seed(3)
+    n = 40
+    emb1 = torch.randn(n, 16)
+    emb2 = emb1 + torch.randn(n, 16) * torch.linspace(0.2, 2.0, n)[:, None]
+    gold = np.linspace(5, 0, n) + np.random.default_rng(3).normal(0, 0.5, n)
+    similarity = similarity_by_hand(emb1.numpy(), emb2.numpy(), d, precision)
+    got = correlations(emb1, emb2, list(gold), d, precision)
+    assert got["spearman"] == pytest.approx(100 * spearmanr(gold, similarity).statistic, abs=1e-4)
+    assert got["pearson"] == pytest.approx(100 * pearsonr(gold, similarity).statistic, abs=1e-4)
+    unsigned = {"int8": "uint8", "binary": "ubinary"}[precision]  # the same levels / bits
+    assert correlations(emb1, emb2, list(gold), d, unsigned) == pytest.approx(got)
+
+
+def test_score_pairs_records_every_precision_with_its_bytes(sts_set):
+    table, sentences1, sentences2, gold = sts_set
+    emb1 = torch.stack([torch.stack([table[t][la] for t in sentences1]) for la in (0, 2)])  # (2, N, D)
+    emb2 = torch.stack([torch.stack([table[t][la] for t in sentences2]) for la in (0, 2)])
+    dims, precisions = [5, 16], ["float32", "int8", "binary"]
+    records = score_pairs(emb1, emb2, gold, dims, [1, 3], precisions)
+    assert [(r["layer"], r["dim"], r["precision"], r["bytes"]) for r in records] == [
+        (1, 5, "float32", 20), (1, 5, "int8", 5), (1, 5, "binary", 1),
+        (1, 16, "float32", 64), (1, 16, "int8", 16), (1, 16, "binary", 2),
+        (3, 5, "float32", 20), (3, 5, "int8", 5), (3, 5, "binary", 1),
+        (3, 16, "float32", 64), (3, 16, "int8", 16), (3, 16, "binary", 2),
+    ]  # fmt: skip
+    for row, layer in ((0, 1), (2, 3)):
+        a = np.stack([table[t][row].numpy() for t in sentences1])
+        b = np.stack([table[t][row].numpy() for t in sentences2])
+        full = 100 * spearmanr(gold, similarity_by_hand(a, b, 16, "float32")).statistic
+        for r in (r for r in records if r["layer"] == layer):
+            spearman = 100 * spearmanr(gold, similarity_by_hand(a, b, r["dim"], r["precision"])).statistic
+            assert r["spearman"] == pytest.approx(spearman, abs=1e-4)
+            assert r["retention"] == pytest.approx(spearman / full, rel=1e-4)  # vs float32 at 16
+    # Without float32 there is nothing to retain against.
+    only_bits = score_pairs(emb1, emb2, gold, dims, [1, 3], ["binary"])
+    assert all(r["retention"] is None for r in only_bits)
+    assert format_table(only_bits).count("|") > 0  # a table without retention still prints
+
+
+def test_format_table_shows_bytes_per_vector(sts_set):
+    table, sentences1, sentences2, gold = sts_set
+    emb1 = torch.stack([table[t] for t in sentences1], dim=1)  # (L, N, D)
+    emb2 = torch.stack([table[t] for t in sentences2], dim=1)
+    floats = score_pairs(emb1, emb2, gold, [16, 8], [1, 2, 3])
+    header = format_table(floats).splitlines()[0]
+    assert header == "| layer | d=16 (64 B) | d=8 (32 B) |"  # float32: 4 bytes a dim
+    # Records of an older eval_dev.json have no bytes: the table counts float32 itself.
+    old = [{k: v for k, v in r.items() if k not in ("bytes", "precision")} for r in floats]
+    assert format_table(old) == format_table(floats)
+    # Several precisions: a row per (layer, precision), each cell with its own bytes.
+    mixed = score_pairs(emb1, emb2, gold, [16, 8], [1, 2, 3], ["float32", "binary"])
+    lines = format_table(mixed).splitlines()
+    assert lines[0] == "| layer | precision | d=16 | d=8 |" and len(lines) == 2 + 3 * 2
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in lines[2:]}
+    for r in mixed:
+        cell = f"{r['spearman']:.2f} ({100 * r['retention']:.1f}%, {r['bytes']} B)"
+        assert cell in rows[(str(r["layer"]), r["precision"])]
+    assert "(2 B)" not in lines[0] and "2 B)" in rows[("3", "binary")]  # 16 sign bits

@@ -838,8 +838,13 @@ def test_texts_with_content_are_not_empty(tiny_model_dir):
     texts = ["a", "7", "😀", "猫咪在玩耍", "a\u200bb", "caf\u00e9", "x\u0301"]
     examples = data.Examples([texts, texts], None, "controls", ["a", "b"])
     ids = dict(zip(texts, encoder.token_ids(texts)))
-    data.check_token_ids(examples, ids.__getitem__, encoder.tokenizer)
+    warnings = []
+    data.check_token_ids(examples, ids.__getitem__, encoder.tokenizer, warnings.append)
     assert not any(data.is_blank(t) for t in texts)
+    # The emoji and the Chinese text are [UNK] only to this vocabulary: kept, and counted (issue 28).
+    (line,) = warnings
+    assert "controls: 4 of 14 texts are nothing but unknown tokens ([UNK])" in line
+    assert "(first: line 3, column 'a': '😀')" in line
 
 
 def test_a_max_seq_length_with_no_room_for_text(tiny_model_dir, files, tmp_path, capsys):

@@ -3,13 +3,17 @@ never lost, degenerate data is never trained on in silence. Table-driven, as tes
 each case states its input, the exit code, the one line, and that nothing was created or changed.
 
  1. a model folder that cannot read text (no tokenizer files, a truncated tokenizer.json, a
-    vocabulary of special tokens only), and data its tokenizer reads as nothing but [UNK]
- 2. written results are never lost (--json written at once by two processes, --add-to-card of two
-    files of the same name, --resume of a finished run, SIGHUP)
+    vocabulary of special tokens only), data its tokenizer reads as nothing but [UNK], and some
+    such texts among others (a warning with their count)
+ 2. written results are never lost (--json written at once by two processes, with --overwrite
+    too, --add-to-card of two files of the same name, --resume of a finished run, SIGHUP)
  3. degenerate data: constant CoSENT scores, a column twice, a JSON key twice, constant gold
-    scores, two pairs, all-zero qrels, empty documents (warning), an adaptor on 3 texts (warning)
+    scores, two pairs, all-zero qrels, some queries with no relevant doc (warning), empty
+    documents (warning), an adaptor on 3 texts (warning), the adaptor's dev sets, pairs,
+    neighbours and batch sizes (refused before anything is encoded)
  4. no tracebacks, no hangs: repeated texts with in-batch negatives, a FIFO, symbolic-link loops
- 5. messages naming the flag: --output-dir '', --where label=1 on 1.0, a header off by case or delimiter
+ 5. messages naming the flag: --output-dir '', --where label=1 on 1.0, a header off by case or
+    delimiter, no internal argument (drop_last, avoid_duplicates, text_columns) in any line
  6. the embedding cache's key: tokenizer, config, pooling, max length, lower-casing, heads
 """
 
@@ -122,13 +126,49 @@ def test_a_file_its_tokenizer_reads_as_nothing_but_unk_is_refused(
     )  # fmt: skip
 
 
-def test_one_unknown_text_among_others_is_still_data(tiny_model_dir, files, tmp_path):
-    # The control: an emoji or Chinese text in an English file is content, as before.
+UNKNOWN_AMONG_OTHERS = [
+    # (case, {(row, column): text}, the warning's count, its first (line, column, text), or None)
+    ("one-emoji", {(3, 0): "😀"}, "1 of 32", (5, "sentence1", "😀")),
+    (
+        "emoji-chinese-and-a-mixed-text",  # "the cat 😀" has content: not counted
+        {(5, 1): "猫咪在玩耍", (3, 0): "😀", (9, 0): "🎸 🎸", (7, 1): "the cat 😀"},
+        "3 of 32",
+        (5, "sentence1", "😀"),
+    ),
+    ("first-in-the-second-column", {(6, 0): "😀", (2, 1): "🎸"}, "2 of 32", (4, "sentence2", "🎸")),
+    ("mixed-texts-only", {(4, 0): "the cat 😀", (8, 1): "猫 the dog"}, None, None),
+]
+
+
+@pytest.mark.parametrize(
+    "case, cells, count, first", UNKNOWN_AMONG_OTHERS, ids=[c[0] for c in UNKNOWN_AMONG_OTHERS]
+)
+def test_unknown_only_texts_among_others_are_data_and_counted_in_a_warning(
+    tiny_model_dir, tmp_path, capsys, case, cells, count, first
+):
+    # An emoji or Chinese in an English file is kept (a model whose vocabulary has it reads it), but
+    # to this tokenizer it is nothing but [UNK]: one warning with the count and the first line.
     rows = pair_rows(16, seed=4)
-    rows[3][0], rows[5][1] = "😀", "猫咪在玩耍"
+    for (row, column), text in cells.items():
+        rows[row][column] = text
     path = write_csv(tmp_path / "train.csv", HEADER, rows)
-    train.main(run_args(tiny_model_dir, path, tmp_path / "out"))
-    assert (tmp_path / "out" / "model" / "config.json").is_file()
+    expected = []
+    if count:
+        line, column, text = first
+        expected = [
+            f"warning: {path}: {count} texts are nothing but unknown tokens ([UNK]) to this model's "
+            f"tokenizer (first: line {line}, column {column!r}: {text!r}); they are kept, but the model "
+            "sees them all as much the same text"
+        ]
+    for script in ("train", "eval"):
+        capsys.readouterr()
+        if script == "train":
+            train.main(run_args(tiny_model_dir, path, tmp_path / "out"))
+            assert (tmp_path / "out" / "model" / "config.json").is_file()
+        else:
+            eval_script.main(["--model", str(tiny_model_dir), "--sts", str(path), "--dims", "32"])
+        err = capsys.readouterr().err
+        assert [x for x in err.splitlines() if "warning" in x] == expected, (script, err[-2000:])
 
 
 # ============================================================================================
@@ -155,6 +195,58 @@ def test_json_written_meanwhile_by_another_eval_is_kept(tiny_model_dir, files, t
     kept = [p for p in tmp_path.glob("res.*.json")]
     assert len(kept) == 1 and str(kept[0]) in line  # ours is beside it, and named
     assert json.loads(kept[0].read_text())["sets"]["test"]["pairs"] == 12
+    assert (tmp_path / "res.md").is_file() and not list(tmp_path.glob(".*"))  # no temporary left
+
+
+OVERWRITE_CASES = [
+    # (case, the file when eval.py starts (None: none), what another process does meanwhile, ours
+    # replaces it?)
+    ("rewritten-meanwhile", '{"old": 1}\n', "write", False),
+    ("created-meanwhile", None, "write", False),
+    ("untouched", '{"old": 1}\n', None, True),
+    ("removed-meanwhile", '{"old": 1}\n', "remove", True),
+]
+
+
+@pytest.mark.parametrize(
+    "case, start, meanwhile, replaced", OVERWRITE_CASES, ids=[c[0] for c in OVERWRITE_CASES]
+)
+def test_overwrite_replaces_the_json_it_started_with_not_a_newer_one(
+    tiny_model_dir, files, tmp_path, capsys, monkeypatch, case, start, meanwhile, replaced
+):
+    """--overwrite: two eval.py with the same --json used to end with the last writer's result and
+    the other's gone. Now what was there at the start is replaced; a result written meanwhile is
+    kept, ours goes beside it (NAME.PID.0.json) and the one line names both."""
+    out = tmp_path / "res.json"
+    if start is not None:
+        out.write_text(start)
+    score = StsEvaluator.score
+
+    def another_process(self, *args, **kwargs):
+        if meanwhile == "write":
+            out.write_text('{"theirs": 1}\n')  # a second eval.py with the same --json finished first
+        elif meanwhile == "remove":
+            out.unlink()
+        return score(self, *args, **kwargs)
+
+    monkeypatch.setattr(StsEvaluator, "score", another_process)
+    argv = ["--model", str(tiny_model_dir), "--sts", str(files["test"]), "--json", str(out), "--overwrite"]
+    capsys.readouterr()
+    if replaced:
+        eval_script.main(argv)
+        assert json.loads(out.read_text())["sets"]["test"]["pairs"] == 12
+        assert f"wrote {out}" in capsys.readouterr().out
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["res.json", "res.md"]
+        return
+    with pytest.raises(SystemExit) as info:
+        eval_script.main(argv)
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.strip()]
+    assert info.value.code == 2 and line.startswith(f"error: --json: {out} "), err
+    assert ("changed while" if start else "appeared while") in line and "not replaced" in line
+    assert json.loads(out.read_text()) == {"theirs": 1}  # theirs is intact
+    (kept,) = tmp_path.glob("res.*.json")
+    assert str(kept) in line and json.loads(kept.read_text())["sets"]["test"]["pairs"] == 12
     assert (tmp_path / "res.md").is_file() and not list(tmp_path.glob(".*"))  # no temporary left
 
 
@@ -325,6 +417,47 @@ def test_a_few_empty_documents_are_a_warning(tiny_model_dir, tmp_path, capsys):
     assert results["retrieval"]["b"]["docs"] == 6
 
 
+SOME_UNJUDGED = [
+    # (case, qrels lines, nDCG@10 by hand, the warning's count and factor or None)
+    ("every-query-judged", ["q0\td1\t1", "q1\td2\t2", "q2\td3\t1"], 1.0, None),
+    ("one-of-three-all-zero", ["q0\td1\t1", "q1\td2\t2", "q2\td3\t0", "q2\td4\t0"], 2 / 3, ("1 of 3", "3/2")),
+    ("two-of-three-all-zero", ["q0\td1\t1", "q1\td2\t0", "q2\td3\t0"], 1 / 3, ("2 of 3", "3/1")),
+]
+
+
+@pytest.mark.parametrize("case, qrels, ndcg, warned", SOME_UNJUDGED, ids=[c[0] for c in SOME_UNJUDGED])
+def test_queries_with_no_relevant_doc_score_0_and_are_warned_about(
+    tiny_model_dir, tmp_path, capsys, case, qrels, ndcg, warned
+):
+    """BEIR (pytrec_eval's ndcg_cut, then a mean over every query) scores a query with no relevant
+    doc 0; so do we, and say how many such queries the mean holds. Each query's text is its
+    relevant doc's text, so that doc ranks first (cosine 1): nDCG@10 is 1 for a judged query, 0 for
+    the others, and the mean is closed-form."""
+    texts = [f"the cat sat {i}" for i in range(6)]
+    docs = [json.dumps({"_id": f"d{i}", "title": "", "text": t}) for i, t in enumerate(texts)]
+    queries = [json.dumps({"_id": f"q{i}", "text": texts[i + 1]}) for i in range(3)]
+    folder = _beir(tmp_path / "b", corpus=docs, queries=queries, qrels=["query-id\tcorpus-id\tscore", *qrels])
+    before = tree(tmp_path)
+    capsys.readouterr()
+    results = eval_script.main(["--model", str(tiny_model_dir), "--beir", str(folder), "--dims", "32", "16"])
+    out, err = capsys.readouterr()
+    entry = results["retrieval"]["b"]
+    assert [r["ndcg@10"] for r in entry["records"]] == pytest.approx([ndcg, ndcg], abs=1e-12)
+    assert tree(tmp_path) == before
+    lines = [line for line in err.splitlines() if line.strip()]
+    if warned is None:
+        assert lines == [] and "queries_without_relevant_doc" not in entry
+        return
+    count, factor = warned
+    assert lines == [
+        f"warning: {folder / 'qrels' / 'test.tsv'}: {count} queries have no relevant doc (grades 0 or less; "
+        f"first: 'q{3 - int(count[0])}'); they are kept and score 0 in every metric, as in BEIR (the mean "
+        f"over the {3 - int(count[0])} with one is the printed mean x {factor})"
+    ]
+    assert entry["queries"] == 3 and entry["queries_without_relevant_doc"] == int(count[0])
+    assert f"3 queries ({count[0]} with no relevant doc, scored 0)" in out  # the table says it too
+
+
 def test_an_adaptor_fitted_on_three_documents_is_warned_about(tiny_model_dir, tmp_path, capsys):
     corpus = _jsonl(
         tmp_path / "corpus.jsonl",
@@ -341,6 +474,84 @@ def test_an_adaptor_fitted_on_three_documents_is_warned_about(tiny_model_dir, tm
     train.main(argv)
     err = capsys.readouterr().err
     assert "warning: the adaptor is fitted on 3 vectors of 32 dims" in err, err[-2000:]
+
+
+def _adaptor_corpus(path: Path, texts: list[str]) -> Path:
+    return _jsonl(path, [json.dumps({"_id": f"d{i}", "text": t}) for i, t in enumerate(texts)])
+
+
+def _adaptor_input(case: str, tmp: Path) -> tuple[list[str], list[str]]:
+    """(flags besides --model/--output-dir, texts of the line) of one degenerate adaptor input."""
+    texts = [f"the cat sat {i}" for i in range(8)]
+    corpus = _adaptor_corpus(tmp / "corpus.jsonl", texts)
+    flags = ["--train-data", str(corpus), "--eval-data", "--batch-size", "4", "--adaptor-neighbours", "0"]
+    dev = tmp / "dev.csv"
+    if case == "dev-constant-gold":
+        write_csv(dev, HEADER, [[a, b, "1.0"] for a, b, _ in pair_rows(8, seed=8)])
+        flags[3:3] = [str(dev)]
+        return flags, ["--eval-data", str(dev), "every gold score is 1", "nan"]
+    if case == "dev-two-pairs":
+        write_csv(dev, HEADER, pair_rows(2, seed=8))
+        flags[3:3] = [str(dev)]
+        return flags, ["--eval-data", str(dev), "2 scored pair(s)", "at least 3"]
+    if case == "pairs-repeated":  # one (query, document) pair, 10 times
+        pairs = write_csv(tmp / "pairs.csv", ["anchor", "positive"], [["the cat", texts[0]]] * 10)
+        flags += ["--adaptor-pairs", str(pairs), "--adaptor-pair-batch-size", "4"]
+        return flags, ["--adaptor-pair-batch-size 4", str(pairs), "too few distinct texts", "false negative"]
+    if case == "pair-vectors-repeated":  # precomputed vectors: repeats are recognised by their bytes
+        from safetensors.torch import save_file
+
+        pairs = tmp / "pairs.safetensors"
+        save_file({"embeddings": torch.randn(40, 32)}, str(tmp / "corpus.safetensors"))
+        one = torch.randn(1, 32).repeat(10, 1)
+        save_file({"query": one, "document": one.flip(1)}, str(pairs))
+        flags[:2] = ["--adaptor-embeddings", str(tmp / "corpus.safetensors")]
+        return [*flags, "--adaptor-pairs", str(pairs)], [
+            "--adaptor-pair-batch-size 64 (a batch of 10)", str(pairs), "too few distinct texts",
+        ]  # fmt: skip
+    three = _adaptor_corpus(tmp / "three.jsonl", texts[:3])
+    if case == "neighbours-beyond-the-corpus":  # the issue's three-document adaptor
+        flags = ["--train-data", str(three), "--eval-data", "--batch-size", "8", "--adaptor-neighbours", "3"]
+        return flags, ["--adaptor-neighbours 3", str(three), "has 3 texts", "use at most 2"]
+    if case == "anchors-beyond-the-corpus":
+        flags = ["--train-data", str(three), "--eval-data", "--batch-size", "8", "--adaptor-neighbours", "1"]
+        return flags, ["--batch-size 8", "--adaptor-neighbours 1", "more anchors than the 3", str(three)]
+    flags[flags.index("--batch-size") + 1] = "32"  # batch-beyond-the-corpus
+    return flags, ["--batch-size 32", f"larger than the 8 texts of {corpus}"]
+
+
+ADAPTOR_DEGENERATE = [
+    "dev-constant-gold",
+    "dev-two-pairs",
+    "pairs-repeated",
+    "pair-vectors-repeated",
+    "neighbours-beyond-the-corpus",
+    "anchors-beyond-the-corpus",
+    "batch-beyond-the-corpus",
+]
+
+
+@pytest.mark.parametrize("case", ADAPTOR_DEGENERATE)
+def test_degenerate_adaptor_input_is_refused_before_anything_is_encoded(
+    tiny_model_dir, tmp_path, capsys, monkeypatch, case
+):
+    """--adaptor: dev sets with no correlation (as eval.py and the encoder's training refuse them),
+    pairs too repetitive for one batch without a repeated text, batch sizes and neighbours the
+    corpus cannot fill: one line naming the flag, before the encoder is even loaded."""
+    import mrl.train.adaptor
+
+    flags, contains = _adaptor_input(case, tmp_path)
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the encoder was loaded before the input was checked")
+
+    monkeypatch.setattr(mrl.train.adaptor, "build_encoder", no_encoder)
+    argv = ["--adaptor", "linear", "--model", str(tiny_model_dir), *flags, "--max-steps", "1",
+            "--embedding-cache", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "out"),
+            "--device", "cpu"]  # fmt: skip
+    line = refused(lambda: train.main(argv), capsys, tmp_path, 2, contains)
+    for internal in ("avoid_duplicates", "drop_last", "batch_size", "neighbours per row"):
+        assert internal not in line
 
 
 # ============================================================================================
@@ -406,6 +617,44 @@ def test_a_batch_larger_than_the_data_names_the_flag(tiny_model_dir, files, tmp_
         lambda: train.main(argv), capsys, tmp_path, 2, ["--batch-size 64", "larger than the 32 rows"]
     )
     assert "drop_last" not in line and "batch_size" not in line
+
+
+# The sampler's own messages (mrl.data.BatchSampler) name its Python arguments, for Python users;
+# the command line translates each one into its flag (BatchSizeError.for_flag), so none of these
+# reaches a user of train.py or eval.py.
+INTERNAL_NAMES = ("drop_last", "avoid_duplicates", "text_columns", "batch_size", "neighbours per row")
+
+# Six pairs, batch 3, seed 1: epoch 0 fills one batch without a repeated text, epoch 1 none (which
+# ones fill depends on the order); --max-steps 2 reaches epoch 1 (it was a traceback at step 2).
+LATER_EPOCH_ROWS = [["a", "b"], ["c", "d"], ["e", "f"], ["a", "c"], ["c", "e"], ["a", "e"]]
+
+INTERNAL_CASES = [
+    # (case, extra flags (or a config file's keys), texts of the line)
+    ("text-columns-with-no-column", ["--text-columns"], ["--text-columns: no column given"]),
+    ("text-columns-empty-in-a-config-file", {"text_columns": []}, ["--text-columns: no column given"]),
+    (
+        "a-later-epoch-without-a-duplicate-free-batch",
+        ["--loss", "mnrl", "--seed", "1", "--max-steps", "2", "--batch-size", "3"],
+        ["--batch-size 3", "too few distinct texts", "false negative"],
+    ),
+]
+
+
+@pytest.mark.parametrize("case, extra, contains", INTERNAL_CASES, ids=[c[0] for c in INTERNAL_CASES])
+def test_no_message_of_the_command_line_names_an_internal_argument(
+    tiny_model_dir, files, tmp_path, capsys, case, extra, contains
+):
+    data = files["train"]
+    if "later-epoch" in case:
+        data = write_csv(tmp_path / "pairs.csv", ["anchor", "positive"], LATER_EPOCH_ROWS)
+    argv = run_args(tiny_model_dir, data, tmp_path / "out")
+    if isinstance(extra, dict):
+        (tmp_path / "config.json").write_text(json.dumps(extra))
+        extra = ["--config", str(tmp_path / "config.json")]
+    argv = [*argv, *extra]  # (later flags win: --max-steps 2, --batch-size 3)
+    line = refused(lambda: train.main(argv), capsys, tmp_path, 2, contains)
+    for name in INTERNAL_NAMES:
+        assert name not in line, (name, line)
 
 
 # ============================================================================================

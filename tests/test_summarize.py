@@ -16,6 +16,8 @@ spec.loader.exec_module(summarize)
 def write_result(folder: Path, name: str, spearman: dict, ndcg: dict | None = None, wall: int = 100):
     """One eval.py-shaped JSON: spearman/ndcg are {(layer, dim): value}."""
     sts_records = [{"layer": l, "dim": d, "spearman": v} for (l, d), v in spearman.items()]
+    # eval.py --precisions scores STS at int8/binary too: those rows must not leak into the tables
+    sts_records += [{"layer": l, "dim": d, "precision": "binary", "spearman": -7.0} for l, d in spearman]
     result = {"sets": {"en-test": {"records": sts_records}}, "train_wall_s": wall}
     if ndcg is not None:
         records = [{"layer": l, "dim": d, "precision": "float32", "ndcg@10": v} for (l, d), v in ndcg.items()]

@@ -524,10 +524,12 @@ def test_resume_with_a_changed_flag_names_it(run_a, tmp_path, capsys):
     shutil.copytree(run_a, c)
     before = snapshot(c)
     with pytest.raises(SystemExit) as info:
-        train.main(["--output-dir", str(c), "--resume", "--lr", "1e-3"])
+        train.main(["--output-dir", str(c), "--resume", "--lr", "1e-3", "--max-steps", "9"])
     assert info.value.code not in (0, None)
     message = error_line(capsys)
-    assert "lr" in message and "--resume" in message
+    assert "lr" in message and "max_steps" in message and "--resume" in message
+    # ... and says what to do instead: a finished run can seed a new one from its weights.
+    assert f"start a new run with --model {c / 'model'}" in message
     assert snapshot(c) == before
 
 

@@ -22,10 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives i
 import mrl.train.adaptor  # noqa: E402
 import train  # noqa: E402
 from mrl.adaptor import Adaptor  # noqa: E402
+from mrl.card import EXAMPLE_SENTENCES, write_card  # noqa: E402
 from mrl.config import parse_config, validate_for_model  # noqa: E402
-from mrl.heads import transform_embeddings  # noqa: E402
+from mrl.heads import head_modules, transform_embeddings  # noqa: E402
 from mrl.model import Encoder  # noqa: E402
 from tests.fixture_text import distinct_sentences, write_csv  # noqa: E402
+from tests.test_card import python_block  # noqa: E402
 from tests.test_train import assert_same_history, error_line, one_thread, read_metrics  # noqa: E402,F401
 
 DIMS = ["32", "16", "8"]
@@ -130,6 +132,44 @@ def test_run_directory_tags_and_recipe(run_a):
     assert recipe["kind"] == "linear" and recipe["trained_steps"] == 7
     assert recipe["loss_weights"] == {"sim": 1.0, "nbr": 1.0, "list": 0.3, "rec": 0.1, "rank": 0.5}
     assert recipe["data"]["corpus_texts"] == 40
+
+
+def test_an_adapted_model_gets_a_card_that_names_the_adaptor(run_a):
+    card = (run_a / "model" / "README.md").read_text()
+    assert "Matryoshka-Adaptor" in card and "`linear`, started from `identity`" in card
+    assert "sim=1 nbr=1 list=0.3 rec=0.1 rank=0.5" in card  # the loss weights it trained with
+    assert "| steps | 7 of 7 |" in card
+    assert "### sts-dev (dev, after step 7)" in card  # its last dev scores, as eval_dev.json holds them
+    dev = json.loads((run_a / "eval_dev.json").read_text())["sts-dev"]
+    assert [r["dim"] for r in dev] == sorted(map(int, DIMS), reverse=True)
+    assert "cosent" not in card.lower()  # not the encoder recipe's loss
+    # The transformers snippet, run as written, gives the adapted model's vectors.
+    namespace: dict = {}
+    exec(compile(python_block(card, "### transformers"), "<card>", "exec"), namespace)  # noqa: S102
+    raw = Encoder(run_a / "model").encode(EXAMPLE_SENTENCES, normalize=False)
+    torch.testing.assert_close(namespace["embeddings"], raw, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "rotation"])
+def test_the_card_snippet_applies_every_adaptor_kind(tiny_model_dir, kind, tmp_path):
+    # An adaptor of each other kind, saved as train.py saves it, with random weights.
+    torch.manual_seed(0)
+    adaptor = Adaptor(32, kind, 16 if kind == "mlp" else None)
+    if kind == "mlp":
+        for parameter in adaptor.parameters():
+            torch.nn.init.normal_(parameter, std=0.3)
+    else:
+        adaptor.start_from(torch.linalg.qr(torch.randn(32, 32))[0])
+    encoder = Encoder(tiny_model_dir)
+    encoder.attach_head(head_modules(adaptor))
+    recipe = {**adaptor.config(), "init": "identity", "trained_steps": 1}
+    encoder.save(tmp_path / "model", {"dims": [32, 16, 8], "adaptor": recipe})
+    write_card(tmp_path / "model")
+    card = (tmp_path / "model" / "README.md").read_text()
+    namespace: dict = {}
+    exec(compile(python_block(card, "### transformers"), "<card>", "exec"), namespace)  # noqa: S102
+    raw = Encoder(tmp_path / "model").encode(EXAMPLE_SENTENCES, normalize=False)
+    torch.testing.assert_close(namespace["embeddings"], raw, atol=1e-5, rtol=1e-5)
 
 
 def test_logged_total_is_the_weighted_sum_of_the_dim_terms(run_a):

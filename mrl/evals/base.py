@@ -116,6 +116,7 @@ def evaluate_all(
     layers: Sequence[int] | None,
     batch_size: int = 64,
     autocast=None,
+    show_progress: bool = False,
 ) -> tuple[dict[str, float], dict[str, list[dict]]]:
     """Every set at every (layer, dim) cell -> ``({tag: value}, {set: records})``.
 
@@ -126,7 +127,7 @@ def evaluate_all(
     records = {}
     for name, evaluator in evaluators.items():
         with autocast or nullcontext():
-            embeddings = evaluator.encode(encoder, layers, batch_size)
+            embeddings = evaluator.encode(encoder, layers, batch_size, show_progress)
         records[name] = evaluator.score(embeddings, dims, layers or [encoder.num_layers])
     return scalars_of(evaluators, records, encoder.num_layers), records
 

@@ -44,6 +44,7 @@ class BeirEvaluator:
     metrics: ClassVar[tuple[str, ...]] = METRIC_NAMES
     label: ClassVar[str] = "nDCG@10"
     title: ClassVar[str] = "nDCG@10"
+    scale: ClassVar[float] = 100  # records hold fractions; tables (and byte budgets) show x100
     retention: ClassVar[str] = "retention = nDCG@10 vs float32 at the largest dim"
     section: ClassVar[str] = "retrieval"
     help: ClassVar[str] = "retrieval sets: BEIR folders (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)"
@@ -100,6 +101,8 @@ class BeirEvaluator:
             "encode_seconds": encode_seconds,
             "records": records,
         }
+        if self.data.no_relevant:  # in the mean as 0 (as BEIR does), and said in the tables
+            entry["queries_without_relevant_doc"] = self.data.no_relevant
         if self.stages:  # on the last evaluated layer
             funnel_class = None  # mrl.retrieval.FunnelIndex
             if self.index == "faiss":
@@ -112,9 +115,17 @@ class BeirEvaluator:
 
     table = staticmethod(format_cells)
 
+    @staticmethod
+    def _queries(entry: dict) -> str:
+        """'300 queries', or '300 queries (2 with no relevant doc, scored 0)'."""
+        text = f"{entry['queries']} queries"
+        if entry.get("queries_without_relevant_doc"):
+            text += f" ({entry['queries_without_relevant_doc']} with no relevant doc, scored 0)"
+        return text
+
     @classmethod
     def report(cls, name: str, entry: dict) -> tuple[str, str]:
-        header = f"{name} ({entry['queries']} queries, {entry['docs']} docs, "
+        header = f"{name} ({cls._queries(entry)}, {entry['docs']} docs, "
         header += f"encoded in {entry['encode_seconds']:.1f} s)"
         header += ", searched with faiss" if entry["index"] == "faiss" else ""
         text = f"### {header}: x100 ({cls.retention})\n\n{format_cells(entry['records'])}\n"
@@ -126,7 +137,7 @@ class BeirEvaluator:
     @classmethod
     def card_section(cls, name: str, entry: dict) -> str:
         text = (
-            f"### {name} ({entry['queries']} queries, {entry['docs']} docs): retrieval x100 "
+            f"### {name} ({cls._queries(entry)}, {entry['docs']} docs): retrieval x100 "
             f"({cls.retention})\n\n{format_cells(entry['records'])}\n"
         )
         if entry.get("funnel"):

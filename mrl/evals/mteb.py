@@ -38,6 +38,7 @@ from mrl.data import DataError, check_scored_set, check_tokenized, is_local, loa
 from mrl.evaluation import encode_layers, format_table
 from mrl.hub import offline_reason
 from mrl.losses import prefix
+from mrl.quantize import bytes_per_vector
 from mrl.retrieval import load_beir
 
 INSTALL = "pip install 'mrl[mteb]'"
@@ -299,16 +300,17 @@ class MtebEvaluator:
             raise ValueError(str(error)) from None
         return cls(name, task, "test", spec, args.batch_size)
 
-    def run(self, model: CellEncoder, show_progress: bool = False) -> float:
+    def run(self, model: CellEncoder) -> float:
         """mteb's main score of the task for ``model``: the mean over the task's subsets (languages), as
-        mteb's own results average them."""
+        mteb's own results average them. mteb's and datasets' bars stay off: they would draw one per
+        run and cell (the encoding has its own, `encode`)."""
         import datasets
 
-        encode_kwargs = {"batch_size": self.batch_size, "show_progress_bar": show_progress}
-        quiet = not show_progress and not datasets.are_progress_bars_disabled()
-        if quiet:  # mteb maps its datasets at every run: a bar each time
+        quiet = not datasets.are_progress_bars_disabled()
+        if quiet:
             datasets.disable_progress_bars()
         try:
+            encode_kwargs = {"batch_size": self.batch_size, "show_progress_bar": False}
             scores = self.task.evaluate(model, self.split, encode_kwargs=encode_kwargs)
         finally:
             if quiet:
@@ -335,7 +337,7 @@ class MtebEvaluator:
                 return torch.zeros(0, encoder.dim)
             return seen.chunks[0][-1, [seen.rows[t] for t in texts]]
 
-        self.run(CellEncoder(record, encoder.dim), show_progress)
+        self.run(CellEncoder(record, encoder.dim))
         return seen.stack()
 
     def score(self, embeddings: MtebVectors, dims: Sequence[int], layers: Sequence[int | None]) -> list[dict]:
@@ -345,6 +347,8 @@ class MtebEvaluator:
                 {
                     "layer": layer,
                     "dim": dim,
+                    "precision": "float32",  # what mteb scores: the vectors as they are
+                    "bytes": bytes_per_vector(dim, "float32"),
                     "main_score": 100 * self.run(CellEncoder(embeddings.at(row), dim)),
                 }
                 for dim in dims

@@ -1,5 +1,7 @@
 """STS: Spearman (primary) and Pearson x100 between gold scores and the cosine of each pair's
-prefixes, per (layer, dim). The math is `mrl.evaluation` (`embed_pairs`, `score_pairs`)."""
+prefixes, per (layer, dim), and with eval.py's ``--precisions`` per stored precision (both sides
+int8 or sign bits; `mrl.evaluation.pair_similarity`). The math is `mrl.evaluation` (`embed_pairs`,
+`score_pairs`)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ class StsEvaluator:
     sentences1: list[str] = field(default_factory=list)
     sentences2: list[str] = field(default_factory=list)
     source: str = ""
+    precisions: Sequence[str] = ("float32",)  # eval.py --precisions; training scores float32 only
 
     metric: ClassVar[str] = "spearman"
     metrics: ClassVar[tuple[str, ...]] = ("spearman", "pearson")
@@ -63,7 +66,9 @@ class StsEvaluator:
         except DataError as error:
             raise ValueError(str(error)) from None
         check_tokenized(examples, encoder)  # a text of nothing but special tokens: a DataError
-        return cls.from_examples(source_name(spec), examples)
+        evaluator = cls.from_examples(source_name(spec), examples)
+        evaluator.precisions = tuple(args.precisions)
+        return evaluator
 
     def encode(
         self, encoder, layers: Sequence[int] | None, batch_size: int = 64, show_progress: bool = False
@@ -74,7 +79,7 @@ class StsEvaluator:
     def score(
         self, embeddings: tuple[Tensor, Tensor], dims: Sequence[int], layers: Sequence[int | None]
     ) -> list[dict]:
-        return score_pairs(*embeddings, self.scores, dims, layers)
+        return score_pairs(*embeddings, self.scores, dims, layers, self.precisions)
 
     def result(self, embeddings, records: list[dict], encode_seconds: float, seconds: float) -> dict:
         return {"source": self.source, "pairs": len(self.scores), "seconds": seconds, "records": records}

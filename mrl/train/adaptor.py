@@ -14,7 +14,6 @@ adaptor, optimizer, schedule and both data positions, so ``--resume`` continues 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,12 +32,15 @@ from mrl.adaptor import (
     corpus_neighbours,
     embed_adaptor_data,
     load_adaptor_data,
+    load_adaptor_texts,
     pca_rotation,
 )
+from mrl.card import write_card
 from mrl.checkpoint import save_folder_atomic, write_text_atomic
 from mrl.config import TrainConfig, parse_loss_weights
 from mrl.data import BatchSampler, BatchSizeError, DataError, Examples, load_source, source_name
-from mrl.evaluation import correlations
+from mrl.embcache import cache_folder
+from mrl.evaluation import correlations, format_table, score_pairs
 from mrl.heads import head_modules, save_head
 from mrl.losses import check_dims
 from mrl.model import Encoder
@@ -46,7 +48,14 @@ from mrl.rundir import check_data
 from mrl.runtime import main_error
 from mrl.tracking import Tracker
 from mrl.train.loop import Meter
-from mrl.train.setup import batch_stream, build_encoder, build_optimizer, clip
+from mrl.train.setup import (
+    batch_stream,
+    build_encoder,
+    build_optimizer,
+    check_eval_sets,
+    clip,
+    fill_epochs,
+)
 from mrl.train.state import TrainState
 
 
@@ -129,15 +138,17 @@ class AdaptorTraining:
         self.train_start = time.perf_counter()
 
     def evaluate(self) -> tuple[dict[str, float], dict[str, list[dict]]]:
-        """STS dev Spearman of the adapted cached vectors -> {tag: value} (no records kept)."""
-        scalars = {}
+        """STS dev Spearman of the adapted cached vectors -> ({tag: value}, {set: records}); the
+        records (one per dim, no layer: the encoder is frozen) go to eval_dev.json and the card."""
+        scalars, records = {}, {}
         device = self.corpus.device
         with torch.no_grad():
             for name, (first, second, scores) in self.data.dev.items():
                 a, b = self.adaptor(first.to(device)).cpu(), self.adaptor(second.to(device)).cpu()
                 for d in self.dims:
                     scalars[f"val/{name}/spearman_d{d}"] = correlations(a, b, scores, d)["spearman"]
-        return scalars, {}
+                records[name] = score_pairs(a[None], b[None], scores, sorted(self.dims, reverse=True), [None])
+        return scalars, records
 
     def extra_state(self) -> dict[str, Any]:
         return {}  # nothing here is random after the start
@@ -168,6 +179,10 @@ class AdaptorTraining:
             "lr": config.lr,
             "seed": config.seed,
         }
+        if records:  # the last dev evaluation, as the encoder's runs keep it
+            write_text_atomic(run_dir / "eval_dev.json", json.dumps(records, indent=2))
+            for name, recs in records.items():
+                tracker.print(f"\n{name} (dev), Spearman x100 (retention):\n{format_table(recs)}")
         adaptor.eval()
         # Written beside, then renamed: a full disk leaves the old folder or none, never half of one.
         if self.encoder is not None:
@@ -175,6 +190,9 @@ class AdaptorTraining:
             where = run_dir / "model"
             meta = {"dims": sorted(self.dims, reverse=True), "adaptor": recipe}
             save_folder_atomic(where, lambda folder: self.encoder.save(folder, meta))
+            # A card like any trained model's (mrl/card.py): what it was trained from, dev scores.
+            wall = time.perf_counter() - self.train_start + self.embed_seconds
+            tracker.print(f"model card: {write_card(where, run_dir, None, wall, state.resumed_step)}")
         else:
             where = run_dir / "adaptor"
 
@@ -191,8 +209,7 @@ class AdaptorTraining:
 def build(config: TrainConfig, run_dir: Path, device: torch.device) -> AdaptorTraining:
     """The cached vectors (encoded once), the adaptor, its loss, samplers and optimiser."""
     torch.manual_seed(config.seed)  # the MLP's first layer; nothing else here is random
-    cache_dir = config.embedding_cache or os.environ.get("MRL_EMBEDDING_CACHE") or "~/.cache/mrl/embeddings"
-    cache_dir = Path(cache_dir).expanduser()
+    cache_dir = cache_folder(config.embedding_cache)
     start = time.perf_counter()
     data, encoder, fingerprint = load_vectors(config, run_dir, device, cache_dir)
     embed_seconds = time.perf_counter() - start
@@ -202,12 +219,6 @@ def build(config: TrainConfig, run_dir: Path, device: torch.device) -> AdaptorTr
     except ValueError as error:
         main_error(str(error))
     dims = list(config.dims or [dim])
-    if len(data.corpus) < dim:  # the fitted map is under-determined: most directions see no data
-        print(
-            f"warning: the adaptor is fitted on {len(data.corpus)} vectors of {dim} dims: fewer vectors "
-            "than dims leave most of the map unconstrained by data (use a larger corpus)",
-            file=sys.stderr,
-        )
     weights = parse_loss_weights(config.adaptor_weights)
     adaptor = Adaptor(dim, config.adaptor, config.adaptor_hidden)
     if config.adaptor_init == "pca":  # start where the closed form ends (resume overwrites it)
@@ -229,6 +240,13 @@ def build(config: TrainConfig, run_dir: Path, device: torch.device) -> AdaptorTr
     corpus = data.corpus.to(device)  # (N, D)
     pairs = data.pairs.to(device) if data.pairs is not None else None  # (2, P, D)
     sampler, pair_sampler = make_samplers(config, data)
+    # (after every refusal, so that a refused run prints one line)
+    if len(data.corpus) < dim:  # the fitted map is under-determined: most directions see no data
+        print(
+            f"warning: the adaptor is fitted on {len(data.corpus)} vectors of {dim} dims: fewer vectors "
+            "than dims leave most of the map unconstrained by data (use a larger corpus)",
+            file=sys.stderr,
+        )
     steps_per_epoch = len(sampler)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     warmup_steps = round(config.warmup_ratio * total_steps)
@@ -264,46 +282,93 @@ def load_vectors(config: TrainConfig, run_dir: Path, device: torch.device, cache
         main_error(str(error))
     try:
         if config.adaptor_embeddings:
-            data = load_adaptor_data(config.adaptor_embeddings, config.adaptor_pairs)
-        else:
-            dev_sets = {
-                source_name(s): load_source(s, "validation", score_column="score") for s in config.eval_data
-            }
-            encoder, _ = build_encoder(config, device, world_size=1)
-            encoder.requires_grad_(False)
-            data = embed_adaptor_data(
-                encoder,
-                config.train_data,
-                config.adaptor_pairs,
-                dev_sets,
-                cache_dir,
-                config.text_columns,
-                config.eval_batch_size,
-            )
+            return load_adaptor_data(config.adaptor_embeddings, config.adaptor_pairs), None, fingerprint
+        dev_sets = {
+            source_name(s): load_source(s, "validation", score_column="score") for s in config.eval_data
+        }
+        loaded = load_adaptor_texts(config.train_data, config.adaptor_pairs, config.text_columns)
+    except (DataError, ValueError, ImportError, FileNotFoundError) as error:
+        main_error(str(error).splitlines()[0])
+    # Everything the texts alone can refuse is refused here, before the encoder is loaded and the
+    # corpus encoded (minutes on a real one): dev sets with no correlation (as the encoder's
+    # training and eval.py refuse them), batch sizes, neighbours, and pairs too repetitive for
+    # one batch without a repeated text.
+    check_eval_sets(dev_sets, config.eval_data)
+    check_corpus_batches(config, len(loaded.texts), str(config.train_data))
+    if loaded.queries is not None:
+        make_pair_sampler(config, [loaded.queries, loaded.docs], run_steps(config, len(loaded.texts)))
+    try:
+        encoder, _ = build_encoder(config, device, world_size=1)
+        encoder.requires_grad_(False)
+        data = embed_adaptor_data(
+            encoder,
+            config.train_data,
+            config.adaptor_pairs,
+            dev_sets,
+            cache_dir,
+            config.text_columns,
+            config.eval_batch_size,
+            loaded=loaded,
+        )
     except (DataError, ValueError, ImportError, FileNotFoundError) as error:
         main_error(str(error).splitlines()[0])
     return data, encoder, fingerprint
 
 
+def check_corpus_batches(config: TrainConfig, n: int, source: str) -> None:
+    """Batches of ``n`` corpus rows must fill: one line naming the flag that cannot be met."""
+    m, batch = config.adaptor_neighbours, config.batch_size
+    if m and m >= n:  # a row's neighbours are other rows
+        main_error(
+            f"--adaptor-neighbours {m}: {source} has {n} texts, so a row has at most {n - 1} other rows "
+            f"to be its neighbours; use at most {n - 1}, or 0 for random batches"
+        )
+    if m and max(1, batch // (1 + m)) > n:
+        main_error(
+            f"--batch-size {batch}: with --adaptor-neighbours {m} a batch is {batch // (1 + m)} anchors "
+            f"and their neighbours, more anchors than the {n} texts of {source}; lower --batch-size"
+        )
+    if not m and batch > n:
+        main_error(
+            f"--batch-size {batch}: larger than the {n} texts of {source} (a batch is never partial); "
+            "lower --batch-size"
+        )
+
+
+def run_steps(config: TrainConfig, n: int) -> int:
+    """The run's steps on a corpus of ``n`` rows (an epoch: len() of `make_samplers`' sampler)."""
+    anchors = max(1, config.batch_size // (1 + config.adaptor_neighbours))
+    per_epoch = n // (anchors if config.adaptor_neighbours else config.batch_size)
+    return config.max_steps or config.epochs * per_epoch
+
+
+def make_pair_sampler(config: TrainConfig, keys: list[list[str]], steps: int) -> BatchSampler:
+    """Batches of pairs for the ranking loss, with in-batch negatives: no query or document twice
+    in a batch (a false negative). The epochs that ``steps`` (one pair batch each) reach are built
+    here, so that pairs too repetitive for one such batch are one line naming
+    --adaptor-pair-batch-size, not a traceback later."""
+    keyed = Examples(keys, None, str(config.adaptor_pairs), ["query", "document"])
+    batch = min(config.adaptor_pair_batch_size, len(keyed))
+    try:
+        sampler = BatchSampler(keyed, batch, seed=config.seed, drop_last=True, avoid_duplicates=True)
+        fill_epochs(sampler, steps)
+    except BatchSizeError as error:
+        main_error(error.for_flag("--adaptor-pair-batch-size", config.adaptor_pair_batch_size))
+    return sampler
+
+
 def make_samplers(config: TrainConfig, data: AdaptorData):
     """``(corpus sampler, pair sampler or None)``: batches of corpus rows, and of pairs."""
-    try:
-        if config.adaptor_neighbours:  # anchors and their nearest corpus rows (mrl/adaptor.py)
-            neighbours = corpus_neighbours(data.corpus, config.adaptor_neighbours)
-            sampler = NeighbourBatchSampler(neighbours, config.batch_size, seed=config.seed)
-        else:
-            sampler = BatchSampler(
-                range(len(data.corpus)), config.batch_size, seed=config.seed, drop_last=True
-            )
-        pair_sampler = None
-        if data.pairs is not None:
-            keyed = Examples(data.pair_keys, None, str(config.adaptor_pairs), ["query", "document"])
-            # In-batch negatives: no query or document twice in a batch (a false negative).
-            batch = min(config.adaptor_pair_batch_size, len(keyed))
-            pair_sampler = BatchSampler(keyed, batch, seed=config.seed, drop_last=True, avoid_duplicates=True)
-    except BatchSizeError as error:
-        pairs = ("--adaptor-pair-batch-size", config.adaptor_pair_batch_size)
-        main_error(error.for_flag(*(pairs if error.duplicates else ("--batch-size", config.batch_size))))
-    except ValueError as error:
-        main_error(f"--batch-size / --adaptor-pair-batch-size: {error}")
+    source = str(config.adaptor_embeddings or config.train_data)
+    check_corpus_batches(config, len(data.corpus), source)
+    if config.adaptor_neighbours:  # anchors and their nearest corpus rows (mrl/adaptor.py)
+        neighbours = corpus_neighbours(data.corpus, config.adaptor_neighbours)
+        sampler = NeighbourBatchSampler(neighbours, config.batch_size, seed=config.seed)
+    else:
+        sampler = BatchSampler(
+            range(len(data.corpus)), config.batch_size, seed=config.seed, drop_last=True, source=source
+        )
+    pair_sampler = None
+    if data.pairs is not None:
+        pair_sampler = make_pair_sampler(config, data.pair_keys, run_steps(config, len(data.corpus)))
     return sampler, pair_sampler

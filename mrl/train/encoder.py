@@ -3,13 +3,15 @@
 Follow one batch: `EncoderTraining.step` takes the next batch of B rows x C text columns
 (`mrl.data`), runs one encoder pass over its C*B texts (`encode`: (C*B, D), or (L, C*B, D) for 2D),
 views it as (C, B, D) and applies the objective (`loss_of`: `mrl.objectives`, pure functions of
-`mrl.losses`), then backward, clip and the optimiser. `build` does the rest of the setup:
+`mrl.losses`; with ``--teacher`` also the frozen teacher's cached vectors of the same texts,
+`labelled_loss`), then backward, clip and the optimiser. `build` does the rest of the setup:
 processes, seeds, precision, data, encoder, objective, batches, optimiser.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -31,12 +33,14 @@ from mrl.objectives import Objective, base_loss_entry, build_objective
 from mrl.rundir import check_data
 from mrl.runtime import autocast_for, cpu_lacks_native_bf16, main_error
 from mrl.sparse_grad import EmbeddingGradBuffer, why_not_sparse
+from mrl.teacher import TeacherTargets
 from mrl.tracking import Tracker
 from mrl.train.loop import Meter
 from mrl.train.setup import (
     batch_stream,
     build_encoder,
     build_optimizer,
+    build_teacher,
     clip,
     count_steps,
     load_data,
@@ -61,6 +65,7 @@ class EncoderTraining:
     sampler: Any  # mrl.data.BatchSampler of global batches
     collate: Callable
     distill_batch: Callable[[int], dict] | None  # --distill-data: batch n of plain sentences
+    teacher: TeacherTargets | None  # --teacher: its cached embeddings of every training text
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     clip_groups: list[list[torch.nn.Parameter]]
@@ -99,6 +104,8 @@ class EncoderTraining:
         for micro in range(config.grad_accum):
             batch, state.cursor = next(self.batches)
             features, labels = to_device(batch, self.dist.device, self.gather)
+            # --teacher: its cached vectors of the batch's C*B texts, in the encoder's row order
+            teacher = self.teacher(batch["column_texts"], self.dist.device) if self.teacher else None
             # DDP all-reduces gradients in the last micro-step's backward only.
             sync = self.model.no_sync() if world > 1 and micro < config.grad_accum - 1 else nullcontext()
             computed_before = encoder.computed_tokens
@@ -108,22 +115,25 @@ class EncoderTraining:
                         self.encode,
                         features,
                         config.mini_batch_size,
-                        partial(self.loss_of, n_columns=batch["n_columns"], labels=labels),
+                        partial(self.loss_of, n_columns=batch["n_columns"], labels=labels, teacher=teacher),
                         backward=self.backward,
                         no_sync=self.model.no_sync if world > 1 else nullcontext,
                         chunk_tokens=config.mini_batch_tokens,
                     )
                 else:
-                    loss, terms = self.loss_of(self.encode(features), batch["n_columns"], labels)
+                    loss, terms = self.loss_of(self.encode(features), batch["n_columns"], labels, teacher)
                     self.backward(loss)
                 if self.distill_batch is not None:  # one batch of plain sentences: distillation only
                     extra = self.distill_batch(state.step * config.grad_accum + micro)
-                    extra = {k: v.to(self.dist.device, non_blocking=True) for k, v in extra.items()}
-                    emb = self.encode(extra).float()
+                    plain = {
+                        k: v.to(self.dist.device, non_blocking=True) for k, v in extra["features"].items()
+                    }
+                    emb = self.encode(plain).float()
                     if self.objective.embedding_layer:  # distillation trains blocks only: (L, N, D)
                         emb = emb[1:]
+                    targets = self.teacher(extra["texts"], self.dist.device) if self.teacher else None
                     d_loss, d_terms = self.with_detached_heads(
-                        self.objective.unlabelled, emb, blocks_only=True
+                        partial(self.unlabelled_loss, teacher=targets), emb, blocks_only=True
                     )
                     self.backward(d_loss)
                     loss, terms = loss + d_loss.detach(), {**terms, **d_terms}
@@ -168,13 +178,37 @@ class EncoderTraining:
                 return self.model(features, all_layers=True, embedding_layer=True)
             return self.model(features, all_layers=objective.all_layers)
 
-    def loss_of(self, emb: torch.Tensor, n_columns: int, labels) -> tuple[torch.Tensor, dict]:
-        """Encoder output -> (loss, terms): view as columns, gather across ranks, the objective."""
+    def loss_of(
+        self, emb: torch.Tensor, n_columns: int, labels, teacher: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """Encoder output -> (loss, terms): view as columns, gather across ranks, the objective;
+        with ``teacher`` (C*B, D'), plus the teacher term on the final layer."""
         with self.autocast:
             columns = emb.unflatten(-2, (n_columns, -1)).float()  # (C, B, D) or (L, C, B, D)
             if self.gather:
                 columns = gather_with_grad(columns, dim=-2)  # (..., world*B, D): every rank's rows
-            return self.with_detached_heads(lambda c: self.objective.loss(c, labels), columns)
+            return self.with_detached_heads(lambda c: self.labelled_loss(c, labels, teacher), columns)
+
+    def labelled_loss(self, columns: torch.Tensor, labels, teacher: torch.Tensor | None):
+        """The objective on a labelled batch, plus the teacher's term on its final layer's
+        (C, B, D) against the teacher's (C*B, D') vectors of the same texts (``teacher`` None: off)."""
+        loss, terms = self.objective.loss(columns, labels)
+        if teacher is not None:
+            final = columns[-1] if self.objective.all_layers else columns  # (C, B, D)
+            t_loss, t_terms = self.objective.teacher(final, teacher)
+            loss, terms = loss + t_loss, {**terms, **t_terms}
+        return loss, terms
+
+    def unlabelled_loss(self, emb: torch.Tensor, teacher: torch.Tensor | None):
+        """The loss of a --distill-data batch, emb (N, D) or (L, N, D): the self-distillation
+        terms (if on) plus the teacher's (if on) on the final layer, tagged ``unlabelled_``."""
+        loss, terms = emb.new_zeros(()), {}
+        if self.objective.unlabelled is not None:
+            loss, terms = self.objective.unlabelled(emb)
+        if teacher is not None:
+            t_loss, t_terms = self.objective.teacher(emb[-1] if emb.ndim == 3 else emb, teacher)
+            loss, terms = loss + t_loss, {**terms, **{f"unlabelled_{k}": v for k, v in t_terms.items()}}
+        return loss, terms
 
     def with_detached_heads(
         self, loss_fn, emb: torch.Tensor, blocks_only: bool = False
@@ -206,7 +240,7 @@ class EncoderTraining:
             f"resuming at step {state.step} from {state.folder} "
             f"(embedding gradient: {derived['embedding_grad']})"
             if state.resumed_step is not None
-            else "config:\n" + json.dumps({**config.to_dict(), "derived": derived}, indent=2)
+            else start_summary(config, derived, self.dist.device)
         )
         # TensorBoard for many runs: a chart layout and an HParams row (mrl/tracking.py).
         hparams = {**config.to_dict(), "derived": derived}
@@ -222,8 +256,15 @@ class EncoderTraining:
         """Every dev set's evaluator (`mrl.evals`) at every trained (layer, dim) -> {tag: value}
         and the records per set."""
         dims, layers = self.objective.eval_dims, self.objective.eval_layers
+        # A dev set can take minutes to encode: progress lines in the log (rank 0 only).
         return evaluate_all(
-            self.evaluators, self.encoder, dims, layers, self.config.eval_batch_size, self.autocast
+            self.evaluators,
+            self.encoder,
+            dims,
+            layers,
+            self.config.eval_batch_size,
+            self.autocast,
+            show_progress=self.dist.rank == 0,
         )
 
     def extra_state(self) -> dict[str, Any]:
@@ -306,9 +347,10 @@ def build(config: TrainConfig, run_dir: Path, dist: DistInfo, wall_start: float)
     except ValueError as error:
         main_error(str(error))
     encoder, model = build_encoder(config, device, world_size)
+    warn = (lambda line: print(line, file=sys.stderr)) if rank == 0 else (lambda line: None)  # once
     try:
         for ex in eval_sets.values():
-            check_tokenized(ex, encoder)
+            check_tokenized(ex, encoder, warn=warn)
     except DataError as error:
         main_error(str(error))
     # With gathered columns an in-batch-negatives loss scores only this rank's anchors (rows
@@ -316,11 +358,15 @@ def build(config: TrainConfig, run_dir: Path, dist: DistInfo, wall_start: float)
     gather = world_size > 1 and config.gather_across_devices
     local = rank_slice(config.batch_size, rank) if gather else None
     objective = build_objective(config, encoder.dim, encoder.num_layers, loss_rng, local)
-    collate, sampler = make_batches(config, train, encoder, world_size, base.in_batch_negatives)
-    distill_batch, n_distill = None, None
+    collate, sampler = make_batches(config, train, encoder, world_size, base.in_batch_negatives, warn)
+    distill_batch, distill_texts = None, []
     if config.distill_data:  # plain sentences whose only loss is distillation
         texts_per_batch = config.batch_size * train.n_columns
-        distill_batch, n_distill = make_distill_batches(config, encoder, eval_sets, texts_per_batch)
+        distill_batch, distill_texts = make_distill_batches(config, encoder, eval_sets, texts_per_batch)
+    teacher = None
+    if config.teacher is not None:  # frozen: its vectors of every text we train on, once
+        texts = [t for column in train.columns for t in column] + distill_texts
+        teacher = build_teacher(config, run_dir, texts, encoder.dim, device)
     steps_per_epoch, total_steps, warmup_steps = count_steps(config, sampler)
     clip_groups, optimizer, schedule = build_optimizer(encoder, config, device, warmup_steps, total_steps)
     # The word embeddings' gradient: sparse lookups added into one buffer kept across steps, not a
@@ -333,13 +379,17 @@ def build(config: TrainConfig, run_dir: Path, dist: DistInfo, wall_start: float)
     embedding_grad = None if why_dense else EmbeddingGradBuffer(encoder.model.get_input_embeddings())
 
     derived = describe_run(
-        config, train, encoder, objective, base, world_size, gather, n_distill, fingerprint,
+        config, train, encoder, objective, base, world_size, gather,
+        len(distill_texts) if config.distill_data else None, fingerprint,
         (steps_per_epoch, total_steps, warmup_steps),
     )  # fmt: skip
+    if teacher is not None:  # what it was (a resume refuses another), what it embedded, and how long
+        derived.update(teacher_dim=teacher.dim, teacher_texts=len(teacher), teacher_model_key=teacher.key)
+        derived.update(teacher_from_cache=teacher.from_cache, teacher_seconds=round(teacher.seconds, 1))
     derived["embedding_grad"] = f"dense ({why_dense})" if why_dense else "sparse rows into a kept buffer"
     return EncoderTraining(
         config=config, run_dir=run_dir, encoder=encoder, model=model, objective=objective, train=train,
-        eval_sets=eval_sets, sampler=sampler, collate=collate, distill_batch=distill_batch,
+        eval_sets=eval_sets, sampler=sampler, collate=collate, distill_batch=distill_batch, teacher=teacher,
         optimizer=optimizer, schedule=schedule, clip_groups=clip_groups, scaler=scaler,
         embedding_grad=embedding_grad, loss_rng=loss_rng, autocast=autocast, gather=gather, dist=dist,
         total_steps=total_steps, derived=derived, wall_start=wall_start,
@@ -372,6 +422,28 @@ def describe_run(
         "warmup_steps": warmup_steps,
         "train_data_fingerprint": fingerprint,
     }
+
+
+def start_summary(config: TrainConfig, derived: dict, device: torch.device) -> str:
+    """A few lines on what this run does; every flag and derived size is in config.json."""
+    objective = f"{config.loss} at dims {' '.join(map(str, derived['dims']))}"
+    if config.two_d != "off":
+        objective += f", 2D {config.two_d} over {derived['num_layers']} layers"
+    eval_sets = ", ".join(Path(name).name for name in config.eval_data) or "none"
+    return "\n".join(
+        [
+            f"run: {config.output_dir} (every flag: config.json there; curves: tensorboard --logdir "
+            f"{config.output_dir})",
+            f"model: {config.model} ({derived['num_layers']} layers, {derived['model_dim']} dims, "
+            f"{config.pooling} pooling, max {config.max_seq_length} tokens)",
+            f"data: {derived['train_examples']:,} rows of {Path(config.train_data).name} "
+            f"({', '.join(derived['text_columns'])}); dev: {eval_sets}",
+            f"objective: {objective}",
+            f"steps: {derived['total_steps']:,} ({derived['steps_per_epoch']:,} per epoch, "
+            f"{derived['warmup_steps']} warmup), batch {config.batch_size} (effective "
+            f"{derived['effective_batch']}), lr {config.lr:g}, {config.precision} on {device}",
+        ]
+    )
 
 
 def print_notes(tracker: Tracker, config: TrainConfig, encoder, derived: dict, device: torch.device) -> None:

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 import torch
 
 from mrl.checkpoint import save_checkpoint
-from mrl.dist import barrier
+from mrl.dist import barrier, broadcast_object
+from mrl.progress import duration
 from mrl.runtime import peak_memory_gb, stop_on_signals
 from mrl.tracking import Tracker
 from mrl.train.state import TrainState, checkpoint_state
@@ -96,6 +97,21 @@ class Meter:
         return scalars
 
 
+def save_is_due(step: int, config, last_save: float, world_size: int = 1) -> bool:
+    """Every ``--save-every`` steps, and when ``--save-every-minutes`` passed since the last save.
+
+    The clock is rank 0's, sent to the others: every rank must join the checkpoint's gathers.
+    """
+    if step == 0:
+        return False
+    if config.save_every and step % config.save_every == 0:
+        return True
+    if not config.save_every_minutes:
+        return False
+    late = time.perf_counter() - last_save >= 60 * config.save_every_minutes
+    return bool(broadcast_object(late)) if world_size > 1 else late
+
+
 def eval_due(step: int, last_step: bool, eval_every: int) -> bool:
     """Step 0 (the zero-shot baseline), every ``eval_every`` steps (0: never between) and the end."""
     return last_step or step == 0 or bool(eval_every and step % eval_every == 0)
@@ -122,6 +138,7 @@ def run_loop(
     )
     meter, records = Meter(), {}
     clock = (time.perf_counter(), state.step)  # for the log line's elapsed time and ETA
+    last_save = time.perf_counter()  # for --save-every-minutes
     try:
         with stop_on_signals() as stop:
             while True:
@@ -139,11 +156,12 @@ def run_loop(
                         f"{t[4:]}={v:.2f}" for t, v in scalars.items() if not re.search(r"_l\d+_d\d+$", t)
                     ]
                     tracker.print(f"step {state.step} eval: " + "  ".join(final))
-                save_due = config.save_every and state.step > 0 and state.step % config.save_every == 0
+                save_due = save_is_due(state.step, config, last_save, world_size)
                 if redo and (last_step or save_due or stop):
                     saved = checkpoint_state(state, job)  # on every rank: it gathers their RNG states
                     if main_process:
                         save_checkpoint(run_dir, state.step, job.weights, saved, config.keep_last)
+                    last_save = time.perf_counter()
                 barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
                 if stop and not last_step:
                     name = signal.Signals(stop["signal"]).name
@@ -205,13 +223,3 @@ def timing(step: int, total_steps: int, clock: tuple[float, int]) -> str:
     done = step - first_step
     eta = elapsed / done * (total_steps - step) if done else 0.0
     return f"elapsed {duration(elapsed)}, ETA {duration(eta)}"
-
-
-def duration(seconds: float) -> str:
-    """42s, 3m05s, 2h03m."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

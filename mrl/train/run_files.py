@@ -73,7 +73,11 @@ def prepare_run_dir(config: TrainConfig) -> Path:
         changed = config_diff(saved, config)
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
-            main_error(f"--resume: config differs from the run's config.json ({details})")
+            # The flags shape the schedule and the data order, so a resumed run keeps its own.
+            hint = "drop the changed flags to continue this run exactly"
+            if (run_dir / "model" / "config.json").is_file():
+                hint += f"; to train further from its weights, start a new run with --model {run_dir}/model"
+            main_error(f"--resume: config differs from the run's config.json ({details}); {hint}")
     elif run_dir.exists() and not is_effectively_empty(run_dir):
         main_error(f"--output-dir {run_dir} already exists and is not empty; pick another or add --resume")
     return run_dir

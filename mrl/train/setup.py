@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from pathlib import Path
 
 import torch
 
-from mrl.config import TrainConfig, validate_for_model
+from mrl.config import TrainConfig, validate_for_model, validate_for_teacher
 from mrl.data import (
     BatchSampler,
     BatchSizeError,
@@ -27,9 +28,12 @@ from mrl.data import (
     source_name,
 )
 from mrl.dist import gather_nograd
+from mrl.embcache import cache_folder
 from mrl.model import Encoder
 from mrl.objectives import BaseLossEntry
+from mrl.rundir import recorded_derived
 from mrl.runtime import main_error
+from mrl.teacher import TeacherTargets, teacher_targets
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, scheduler: str) -> float:
@@ -96,13 +100,7 @@ def load_data(config: TrainConfig, base: BaseLossEntry):
             f"--loss {config.loss} needs {wanted} text columns{score}; "
             f"{train.source} has columns {train.column_names} and {'a' if train.scores else 'no'} score"
         )
-    for ex in eval_sets.values():
-        if ex.n_columns != 2 or ex.scores is None:
-            main_error(f"--eval-data {ex.source}: needs 2 text columns and a score column")
-        try:
-            check_scored_set(ex, "--eval-data")  # constant gold scores, two pairs: no correlation
-        except DataError as error:
-            main_error(str(error))
+    check_eval_sets(eval_sets, config.eval_data)
     # CoSENT learns from the order of scores within a batch: with every score equal there is no
     # pair to order, the loss is exactly 0 and so is its gradient (a run that trains nothing).
     if config.loss == "cosent" and train.scores and len(set(train.scores)) == 1:
@@ -110,9 +108,22 @@ def load_data(config: TrainConfig, base: BaseLossEntry):
             f"--loss cosent: every score in {train.source} is {train.scores[0]:g}; CoSENT learns from "
             "differences between scores (loss and gradient would be 0): check --score-column"
         )
-    if len(eval_sets) < len(config.eval_data):  # two dev sets of one name would overwrite each other
-        main_error(f"--eval-data {config.eval_data}: two sets have the same name; rename one file")
     return train, eval_sets
+
+
+def check_eval_sets(eval_sets: dict[str, Examples], specs: list[str]) -> None:
+    """The dev sets of ``--eval-data`` (the encoder's and the adaptor's): each one scored pairs
+    that can give a correlation, and no two of one name (one would overwrite the other); else one
+    line naming the flag and the file."""
+    for ex in eval_sets.values():
+        if ex.n_columns != 2 or ex.scores is None:
+            main_error(f"--eval-data {ex.source}: needs 2 text columns and a score column")
+        try:
+            check_scored_set(ex, "--eval-data")  # constant gold scores, two pairs: no correlation
+        except DataError as error:
+            main_error(str(error))
+    if len(eval_sets) < len(specs):  # two dev sets of one name would overwrite each other
+        main_error(f"--eval-data {specs}: two sets have the same name; rename one file")
 
 
 def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
@@ -159,12 +170,15 @@ def build_encoder(config: TrainConfig, device: torch.device, world_size: int):
     return encoder, model
 
 
-def make_batches(config: TrainConfig, train, encoder: Encoder, world_size: int, avoid_duplicates: bool):
-    """``(collate, sampler)``: every training text is tokenised once; a step only pads."""
+def make_batches(
+    config: TrainConfig, train, encoder: Encoder, world_size: int, avoid_duplicates: bool, warn=None
+):
+    """``(collate, sampler)``: every training text is tokenised once; a step only pads. ``warn``
+    gets the data's warnings (`mrl.data.check_token_ids`; default stderr)."""
     unique_texts = list(dict.fromkeys(text for column in train.columns for text in column))
     token_ids = dict(zip(unique_texts, encoder.token_ids(unique_texts)))
     try:  # a text of nothing but special tokens would train on [CLS] [SEP] alone
-        check_tokenized(train, encoder, token_ids)
+        check_tokenized(train, encoder, token_ids, warn)
     except DataError as error:
         main_error(str(error))
     collate = TokenizingCollator(lambda texts: encoder.pad([token_ids[t] for t in texts]))
@@ -188,7 +202,7 @@ def make_batches(config: TrainConfig, train, encoder: Encoder, world_size: int, 
 
 
 def make_distill_batches(config: TrainConfig, encoder: Encoder, eval_sets: dict, texts_per_batch: int):
-    """``--distill-data``: ``(batch n -> features, number of texts)`` of plain sentences.
+    """``--distill-data``: ``(batch n -> {"features", "texts"}, the distinct texts)`` of plain sentences.
 
     Batch n is a function of (seed, n) only, so a resumed run needs no extra state. Every text of
     the dev sets and of ``--distill-exclude`` is dropped (see `mrl.data.load_distill_texts`).
@@ -213,10 +227,40 @@ def make_distill_batches(config: TrainConfig, encoder: Encoder, eval_sets: dict,
         main_error(f"--distill-batch-size: {error}")
 
     def batch(n: int) -> dict:
-        batches = sampler.batches(n // len(sampler))  # epoch n // len, batch n % len
-        return encoder.pad([ids[i] for i in batches[n % len(sampler)]])
+        rows = sampler.batches(n // len(sampler))[n % len(sampler)]  # epoch n // len, batch n % len
+        return {"features": encoder.pad([ids[i] for i in rows]), "texts": [texts[i] for i in rows]}
 
-    return batch, len(texts)
+    return batch, texts
+
+
+def build_teacher(
+    config: TrainConfig, run_dir: Path, texts: list[str], model_dim: int, device: torch.device
+) -> TeacherTargets:
+    """``--teacher``: its embeddings of ``texts`` (every training and --distill-data text), from
+    the cache or computed once (`mrl.teacher`). Refused in one line when its width cannot serve
+    --dims, and on --resume when the teacher's weights changed (both before anything is embedded)."""
+    recorded = recorded_derived(run_dir, "teacher_model_key") if config.resume else None
+
+    def check(dim: int, key: str) -> None:
+        validate_for_teacher(config, dim, model_dim)
+        if recorded and recorded != key:
+            raise ValueError(
+                f"--resume: the teacher {config.teacher} changed since the run started (model key "
+                f"{recorded[:12]} -> {key[:12]}); restore it or start a new run"
+            )
+
+    try:
+        return teacher_targets(
+            config.teacher,
+            texts,
+            cache_folder(config.embedding_cache),
+            config.max_seq_length,
+            config.trust_remote_code,
+            device,
+            check=check,
+        )
+    except (OSError, ValueError) as error:
+        main_error(str(error).splitlines()[0])
 
 
 def count_steps(config: TrainConfig, sampler: BatchSampler) -> tuple[int, int, int]:
@@ -229,10 +273,22 @@ def count_steps(config: TrainConfig, sampler: BatchSampler) -> tuple[int, int, i
     epochs = 1 if config.max_steps else config.epochs
     try:  # building an epoch's batches finds out whether duplicate-free ones can be filled
         steps = [max(1, sampler.num_batches(epoch) // config.grad_accum) for epoch in range(epochs)]
+        if config.max_steps:  # and so for every epoch --max-steps reaches (not in the loop, later)
+            fill_epochs(sampler, config.max_steps * config.grad_accum)
     except BatchSizeError as error:
         main_error(error.for_flag("--batch-size", config.batch_size))
     total_steps = config.max_steps or sum(steps)
     return steps[0], total_steps, round(config.warmup_ratio * total_steps)
+
+
+def fill_epochs(sampler, batches: int) -> None:
+    """Build the epochs that the first ``batches`` batches of `batch_stream` reach: a BatchSizeError
+    now (for the caller to name its flag) rather than a traceback steps later. Duplicate-free epochs
+    differ in how many batches fill up, and in principle one could fill none."""
+    epoch = 0
+    while batches > 0:
+        batches -= sampler.num_batches(epoch)
+        epoch += 1
 
 
 def build_optimizer(
