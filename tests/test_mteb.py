@@ -245,8 +245,8 @@ def test_without_the_extra_it_says_how_to_install(tiny_model_dir, local_sets, ca
 
 # Both sections score the same vectors, so the length only sets the cost: SciFact's 5,183 abstracts
 # average 240 tokens. At 128 tokens this test took 904 s on the 2-core machine shared with other
-# jobs (load ~9; about 400 CPU-seconds), at 64 it took 335 s (load ~5); the differences were at
-# most 0.0005 points x100 at either length.
+# jobs (load ~9; about 400 CPU-seconds), at 64 it took 335 s (load ~5) and 181 s (load ~3.5); the
+# differences were at most 0.0005 points x100 at either length.
 SCIFACT_MAX_LENGTH = 64
 
 
