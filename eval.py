@@ -20,6 +20,9 @@
     # the same searches through FAISS (pip install 'mrl[faiss]'), with recall@10 vs exact search
     python eval.py --model MODEL --beir ../shared/data/scifact --index faiss --precisions float32 int8 binary
 
+    # MTEB's own evaluators (pip install 'mrl[mteb]') on local files, or a named MTEB task (hub)
+    python eval.py --model MODEL --mteb ../shared/data/scifact ../shared/data/stsb/en-test.csv --dims 384 64
+
 Each set is encoded once at full width (all layers in the same pass); every (layer, dim) cell
 slices and re-normalises that output. Retention is Spearman (STS) or nDCG@10 (retrieval) over its
 float32 value at the largest dim. int8 ranges are calibrated on the
@@ -34,8 +37,8 @@ it started: one that another eval.py wrote meanwhile is kept, ours goes beside i
 in one error line naming both. --add-to-card puts the tables into the model folder's card
 (README.md, see mrl/card.py).
 
-Each kind of set is an evaluator of mrl/evals (--sts: sts.py, --beir: beir.py); every kind in
-mrl.evals.EVALUATORS gets its --KIND flag, JSON section, tables and card sections here.
+Each kind of set is an evaluator of mrl/evals (--sts: sts.py, --beir: beir.py, --mteb: mteb.py);
+every kind in mrl.evals.EVALUATORS gets its --KIND flag, JSON section, tables and card sections here.
 """
 
 from __future__ import annotations

@@ -228,7 +228,7 @@ def test_beir_evaluator_tags_ndcg_and_keeps_one_record_a_cell(tiny_model_dir, tm
 
 
 def test_the_toy_is_registered_only_where_a_test_asks():
-    assert list(EVALUATORS) == ["sts", "beir"]
+    assert list(EVALUATORS) == ["sts", "beir", "mteb"]
 
 
 def test_evaluator_for_reads_the_kind_from_records(toy_registered):
@@ -315,7 +315,7 @@ def test_toy_in_eval_py_json_markdown_and_card(toy_registered, tiny_model_dir, t
     assert "--toy" in eval_script.build_parser().format_help()
     with pytest.raises(SystemExit):
         eval_script.main(["--model", str(model)])
-    assert "give --sts and/or --beir and/or --toy" in capsys.readouterr().err
+    assert "give --sts and/or --beir and/or --mteb and/or --toy" in capsys.readouterr().err
     empty = write_csv(tmp_path / "empty.csv", ["text1", "text2"], [])
     with pytest.raises(SystemExit):
         eval_script.main(["--model", str(model), "--toy", str(empty)])

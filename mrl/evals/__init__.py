@@ -12,12 +12,14 @@ from collections.abc import Mapping
 
 from mrl.evals.base import Evaluator, evaluate_all, scalars_of, score_all, tag
 from mrl.evals.beir import BeirEvaluator
+from mrl.evals.mteb import MtebEvaluator
 from mrl.evals.sts import StsEvaluator
 
 __all__ = [
     "EVALUATORS",
     "BeirEvaluator",
     "Evaluator",
+    "MtebEvaluator",
     "StsEvaluator",
     "dev_evaluators",
     "evaluate_all",
@@ -32,6 +34,7 @@ __all__ = [
 EVALUATORS: dict[str, type[Evaluator]] = {
     "sts": StsEvaluator,
     "beir": BeirEvaluator,
+    "mteb": MtebEvaluator,  # the mteb package (an optional extra), imported when --mteb is used
 }
 
 
