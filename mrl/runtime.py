@@ -88,7 +88,9 @@ def stop_on_signals(signals=STOP_SIGNALS):
     """While active, SIGTERM/SIGINT/SIGHUP only set ``stop["signal"]``; the loop checks it between
     steps, saves a checkpoint and exits (SIGHUP: a dropped ssh session would otherwise end the run
     with no checkpoint and no message). A second signal acts at once (default handler). The previous
-    handlers come back on exit. Outside the main thread (no signal handling) it does nothing."""
+    handlers come back on exit. Outside the main thread (no signal handling) it does nothing. A
+    signal the process was started to ignore stays ignored: under ``nohup`` a hang-up must not stop
+    the run it was meant to keep alive."""
     stop: dict[str, int] = {}
 
     def request_stop(signum, _frame):
@@ -98,6 +100,7 @@ def stop_on_signals(signals=STOP_SIGNALS):
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
+    signals = [sig for sig in signals if signal.getsignal(sig) is not signal.SIG_IGN]
     previous = {sig: signal.signal(sig, request_stop) for sig in signals}
     try:
         yield stop

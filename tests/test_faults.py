@@ -287,8 +287,8 @@ def test_two_trainings_started_on_one_folder(tiny_model_dir, files, tmp_path, ca
         assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-2000:]
     finally:
         stop(first)
-    # The first run is whole and its own: one config header, its own command line, 12 steps.
-    assert (out / "train.log").read_text().count("config:") == 1
+    # The first run is whole and its own: one start summary, its own command line, 12 steps.
+    assert sum(line.startswith("run: ") for line in (out / "train.log").read_text().splitlines()) == 1
     assert json.loads((out / "run.json").read_text())["argv"] == argv
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000012"
     assert not (out / ".lock").exists()

@@ -298,10 +298,28 @@ def test_resume_after_the_final_save_failed_still_saves_the_model(finished, tmp_
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_stops_like_sigterm():
     assert signal.SIGHUP in runtime.STOP_SIGNALS
-    with runtime.stop_on_signals() as stop:
-        os.kill(os.getpid(), signal.SIGHUP)
-        assert stop == {"signal": signal.SIGHUP}  # asked to stop (a checkpoint follows), not killed
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (pytest may run under nohup)
+    try:
+        with runtime.stop_on_signals() as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert stop == {"signal": signal.SIGHUP}  # asked to stop (a checkpoint follows), not killed
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_under_nohup_a_hangup_does_not_stop_the_run():
+    # nohup starts the process with SIGHUP ignored: logging out must leave the run training.
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with runtime.stop_on_signals() as stop:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert stop == {}
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_encoder_of_a_good_folder_still_loads(tiny_model_dir):
