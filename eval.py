@@ -240,11 +240,9 @@ def default_dims(model_dim: int) -> list[int]:
     return dims
 
 
-@one_line_faults()  # a full disk or a read-only place while writing --json: one line
-def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    # ---- every flag is checked here, before the model is loaded and anything is encoded ----
+def check_flags(args: argparse.Namespace) -> tuple[Path | None, dict[Path, str | None] | None]:
+    """Every flag on its own, before the model is loaded and anything is encoded: one line and
+    exit 2 for a bad one. Returns the --json path and, for --overwrite, what its files held now."""
     if not any(specs(args, kind) for kind in EVALUATORS):
         main_error("give " + " and/or ".join(f"--{kind}" for kind in EVALUATORS))
     try:
@@ -280,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
         main_error(f"--dims {args.dims}: must be positive and unique")
     if args.layers and args.layers != ["all"] and not all(x.lstrip("-").isdigit() for x in args.layers):
         main_error(f"--layers {args.layers}: give layer numbers or 'all'")
-    out = Path(args.json) if args.json else None
+    out, before = (Path(args.json) if args.json else None), None
     if out is not None:
         if out.suffix.lower() == ".md":
             main_error(f"--json {out}: its Markdown table would be written to the same file; use .json")
@@ -305,6 +303,36 @@ def main(argv: list[str] | None = None) -> dict:
         names = [evaluator.set_name(spec) for spec in specs(args, kind)]
         if len(set(names)) != len(names):  # results are keyed by name: one would replace the other
             main_error(f"--{kind}: two sets have the same name ({', '.join(names)}); rename one")
+    return out, before
+
+
+def write_results(
+    args: argparse.Namespace, out: Path, before: dict | None, results: dict, markdown: list[str]
+) -> None:
+    """--json and its Markdown table, never over a result another eval.py wrote meanwhile."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    texts = {
+        out: json.dumps(results, indent=2) + "\n",
+        out.with_suffix(".md"): f"# {args.model}\n\n" + "\n".join(markdown),
+    }
+    # The check above was minutes ago: another eval.py may have written there since.
+    if args.overwrite:
+        went = {path: replace_if_unchanged(path, text, before[path]) for path, text in texts.items()}
+    else:
+        went = {path: publish_new(path, text) for path, text in texts.items()}
+    lost = {path: kept for path, kept in went.items() if kept != path}
+    if lost:
+        if args.add_to_card:
+            add_eval_to_card(args.model, results)
+        main_error("--json: " + "; ".join(not_replaced(p, kept, before[p]) for p, kept in lost.items()))
+    print(f"\nwrote {out} and {out.with_suffix('.md')}")
+
+
+@one_line_faults()  # a full disk or a read-only place while writing --json: one line
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    out, before = check_flags(args)  # before the model is loaded and anything is encoded
     try:
         device = pick_device(args.device)
     except ValueError as error:
@@ -389,22 +417,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(console.rstrip("\n") + "\n" + budgets if budgets else console)
 
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        texts = {
-            out: json.dumps(results, indent=2) + "\n",
-            out.with_suffix(".md"): f"# {args.model}\n\n" + "\n".join(markdown),
-        }
-        # The check above was minutes ago: another eval.py may have written there since.
-        if args.overwrite:
-            went = {path: replace_if_unchanged(path, text, before[path]) for path, text in texts.items()}
-        else:
-            went = {path: publish_new(path, text) for path, text in texts.items()}
-        lost = {path: kept for path, kept in went.items() if kept != path}
-        if lost:
-            if args.add_to_card:
-                add_eval_to_card(args.model, results)
-            main_error("--json: " + "; ".join(not_replaced(p, kept, before[p]) for p, kept in lost.items()))
-        print(f"\nwrote {out} and {out.with_suffix('.md')}")
+        write_results(args, out, before, results, markdown)
     if args.add_to_card:
         print(f"added to the model card: {add_eval_to_card(args.model, results)}")
     return results

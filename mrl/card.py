@@ -180,6 +180,22 @@ def _example_dim(dims: list[int], full: int) -> int:
 EXAMPLE_SENTENCES = ["A man is playing a guitar.", "Someone plays music."]
 
 
+# The transformers snippet's helper for files beside the weights (heads, adaptors).
+MODEL_FILE_CODE = """
+from safetensors.torch import load_file
+
+
+def model_file(name):  # one of the model's files: in its local folder, or fetched from the hub
+    import os
+
+    if os.path.isdir(model_id):
+        return os.path.join(model_id, name)
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(model_id, name)
+"""
+
+
 def _adaptor_code(recipe: dict[str, Any]) -> str:
     """The transformers snippet's lines that apply a saved adaptor (mrl/heads.py `head_modules`:
     [Normalize, Dense] for a linear or rotation adaptor, the MLP Adaptor module itself)."""
@@ -224,23 +240,7 @@ def usage_snippets(model_ref: str, meta: dict[str, Any], do_lower_case: bool) ->
     shallow_head = k is not None and k in (meta.get("exit_heads") or [])
     adaptor_code = _adaptor_code(meta["adaptor"]) if meta.get("adaptor") else ""
     uses_files = shallow_head or bool(meta.get("exit_head_last_depth")) or bool(adaptor_code)
-    files_code = (
-        """
-from safetensors.torch import load_file
-
-
-def model_file(name):  # one of the model's files: in its local folder, or fetched from the hub
-    import os
-
-    if os.path.isdir(model_id):
-        return os.path.join(model_id, name)
-    from huggingface_hub import hf_hub_download
-
-    return hf_hub_download(model_id, name)
-"""
-        if uses_files
-        else ""
-    )
+    files_code = MODEL_FILE_CODE if uses_files else ""
     last_head = (
         """
 dense = load_file(model_file("2_Dense/model.safetensors"))  # the last layer's exit head
@@ -302,6 +302,25 @@ small = encoder.encode(sentences, dim={dim})  # (2, {dim}): the first {dim} valu
     return {"transformers": transformers_code, "sentence-transformers": st_code, "mrl": mrl_code}
 
 
+def _opening(meta: dict[str, Any], base: str | None, dims: list[int]) -> str:
+    """The card's first sentence: what the model is (an encoder, or an adaptor on a frozen one)."""
+    adaptor = meta.get("adaptor")
+    what = (
+        f"A Matryoshka-Adaptor trained with `mrl` on the frozen `{base or 'an encoder'}`: a "
+        f"`{adaptor['kind']}` map after pooling makes the first d values of the {meta['dim']}-dim "
+        f"embedding useful on their own (trained d: {', '.join(map(str, dims))})"
+        if adaptor
+        else f"A Matryoshka sentence encoder trained with `mrl` from `{base or 'an encoder'}`: "
+        f"its {meta['dim']}-dim embedding stays useful when cut to its first d values "
+        f"(trained d: {', '.join(map(str, dims))})"
+    )
+    if _trains_layers(meta):
+        what += (
+            f", and (2D, `{meta['two_d']}`) when only its first layers run (evaluated: {meta.get('layers')})"
+        )
+    return what
+
+
 def build_card(
     model_dir: str | Path,
     run_dir: str | Path | None = None,
@@ -350,19 +369,7 @@ def build_card(
     dims = meta.get("dims") or [meta["dim"]]
     out = [_front_matter(front), f"# {name}\n"]
     adaptor = meta.get("adaptor")  # train.py --adaptor: a map after pooling, the encoder frozen
-    what = (
-        f"A Matryoshka-Adaptor trained with `mrl` on the frozen `{base or 'an encoder'}`: a "
-        f"`{adaptor['kind']}` map after pooling makes the first d values of the {meta['dim']}-dim "
-        f"embedding useful on their own (trained d: {', '.join(map(str, dims))})"
-        if adaptor
-        else f"A Matryoshka sentence encoder trained with `mrl` from `{base or 'an encoder'}`: "
-        f"its {meta['dim']}-dim embedding stays useful when cut to its first d values "
-        f"(trained d: {', '.join(map(str, dims))})"
-    )
-    if two_d:
-        what += (
-            f", and (2D, `{meta['two_d']}`) when only its first layers run (evaluated: {meta.get('layers')})"
-        )
+    what = _opening(meta, base, dims)
     out.append(what + ". Slice first, then normalise: `normalize(e[:d])`.\n")
     if not _is_hub_id(base) and base:
         out.append(
